@@ -1,0 +1,64 @@
+"""Exceptions raised by the storage layer.
+
+Every error a caller can act on has its own class, so the app can show a clear message and the worker can tell a
+bad request from a broken store. Each one also derives from the builtin a caller would naturally catch
+(``KeyError`` for an unknown id, ``ValueError`` for bad input). This module knows nothing about SQL or files.
+"""
+
+from __future__ import annotations
+
+
+class StorageError(Exception):
+    """Base class of every error raised on purpose by ``storage``."""
+
+    def __str__(self) -> str:
+        # KeyError subclasses would otherwise print the repr of the message, quotes included.
+        return str(self.args[0]) if len(self.args) == 1 else super().__str__()
+
+
+class UnknownPairError(StorageError, KeyError):
+    """No pair with the given id exists."""
+
+
+class UnknownAdapterError(StorageError, KeyError):
+    """No adapter with the given version exists."""
+
+
+class UnknownTrainingRunError(StorageError, KeyError):
+    """No training run with the given id exists."""
+
+
+class InvalidChoiceError(StorageError, ValueError):
+    """A vote, A/B choice or A/B side is not one of the allowed values."""
+
+
+class InvalidPromptError(StorageError, ValueError):
+    """A prompt is not a string, is empty or whitespace only, or is longer than ``MAX_PROMPT_CHARS``."""
+
+
+class InvalidAnnotatorError(StorageError, ValueError):
+    """An annotator name is not a non-empty string of at most ``MAX_ANNOTATOR_CHARS`` characters."""
+
+
+class InvalidGenerationError(StorageError, ValueError):
+    """A ``NewGeneration`` has a bad seed, model id, image, trajectory or sampler settings."""
+
+
+class InvalidStatusError(StorageError, ValueError):
+    """An adapter or training-run status is not one of the allowed values."""
+
+
+class InvalidMetadataError(StorageError, ValueError):
+    """A dict meant for a JSON column (hyper-parameters, metrics, config) is not plain, finite JSON."""
+
+
+class ImportFormatError(StorageError, ValueError):
+    """A file given to the Parquet import is not in the expected layout; nothing was written."""
+
+
+class BlobIntegrityError(StorageError):
+    """A blob hash string is malformed, or a stored blob's bytes do not match its hash."""
+
+
+class BlobNotFoundError(StorageError, KeyError):
+    """A well-formed blob hash names no stored file."""

@@ -1,0 +1,28 @@
+"""Small builders shared by the storage tests (tiny PNGs and NewGeneration values)."""
+
+from __future__ import annotations
+
+import io
+
+from PIL import Image
+
+from storage import NewGeneration
+
+
+def png_bytes(color=(255, 0, 0), size=(8, 8)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def generation(seed: int = 0, color=(255, 0, 0), trajectory: bytes | None = b"trajectory", **overrides) -> NewGeneration:
+    fields = dict(
+        seed=seed,
+        model_id="tiny-shapes",
+        adapter_version=None,
+        sampler_settings={"steps": 4, "guidance_scale": 7.5, "eta": 1.0},
+        image_png=png_bytes(color),
+        trajectory=trajectory,
+    )
+    fields.update(overrides)
+    return NewGeneration(**fields)

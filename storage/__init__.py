@@ -1,0 +1,68 @@
+"""Storage layer of Alignment Studio: SQL (SQLAlchemy + Alembic) and files (a content-addressed blob store).
+
+Other layers use ``Repository`` and the frozen records it returns, and never write SQL themselves. This package
+imports no torch and no gradio. Parquet export/import lives in ``storage.export`` (imported on demand, as it
+pulls in pyarrow and Pillow).
+
+    from storage import Repository, NewGeneration
+    repo = Repository("studio-data")          # <data-dir>/studio.db, migrated to head; <data-dir>/blobs/
+"""
+
+from .db import make_engine, upgrade_to_head
+from .errors import (
+    BlobIntegrityError,
+    BlobNotFoundError,
+    ImportFormatError,
+    InvalidAnnotatorError,
+    InvalidChoiceError,
+    InvalidGenerationError,
+    InvalidMetadataError,
+    InvalidPromptError,
+    InvalidStatusError,
+    StorageError,
+    UnknownAdapterError,
+    UnknownPairError,
+    UnknownTrainingRunError,
+)
+from .models import AB_CHOICES, ADAPTER_STATUSES, MAX_PROMPT_CHARS, PREFERENCE_CHOICES, VOTE_CHOICES
+from .records import (
+    AdapterRecord,
+    GenerationRecord,
+    LabeledPair,
+    NewGeneration,
+    PairRecord,
+    TrainingRunRecord,
+    VoteRecord,
+)
+from .repository import Repository
+
+__all__ = [
+    "AB_CHOICES",
+    "ADAPTER_STATUSES",
+    "MAX_PROMPT_CHARS",
+    "PREFERENCE_CHOICES",
+    "VOTE_CHOICES",
+    "AdapterRecord",
+    "BlobIntegrityError",
+    "BlobNotFoundError",
+    "GenerationRecord",
+    "ImportFormatError",
+    "InvalidAnnotatorError",
+    "InvalidChoiceError",
+    "InvalidGenerationError",
+    "InvalidMetadataError",
+    "InvalidPromptError",
+    "InvalidStatusError",
+    "LabeledPair",
+    "NewGeneration",
+    "PairRecord",
+    "Repository",
+    "StorageError",
+    "TrainingRunRecord",
+    "UnknownAdapterError",
+    "UnknownPairError",
+    "UnknownTrainingRunError",
+    "VoteRecord",
+    "make_engine",
+    "upgrade_to_head",
+]

@@ -58,8 +58,8 @@ def _configure_sqlite_connection(dbapi_connection, connection_record) -> None:
     dbapi_connection.isolation_level = None  # sqlite3 must not BEGIN on its own; _begin_sqlite_transaction does
     cursor = dbapi_connection.cursor()
     try:
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")  # first: switching to WAL may have to wait
         cursor.execute("PRAGMA journal_mode=WAL")  # an in-memory database answers "memory"; that is fine
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
     finally:

@@ -286,7 +286,10 @@ class Repository(AdapterMixin):
             return s.scalar(select(func.max(Vote.id))) or 0
 
     def counts(self) -> dict:
-        """``{"votes", "pairs", "annotators", "per_annotator", "per_day", "per_choice"}``; days are UTC dates."""
+        """``{"votes", "pairs", "annotators", "per_annotator", "per_day", "per_choice"}``.
+
+        Every vote counts here, ``skip`` and ``both_bad`` included (``per_choice`` splits them); days are UTC dates.
+        """
         with self._read.begin() as s:
             pairs = s.scalar(select(func.count()).select_from(Pair)) or 0
             per_annotator = dict(s.execute(select(Vote.annotator, func.count()).group_by(Vote.annotator)).all())

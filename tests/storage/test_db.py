@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -134,3 +135,26 @@ def test_storage_imports_no_torch_and_no_gradio():
         [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_simultaneous_first_starts_migrate_once(tmp_path):
+    """Several processes (here: engines, each with its own connections) opening a new data dir at once."""
+    errors, repos = [], []
+    barrier = threading.Barrier(4)
+
+    def start() -> None:
+        try:
+            barrier.wait()
+            repos.append(Repository(tmp_path / "data"))
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == [] and len(repos) == 4
+    assert {current_revision(r.engine) for r in repos} == {"0001"}
+    for r in repos:
+        r.close()

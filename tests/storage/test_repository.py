@@ -7,6 +7,8 @@ import datetime as dt
 import time
 
 import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from storage import (
     MAX_PROMPT_CHARS,
@@ -15,9 +17,12 @@ from storage import (
     InvalidChoiceError,
     InvalidGenerationError,
     InvalidPromptError,
+    Repository,
     UnknownAdapterError,
     UnknownPairError,
 )
+from storage.models import Prompt
+from storage.prompts import prompt_row_id
 
 from .helpers import generation
 
@@ -209,3 +214,39 @@ def test_read_blob_validates_hash_and_content(repo, make_pair):
     assert repo.missing_blobs() == []
     repo.blobs.path(pair.right.image_hash).unlink()
     assert repo.missing_blobs() == [pair.right.image_hash]
+
+
+def test_vote_race_lost_at_insert_returns_the_stored_vote(repo, make_pair, monkeypatch):
+    """Where writers are not serialised (PostgreSQL), two identical votes can both pass the lookup; the UNIQUE
+    constraint stops the second, which must then return the first. Simulated by hiding the first lookup."""
+    pair = make_pair()
+    first, _ = repo.record_vote(pair.id, "alice", "left")
+    real_find = Repository._find_vote
+    calls = []
+
+    def miss_once(s, pair_id, annotator):
+        calls.append(pair_id)
+        return None if len(calls) == 1 else real_find(s, pair_id, annotator)
+
+    monkeypatch.setattr(Repository, "_find_vote", staticmethod(miss_once))
+    assert repo.record_vote(pair.id, "alice", "right") == (first, False)
+    assert len(calls) == 2 and repo.counts()["votes"] == 1
+
+
+def test_prompt_insert_race_falls_back_to_the_existing_row(repo, make_pair, monkeypatch):
+    pair = make_pair("shared prompt")
+    real_scalar = Session.scalar
+    calls = []
+
+    def miss_once(self, *args, **kwargs):
+        calls.append(1)
+        return None if len(calls) == 1 else real_scalar(self, *args, **kwargs)
+
+    with repo._write.begin() as s:
+        monkeypatch.setattr(Session, "scalar", miss_once)
+        pid = prompt_row_id(s, "shared prompt")  # INSERT hits UNIQUE inside a savepoint, then re-reads
+        monkeypatch.undo()
+        assert s.scalar(select(Prompt.id).where(Prompt.text == "shared prompt")) == pid
+    assert repo.create_pair("shared prompt", generation(seed=5), generation(seed=6, color=(0, 0, 5))).prompt == pair.prompt
+    with repo._read.begin() as s:
+        assert s.scalar(select(func.count()).select_from(Prompt)) == 1

@@ -137,13 +137,15 @@ class Repository(AdapterMixin):
         gens = (check_new_generation(left, "left"), check_new_generation(right, "right"))
         if served_to is not None:
             check_annotator(served_to, "served_to")
+        versions = {g.adapter_version for g in gens} - {None}
+        with self._read.begin() as s:  # before any blob is written; adapters are never deleted
+            for version in sorted(versions):
+                if s.get(Adapter, version) is None:
+                    raise UnknownAdapterError(f"no adapter version {version}")
         blob_hashes = [
             (self.blobs.put(g.image_png), None if g.trajectory is None else self.blobs.put(g.trajectory)) for g in gens
         ]
         with self._write.begin() as s:
-            for g in gens:
-                if g.adapter_version is not None and s.get(Adapter, g.adapter_version) is None:
-                    raise UnknownAdapterError(f"no adapter version {g.adapter_version}")
             pid = prompt_row_id(s, prompt)
             rows = [
                 Generation(
@@ -315,7 +317,8 @@ class Repository(AdapterMixin):
         """Hashes that some row references but the blob store lacks (empty when the store is consistent)."""
         with self._read.begin() as s:
             referenced = set(s.scalars(select(Generation.image_hash)))
-            referenced.update(s.scalars(select(Generation.trajectory_hash).where(Generation.trajectory_hash.is_not(None))))
+            trajectories = select(Generation.trajectory_hash).where(Generation.trajectory_hash.is_not(None))
+            referenced.update(s.scalars(trajectories))
             referenced.update(s.scalars(select(Adapter.file_hash)))
         return sorted(h for h in referenced if not self.blobs.exists(h))
 

@@ -15,7 +15,9 @@ def png_bytes(color=(255, 0, 0), size=(8, 8)) -> bytes:
     return buffer.getvalue()
 
 
-def generation(seed: int = 0, color=(255, 0, 0), trajectory: bytes | None = b"trajectory", **overrides) -> NewGeneration:
+def generation(
+    seed: int = 0, color=(255, 0, 0), trajectory: bytes | None = b"trajectory", **overrides
+) -> NewGeneration:
     fields = dict(
         seed=seed,
         model_id="tiny-shapes",

@@ -33,7 +33,8 @@ class InvalidChoiceError(StorageError, ValueError):
 
 
 class InvalidPromptError(StorageError, ValueError):
-    """A prompt is not a string, is empty or whitespace only, or is longer than ``MAX_PROMPT_CHARS``."""
+    """A prompt is not a string, is empty or whitespace only, has a NUL character, or is longer than
+    ``MAX_PROMPT_CHARS`` (500, see ``storage.models``)."""
 
 
 class InvalidAnnotatorError(StorageError, ValueError):

@@ -129,31 +129,30 @@ def import_parquet(repo: Repository, path: str | Path, *, batch_rows: int = BATC
 
     Raises ImportFormatError, having written no rows, if anything in the file is malformed.
     """
-    parquet = _open_parquet(path)
-    schema = parquet.schema_arrow
-    _check_schema(schema)
-    for start, batch in _batches(parquet, batch_rows):  # pass 1: validate everything, write nothing
-        for _ in _rows(batch, start, decode_images=True):
-            pass
     items: list[ImportedPair] = []
-    for start, batch in _batches(parquet, batch_rows):  # pass 2: store images, collect the rows
-        for row in _rows(batch, start, decode_images=False):
-            items.append(
-                ImportedPair(
-                    prompt=row["caption"],
-                    image_0_hash=repo.blobs.put(row["jpg_0"]),
-                    image_1_hash=repo.blobs.put(row["jpg_1"]),
-                    choice=row["choice"],
-                    annotator=row["annotator"],
-                    model_0=row["model_0"],
-                    model_1=row["model_1"],
-                    seed_0=row["seed_0"],
-                    seed_1=row["seed_1"],
-                    voted_at=row["created_at"],
-                    settings_0=row["settings_0"],
-                    settings_1=row["settings_1"],
+    with _open_parquet(path) as parquet:
+        _check_schema(parquet.schema_arrow)
+        for start, batch in _batches(parquet, batch_rows):  # pass 1: validate everything, write nothing
+            for _ in _rows(batch, start, decode_images=True):
+                pass
+        for start, batch in _batches(parquet, batch_rows):  # pass 2: store images, collect the rows
+            for row in _rows(batch, start, decode_images=False):
+                items.append(
+                    ImportedPair(
+                        prompt=row["caption"],
+                        image_0_hash=repo.blobs.put(row["jpg_0"]),
+                        image_1_hash=repo.blobs.put(row["jpg_1"]),
+                        choice=row["choice"],
+                        annotator=row["annotator"],
+                        model_0=row["model_0"],
+                        model_1=row["model_1"],
+                        seed_0=row["seed_0"],
+                        seed_1=row["seed_1"],
+                        voted_at=row["created_at"],
+                        settings_0=row["settings_0"],
+                        settings_1=row["settings_1"],
+                    )
                 )
-            )
     return repo.import_pairs(items)
 
 

@@ -9,9 +9,6 @@ from storage import Repository
 from .helpers import generation
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: takes more than a few seconds; a faster test covers the same behaviour")
-
 
 @pytest.fixture(params=["memory", "file"])
 def repo(request, tmp_path):

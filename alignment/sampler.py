@@ -1,0 +1,283 @@
+"""Generation with trajectory capture, and LoRA hot-swap, behind one lock.
+
+A `Sampler` wraps a loaded Stable Diffusion pipeline. `generate(prompt, seeds)` runs all seeds as one batch with
+stochastic DDIM (eta > 0) and returns, for every image, its full trajectory x_0 .. x_K (x_0 = the start noise,
+k = 0 the noisiest step, as in DESIGN.md), the timesteps and the settings needed to re-evaluate each reverse step's
+Gaussian under another set of weights. Capture is one `clone()` per step in the pipeline's step-end callback.
+
+Each image gets its own seeded generator: it draws that image's start noise and the noise of every DDIM step, so an
+image is reproducible from (prompt, seed, adapter version) whatever else is in the batch.
+
+`set_adapter` swaps the live LoRA in place (diffusers hotswap: new values copied into the same parameters) without
+reloading the pipeline, and fuses it into the base weights between swaps so that sampling with an adapter costs
+what sampling the base costs. Generation and swaps share one lock: diffusers is not thread-safe.
+The sampler knows nothing about storage or the UI.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from alignment.models import LoadedModel
+
+MAX_PROMPT_CHARS = 500
+MAX_SEED = 2**63 - 1
+ADAPTER_NAME = "live"
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+
+
+class PromptError(ValueError):
+    """The prompt is empty or too long."""
+
+
+class AdapterLoadError(RuntimeError):
+    """An adapter could not be loaded into the pipeline; the previous one stays live."""
+
+
+@dataclass
+class SamplerConfig:
+    """Settings of the stochastic DDIM sampler (the trainer re-uses them for the log-probabilities)."""
+
+    steps: int = 20
+    guidance_scale: float = 5.0
+    eta: float = 1.0
+    height: int = 32
+    width: int = 32
+    negative_prompt: str = ""
+
+    def __post_init__(self):
+        if not 1 <= int(self.steps) <= 1000:
+            raise ValueError(f"steps must be between 1 and 1000, got {self.steps}")
+        if self.guidance_scale < 1.0:
+            raise ValueError(f"guidance_scale must be >= 1 (1 = no classifier-free guidance), got {self.guidance_scale}")
+        if not 0.0 < self.eta <= 1.0:
+            raise ValueError(f"eta must be in (0, 1]: the objective needs a stochastic chain, got {self.eta}")
+        if self.height % 8 or self.width % 8 or self.height <= 0 or self.width <= 0:
+            raise ValueError(f"height and width must be positive multiples of 8, got {self.height}x{self.width}")
+
+    @classmethod
+    def from_defaults(cls, defaults: dict, **overrides) -> "SamplerConfig":
+        names = cls.__dataclass_fields__
+        merged = {k: v for k, v in defaults.items() if k in names}
+        merged.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**merged)
+
+
+@dataclass
+class Trajectory:
+    """One reverse chain. latents: (K+1, C, h, w) fp16, x_0 (start noise) .. x_K; timesteps: (K,) of step k."""
+
+    latents: torch.Tensor
+    timesteps: torch.Tensor
+    prompt: str
+    seed: int
+    settings: dict
+    model_id: str
+    adapter_version: int | None
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.timesteps.shape[0])
+
+    def to_bytes(self) -> bytes:
+        meta = {"prompt": self.prompt, "seed": str(self.seed), "settings": json.dumps(self.settings),
+                "model_id": self.model_id, "adapter_version": json.dumps(self.adapter_version)}
+        return save_safetensors({"latents": self.latents.contiguous(), "timesteps": self.timesteps.contiguous()},
+                                metadata=meta)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "Trajectory":
+        tensors = load_safetensors(data)
+        meta = _safetensors_metadata(data)
+        return cls(tensors["latents"], tensors["timesteps"], meta["prompt"], int(meta["seed"]),
+                   json.loads(meta["settings"]), meta["model_id"], json.loads(meta["adapter_version"]))
+
+
+def _safetensors_metadata(data: bytes) -> dict:
+    n = int.from_bytes(data[:8], "little")
+    return json.loads(data[8:8 + n]).get("__metadata__", {})
+
+
+@dataclass
+class Generation:
+    image: Image.Image
+    trajectory: Trajectory
+
+    @property
+    def seed(self) -> int:
+        return self.trajectory.seed
+
+
+def validate_prompt(prompt: str) -> str:
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise PromptError("the prompt is empty: type what the image should show")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise PromptError(f"the prompt has {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}")
+    return " ".join(prompt.split())
+
+
+def validate_seeds(seeds) -> list[int]:
+    out = []
+    for s in seeds:
+        if isinstance(s, bool) or not isinstance(s, int) and not (isinstance(s, float) and s.is_integer()):
+            raise ValueError(f"seed {s!r} is not an integer")
+        if not 0 <= int(s) <= MAX_SEED:
+            raise ValueError(f"seed {s} is out of range: use 0 .. {MAX_SEED}")
+        out.append(int(s))
+    if not out:
+        raise ValueError("at least one seed is needed")
+    return out
+
+
+class Sampler:
+    """The live pipeline: generation with trajectory capture and adapter hot-swap under one lock."""
+
+    def __init__(self, model: LoadedModel, config: SamplerConfig | None = None, fuse: bool = True,
+                 max_lora_rank: int = 64):
+        self.model = model
+        self.pipe = model.pipe
+        self.config = config or SamplerConfig.from_defaults(model.sampler_defaults)
+        self.fuse = fuse
+        self.max_lora_rank = max_lora_rank
+        self.lock = threading.RLock()
+        self.adapter_version: int | None = None
+        self._loaded = False  # an adapter named ADAPTER_NAME exists in the UNet
+        self._fused = False
+        self._loaded_keys: frozenset[str] = frozenset()
+        self._base_weights: dict[str, torch.Tensor] = {}  # pristine weights of the LoRA-wrapped layers
+
+    # ---- generation -------------------------------------------------------------------------------------------
+    def generate(self, prompt: str, seeds, config: SamplerConfig | None = None) -> list[Generation]:
+        """Images and trajectories for `prompt`, one per seed, sampled as one batch."""
+        prompt = validate_prompt(prompt)
+        seeds = validate_seeds(seeds)
+        cfg = config or self.config
+        with self.lock:
+            return self._generate(prompt, seeds, cfg)
+
+    def generate_pair(self, prompt: str, seeds=(0, 1), config: SamplerConfig | None = None
+                      ) -> tuple[Generation, Generation]:
+        seeds = list(seeds)
+        if len(seeds) != 2:
+            raise ValueError(f"a pair needs two seeds, got {len(seeds)}")
+        a, b = self.generate(prompt, seeds, config)
+        return a, b
+
+    def _generate(self, prompt: str, seeds: list[int], cfg: SamplerConfig) -> list[Generation]:
+        pipe, dev = self.pipe, self.model.device
+        unet_dtype = pipe.unet.dtype
+        shape = (pipe.unet.config.in_channels, cfg.height // pipe.vae_scale_factor, cfg.width // pipe.vae_scale_factor)
+        gens = [torch.Generator(dev).manual_seed(s) for s in seeds]
+        x0 = torch.stack([torch.randn(shape, generator=g, device=dev, dtype=torch.float32) for g in gens])
+        x0 = x0 * pipe.scheduler.init_noise_sigma
+        steps: list[torch.Tensor] = [x0]
+
+        def capture(_pipe, _i, _t, kwargs):
+            steps.append(kwargs["latents"].detach().clone())
+            return kwargs
+
+        out = pipe(prompt=[prompt] * len(seeds), negative_prompt=[cfg.negative_prompt] * len(seeds),
+                   height=cfg.height, width=cfg.width, num_inference_steps=cfg.steps,
+                   guidance_scale=cfg.guidance_scale, eta=cfg.eta, generator=gens, latents=x0.to(unet_dtype),
+                   callback_on_step_end=capture, callback_on_step_end_tensor_inputs=["latents"], output_type="pil")
+        latents = torch.stack(steps, dim=1).to("cpu", torch.float16)  # (B, K+1, C, h, w)
+        timesteps = pipe.scheduler.timesteps.detach().to("cpu", torch.long).clone()
+        settings = asdict(cfg)
+        return [Generation(img, Trajectory(latents[i].clone(), timesteps.clone(), prompt, seed, settings,
+                                           self.model.model_id, self.adapter_version))
+                for i, (img, seed) in enumerate(zip(out.images, seeds))]
+
+    # ---- adapters ---------------------------------------------------------------------------------------------
+    def set_adapter(self, version: int | None, lora: str | Path | bytes | dict | None = None) -> float:
+        """Make `version` live (None = the base model); returns the seconds the swap held the lock."""
+        if version is not None and lora is None:
+            raise ValueError("an adapter version needs its LoRA weights (a path, bytes or a state dict)")
+        with tempfile.TemporaryDirectory() as tmp:
+            # Bytes go through a file so that diffusers reads the adapter metadata (alpha) from its header.
+            source = lora
+            if isinstance(lora, bytes):
+                source = Path(tmp)
+                (source / LORA_WEIGHT_NAME).write_bytes(lora)
+            state = None if version is None else read_lora(source)
+            with self.lock:
+                t0 = time.perf_counter()
+                self._unfuse()
+                if state is None:
+                    if self._loaded:
+                        self.pipe.disable_lora()
+                else:
+                    self._load(state, source if isinstance(source, (str, Path)) else state)
+                    self._fuse()
+                self.adapter_version = version
+                return time.perf_counter() - t0
+
+    def _load(self, state: dict[str, torch.Tensor], source) -> None:
+        keys = frozenset(k for k in state if k.startswith("unet."))
+        if not keys:
+            raise AdapterLoadError("the LoRA state dict has no 'unet.'-prefixed keys: it would load nothing")
+        rank = max(v.shape[0] for k, v in state.items() if "lora_A" in k or "lora.down" in k)
+        can_hotswap = self._loaded and rank <= self.max_lora_rank and keys == self._loaded_keys
+        try:
+            if not self._loaded:
+                self.pipe.enable_lora_hotswap(target_rank=max(self.max_lora_rank, rank))
+            elif not can_hotswap:  # different targets or a larger rank: replace the adapter, keep the pipeline
+                self.pipe.delete_adapters(ADAPTER_NAME)
+            self.pipe.load_lora_weights(str(source) if isinstance(source, Path) else source,
+                                        adapter_name=ADAPTER_NAME, hotswap=can_hotswap)
+        except (ValueError, RuntimeError, KeyError) as e:
+            raise AdapterLoadError(f"could not load the adapter: {e}") from e
+        self.pipe.enable_lora()
+        self._loaded = True
+        self._loaded_keys = keys
+
+    def _fuse(self) -> None:
+        if self.fuse and self._loaded and not self._fused:
+            for name, module in self.pipe.unet.named_modules():
+                base = getattr(module, "base_layer", None)
+                if base is not None and name not in self._base_weights:
+                    self._base_weights[name] = base.weight.detach().clone()
+            self.pipe.fuse_lora(components=["unet"], adapter_names=[ADAPTER_NAME])
+            self._fused = True
+
+    def _unfuse(self) -> None:
+        if self._fused:
+            self.pipe.unfuse_lora(components=["unet"])
+            # Unfusing subtracts the delta again, which is exact only up to rounding; restoring the saved base
+            # weights keeps the base bit-identical across any number of swaps.
+            modules = dict(self.pipe.unet.named_modules())
+            with torch.no_grad():
+                for name, weight in self._base_weights.items():
+                    modules[name].base_layer.weight.copy_(weight)
+            self._fused = False
+
+
+def read_lora(lora: str | Path | bytes | dict) -> dict[str, torch.Tensor]:
+    """A diffusers-format LoRA state dict (keys 'unet.…') from a folder, a .safetensors file, bytes or a dict."""
+    if isinstance(lora, dict):
+        return lora
+    if isinstance(lora, bytes):
+        return load_safetensors(lora)
+    path = Path(lora)
+    if path.is_dir():
+        path = path / LORA_WEIGHT_NAME
+    if not path.is_file():
+        raise AdapterLoadError(f"no LoRA weights at {path}")
+    return load_safetensors(path.read_bytes())
+
+
+def save_lora_bytes(state: dict[str, torch.Tensor], metadata: dict | None = None) -> bytes:
+    """Serialise a diffusers-format LoRA state dict as one safetensors file (what `read_lora` reads back)."""
+    with tempfile.TemporaryDirectory() as d:
+        from diffusers import StableDiffusionPipeline
+        StableDiffusionPipeline.save_lora_weights(d, unet_lora_layers=state, unet_lora_adapter_metadata=metadata)
+        return (Path(d) / LORA_WEIGHT_NAME).read_bytes()

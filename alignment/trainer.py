@@ -1,0 +1,332 @@
+"""LoRA training on labeled pairs with the dense-reward objectives of `alignment.objective`.
+
+The trainer owns its own copy of the pipeline (never the live sampler's), adds a fresh peft LoRA to its UNet for
+every run and trains it on all pairs given:
+
+- `discounted` / `trajectory`: for each pair, M step indices k ~ gamma^k (shared by the preferred trajectory w and
+  the other l); the stored x_k is re-noised-predicted with classifier-free guidance at the sampling-time settings,
+  giving log pi_theta(x_{k+1} | x_k, c); the reference log pi_ref is the same UNet with the adapter disabled under
+  no_grad (no second UNet). `trajectory` is the same with gamma = 1 (the bandit / D3PO-style baseline).
+- `diffusion-dpo`: Wallace et al.'s loss on forward-noised final latents (or VAE-encoded images for imported pairs
+  without trajectories), optionally weighted by gamma^k of the timestep's reverse-step index.
+
+accelerate owns device placement, mixed precision and gradient clipping. A run whose loss goes non-finite raises
+`TrainingDivergedError` and produces no adapter. The result is a diffusers-format LoRA file (bytes) that
+`pipe.load_lora_weights` reads. The trainer knows nothing about storage, threads or the UI.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from diffusers.utils import convert_state_dict_to_diffusers
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict
+from PIL import Image
+
+from alignment import objective as obj
+from alignment.models import LoadedModel, load_pipeline
+from alignment.sampler import Trajectory, save_lora_bytes
+
+OBJECTIVES = ("discounted", "trajectory", "diffusion-dpo")
+ADAPTER = "preference"  # not "train": ModuleDict keys must not shadow nn.Module attributes
+DEFAULT_BETA = {"discounted": 10.0, "trajectory": 10.0, "diffusion-dpo": 2500.0}
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss or the weights went non-finite; no adapter was produced."""
+
+
+class PairError(ValueError):
+    """A training pair is inconsistent (different prompts, mismatched trajectories, no data)."""
+
+
+@dataclass
+class TrainerConfig:
+    """Objective and optimiser settings. Defaults are tuned for the embedded model (see README, 'Tuning')."""
+
+    objective: str = field(default="discounted", metadata={"help": "discounted | trajectory | diffusion-dpo"})
+    gamma: float = field(default=0.9, metadata={"help": "temporal discount in (0, 1]; trajectory forces 1"})
+    beta: float | None = field(default=None, metadata={"help": "DPO inverse temperature; None = per objective"})
+    log_ratio_clip: float = field(default=1e-2, metadata={"help": "eps: per-step log-ratio clamp"})
+    steps_per_pair: int = field(default=3, metadata={"help": "M: step indices sampled per pair and update"})
+    train_steps: int = field(default=80, metadata={"help": "optimiser steps per training run"})
+    batch_pairs: int = field(default=8, metadata={"help": "pairs per optimiser step"})
+    lr: float = 1e-3
+    weight_decay: float = 2e-3
+    grad_clip: float = 1.0
+    lora_rank: int = 4
+    lora_alpha: float | None = None  # None = rank (scale 1)
+    target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+    tie_policy: str = field(default="drop", metadata={"help": "drop ties, or 'half': target 0.5"})
+    mixed_precision: str = "no"
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}")
+        if not 0.0 < self.gamma <= 1.0:
+            raise ValueError(f"gamma must be in (0, 1], got {self.gamma}")
+        if self.beta is not None and not self.beta > 0:
+            raise ValueError(f"beta must be positive, got {self.beta}")
+        if not self.log_ratio_clip > 0:
+            raise ValueError(f"log_ratio_clip must be positive, got {self.log_ratio_clip}")
+        for name in ("steps_per_pair", "train_steps", "batch_pairs", "lora_rank"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 < self.lr < 1:
+            raise ValueError(f"lr must be in (0, 1), got {self.lr}")
+        if self.weight_decay < 0 or self.grad_clip <= 0:
+            raise ValueError("weight_decay must be >= 0 and grad_clip > 0")
+        if self.tie_policy not in ("drop", "half"):
+            raise ValueError(f"tie_policy must be 'drop' or 'half', got {self.tie_policy!r}")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        self.target_modules = tuple(self.target_modules)
+
+    @property
+    def effective_gamma(self) -> float:
+        return 1.0 if self.objective == "trajectory" else self.gamma
+
+    @property
+    def effective_beta(self) -> float:
+        return self.beta if self.beta is not None else DEFAULT_BETA[self.objective]
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["target_modules"] = list(self.target_modules)
+        return d
+
+
+@dataclass
+class TrainingPair:
+    """One judged pair: w preferred over l (target 1), or a tie (target 0.5). Trajectories or images."""
+
+    prompt: str
+    w: Trajectory | None
+    l: Trajectory | None
+    target: float = 1.0
+    w_image: Image.Image | None = None
+    l_image: Image.Image | None = None
+
+    def validate(self, needs_trajectory: bool) -> None:
+        if needs_trajectory and (self.w is None or self.l is None):
+            raise PairError(f"pair for {self.prompt!r} has no trajectories; use the diffusion-dpo objective")
+        if self.w is not None and self.l is not None:
+            if self.w.prompt != self.l.prompt:
+                raise PairError(f"pair mixes prompts {self.w.prompt!r} and {self.l.prompt!r}")
+            if self.w.latents.shape != self.l.latents.shape or not torch.equal(self.w.timesteps, self.l.timesteps):
+                raise PairError(f"pair for {self.prompt!r} has trajectories of different shapes or timesteps")
+            if self.w.settings != self.l.settings:
+                raise PairError(f"pair for {self.prompt!r} was sampled with different settings")
+        elif self.w_image is None or self.l_image is None:
+            raise PairError(f"pair for {self.prompt!r} has neither trajectories nor images")
+        if self.target not in (0.5, 1.0):
+            raise PairError(f"target must be 1 (w preferred) or 0.5 (tie), got {self.target}")
+
+
+@dataclass
+class TrainResult:
+    lora: bytes
+    metrics: dict
+    history: list[dict]
+
+
+class Trainer:
+    """Owns a private pipeline copy; `train(pairs)` returns a new LoRA and its metrics."""
+
+    def __init__(self, model: str | LoadedModel = "embedded", config: TrainerConfig | None = None,
+                 device: str | None = None):
+        self.model = model if isinstance(model, LoadedModel) else load_pipeline(model, device=device, dtype="fp32")
+        self.config = config or TrainerConfig()
+        pipe = self.model.pipe
+        self.unet, self.vae, self.scheduler = pipe.unet, pipe.vae, pipe.scheduler
+        self.tokenizer, self.text_encoder = pipe.tokenizer, pipe.text_encoder
+        for m in (self.unet, self.vae, self.text_encoder):
+            m.requires_grad_(False)
+        self.abar = self.scheduler.alphas_cumprod.to(torch.float32)
+        self.final_abar = float(self.scheduler.final_alpha_cumprod)
+        self._embed_cache: dict[str, torch.Tensor] = {}
+
+    # ---- helpers ----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def embed(self, texts: list[str]) -> torch.Tensor:
+        missing = [t for t in dict.fromkeys(texts) if t not in self._embed_cache]
+        if missing:
+            ids = self.tokenizer(missing, padding="max_length", truncation=True,
+                                 max_length=self.tokenizer.model_max_length, return_tensors="pt").input_ids
+            out = self.text_encoder(ids.to(self.model.device))[0].float()
+            self._embed_cache.update(zip(missing, out))
+        return torch.stack([self._embed_cache[t] for t in texts])
+
+    def _abar_prev(self, t: torch.Tensor, num_steps: torch.Tensor) -> torch.Tensor:
+        prev = t - self.scheduler.config.num_train_timesteps // num_steps  # diffusers' DDIM rule
+        out = self.abar[prev.clamp(min=0)]
+        return torch.where(prev >= 0, out, torch.full_like(out, self.final_abar))
+
+    def _fresh_adapter(self) -> None:
+        cfg = self.config
+        if ADAPTER in getattr(self.unet, "peft_config", {}):
+            self.unet.delete_adapters(ADAPTER)
+        torch.manual_seed(cfg.seed)
+        self.unet.add_adapter(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha or cfg.lora_rank,
+                                         init_lora_weights="gaussian", target_modules=list(cfg.target_modules)),
+                              adapter_name=ADAPTER)
+        self.unet.set_adapter(ADAPTER)
+
+    def lora_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for n, p in self.unet.named_parameters() if "lora_" in n and ADAPTER in n]
+
+    def _guided_eps(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
+                    guidance: torch.Tensor) -> torch.Tensor:
+        """CFG noise prediction, exactly as the pipeline computes it at sampling time."""
+        dt = self.unet.dtype
+        eps = self.unet(torch.cat([x, x]).to(dt), torch.cat([t, t]), torch.cat([uncond, cond]).to(dt)).sample.float()
+        eps_u, eps_c = eps.chunk(2)
+        return eps_u + guidance.view(-1, 1, 1, 1) * (eps_c - eps_u)
+
+    # ---- the two loss computations ----------------------------------------------------------------------------
+    def _dense_batch(self, batch: list[TrainingPair], gen: torch.Generator):
+        cfg, dev = self.config, self.model.device
+        m, b = cfg.steps_per_pair, len(batch)
+        # M step indices per pair, drawn once and shared by its w and l trajectories.
+        ks = [obj.sample_step_indices(p.w.num_steps, cfg.effective_gamma, m, generator=gen) for p in batch]
+        items = [(getattr(p, side), k) for side in ("w", "l") for p, k in zip(batch, ks)]
+        x = torch.cat([tr.latents[k].float() for tr, k in items]).to(dev)  # (2*B*M, C, h, w)
+        x_next = torch.cat([tr.latents[k + 1].float() for tr, k in items]).to(dev)
+        t = torch.cat([tr.timesteps[k] for tr, k in items])
+        steps = torch.tensor([tr.num_steps for tr, _ in items]).repeat_interleave(m)
+        abar_t, abar_prev = self.abar[t].to(dev), self._abar_prev(t, steps).to(dev)
+        cond = self.embed([tr.prompt for tr, _ in items for _ in range(m)])
+        uncond = self.embed([tr.settings.get("negative_prompt", "") for tr, _ in items for _ in range(m)])
+        guidance = torch.tensor([float(tr.settings["guidance_scale"]) for tr, _ in items], device=dev)
+        guidance = guidance.repeat_interleave(m)
+        etas = torch.tensor([float(tr.settings["eta"]) for tr, _ in items]).repeat_interleave(m)
+        t = t.to(dev)
+
+        def logp():
+            eps = self._guided_eps(x, t, cond, uncond, guidance)
+            out = torch.empty(len(x), device=dev)
+            for eta in etas.unique().tolist():  # usually one value; the objective takes a scalar eta
+                sel = (etas == eta).to(dev)
+                out[sel] = obj.ddim_step_log_prob(x_next[sel], x[sel], eps[sel], abar_t[sel], abar_prev[sel], eta)
+            return out
+
+        with torch.no_grad():
+            self.unet.disable_adapters()
+            ref = logp()
+            self.unet.enable_adapters()
+        pol = logp()
+        pol, ref = pol.view(2, b, m), ref.view(2, b, m)
+        target = torch.tensor([p.target for p in batch], device=dev)
+        return obj.dense_dpo_loss(pol[0], ref[0], pol[1], ref[1], beta=cfg.effective_beta,
+                                  log_ratio_clip=cfg.log_ratio_clip, target=target)
+
+    @torch.no_grad()
+    def _clean_latent(self, traj: Trajectory | None, image: Image.Image | None) -> torch.Tensor:
+        if traj is not None:
+            return traj.latents[-1].float()  # the latent the image was decoded from
+        arr = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
+        lat = self.vae.encode(arr[None].to(self.model.device, self.vae.dtype)).latent_dist.mean
+        return (lat * self.vae.config.scaling_factor)[0].float().cpu()
+
+    def _diffusion_dpo_batch(self, batch: list[TrainingPair], gen: torch.Generator):
+        cfg, dev = self.config, self.model.device
+        zw = torch.stack([self._clean_latent(p.w, p.w_image) for p in batch])
+        zl = torch.stack([self._clean_latent(p.l, p.l_image) for p in batch])
+        n_train = self.scheduler.config.num_train_timesteps
+        t = torch.randint(0, n_train, (len(batch),), generator=gen)
+        noise = torch.randn(zw.shape, generator=gen)  # the same noise and t for w and l, as in Diffusion-DPO
+        a = self.abar[t].view(-1, 1, 1, 1)
+        noisy = torch.cat([a.sqrt() * zw + (1 - a).sqrt() * noise, a.sqrt() * zl + (1 - a).sqrt() * noise]).to(dev)
+        tt, target_noise = torch.cat([t, t]).to(dev), torch.cat([noise, noise]).to(dev)
+        cond = self.embed([p.prompt for p in batch] * 2)
+
+        def err():
+            pred = self.unet(noisy.to(self.unet.dtype), tt, cond.to(self.unet.dtype)).sample.float()
+            return (pred - target_noise).pow(2).flatten(1).mean(1)
+
+        with torch.no_grad():
+            self.unet.disable_adapters()
+            ref = err()
+            self.unet.enable_adapters()
+        pol = err()
+        b = len(batch)
+        k = batch[0].w.num_steps if batch[0].w is not None else 20
+        weight = obj.timestep_discount(t, n_train, k, cfg.effective_gamma).to(dev)
+        target = torch.tensor([p.target for p in batch], device=dev)
+        return obj.diffusion_dpo_loss(pol[:b], ref[:b], pol[b:], ref[b:], beta=cfg.effective_beta, weight=weight,
+                                      target=target)
+
+    # ---- the run ----------------------------------------------------------------------------------------------
+    def prepare_pairs(self, pairs: list[TrainingPair]) -> list[TrainingPair]:
+        dense = self.config.objective != "diffusion-dpo"
+        kept = [p for p in pairs if not (p.target == 0.5 and self.config.tie_policy == "drop")]
+        for p in kept:
+            p.validate(needs_trajectory=dense)
+        if not kept:
+            raise PairError("no usable pairs to train on (ties are dropped with tie_policy='drop')")
+        return kept
+
+    def train(self, pairs: list[TrainingPair], progress=None) -> TrainResult:
+        cfg = self.config
+        pairs = self.prepare_pairs(pairs)
+        self._fresh_adapter()
+        params = self.lora_parameters()
+        accel = Accelerator(mixed_precision=cfg.mixed_precision, cpu=self.model.device.type == "cpu")
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opt = accel.prepare(opt)
+        rng = random.Random(cfg.seed)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        step_fn = self._diffusion_dpo_batch if cfg.objective == "diffusion-dpo" else self._dense_batch
+        history: list[dict] = []
+        t0 = time.perf_counter()
+        self.unet.train()
+        try:
+            for step in range(cfg.train_steps):
+                batch = [pairs[rng.randrange(len(pairs))] for _ in range(cfg.batch_pairs)]
+                with accel.autocast():
+                    out = step_fn(batch, gen)
+                if not torch.isfinite(out.loss):
+                    raise TrainingDivergedError(f"loss became {out.loss.item()} at step {step}; no adapter saved")
+                opt.zero_grad(set_to_none=True)
+                accel.backward(out.loss)
+                accel.clip_grad_norm_(params, cfg.grad_clip)
+                opt.step()
+                history.append({"step": step, "loss": out.loss.item(), "margin": out.margin.mean().item(),
+                                "accuracy": _finite(out.accuracy), "clipped": _finite(out.clipped_fraction)})
+                if progress is not None:
+                    progress(step + 1, cfg.train_steps)
+        finally:
+            self.unet.eval()
+        if not all(torch.isfinite(p).all() for p in params):
+            raise TrainingDivergedError("LoRA weights became non-finite; no adapter saved")
+        lora = self.export_lora()
+        tail = history[-max(1, len(history) // 5):]
+        metrics = {"loss_first": history[0]["loss"], "loss": _mean(h["loss"] for h in tail),
+                   "margin": _mean(h["margin"] for h in tail), "accuracy": _mean(h["accuracy"] for h in tail),
+                   "clipped_fraction": _mean(h["clipped"] for h in tail), "pairs": len(pairs),
+                   "steps": cfg.train_steps, "train_seconds": round(time.perf_counter() - t0, 3)}
+        return TrainResult(lora, metrics, history)
+
+    def export_lora(self) -> bytes:
+        state = convert_state_dict_to_diffusers(get_peft_model_state_dict(self.unet, adapter_name=ADAPTER))
+        meta = self.unet.peft_config[ADAPTER].to_dict()
+        meta["target_modules"] = sorted(meta["target_modules"])
+        return save_lora_bytes(state, metadata=meta)
+
+
+def _finite(x: torch.Tensor) -> float:
+    v = float(x)
+    return v if math.isfinite(v) else 0.0
+
+
+def _mean(values) -> float:
+    vals = list(values)
+    return float(sum(vals) / len(vals)) if vals else 0.0

@@ -1,0 +1,269 @@
+"""The training worker: when to train, train, check, register, promote.
+
+It wakes when `train_every` new preference votes exist since the last run, when `interval_s` has passed with new
+votes, or when `request_training()` is called ("Train now"). A run trains a fresh LoRA on all labeled pairs so far
+(optionally only some annotators'), checks the loss stayed finite and the fidelity guard passes, writes the adapter
+to the blob store and registers it; a passing adapter becomes live, a failing one is recorded as rejected with the
+reason. Failures are recorded as failed training runs and leave the live adapter as it was. Only one run at a time.
+
+The worker touches storage and its own trainer, never the app's sampler: samplers follow the database through
+`alignment.live.sync_live_adapter`. The same worker runs as a thread in the app or alone:
+
+    python -m alignment.worker --data-dir studio-data [--database-url URL] [--train-every 8] [--once]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from PIL import Image
+
+from alignment.fidelity import FidelityGuard
+from alignment.sampler import Sampler, SamplerConfig, Trajectory
+from alignment.trainer import Trainer, TrainerConfig, TrainingPair
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerConfig:
+    train_every: int = 8  # new preference votes that trigger a run
+    interval_s: float | None = None  # also train this often when there are any new votes
+    min_votes: int = 4  # never train on fewer preference votes than this
+    poll_s: float = 1.0
+    annotators: tuple[str, ...] | None = None  # train only on these annotators' votes
+    fidelity_max_drop: float = 0.05
+
+    def __post_init__(self):
+        if self.train_every < 1 or self.min_votes < 1:
+            raise ValueError("train_every and min_votes must be at least 1")
+        if self.interval_s is not None and self.interval_s <= 0:
+            raise ValueError("interval_s must be positive")
+        if self.poll_s <= 0:
+            raise ValueError("poll_s must be positive")
+
+
+def to_training_pair(lp, repo) -> TrainingPair:
+    """A storage LabeledPair as a trainer TrainingPair (preferred side first)."""
+    if lp.choice == "left":
+        w, l, target = lp.left, lp.right, 1.0
+    elif lp.choice == "right":
+        w, l, target = lp.right, lp.left, 1.0
+    else:
+        w, l, target = lp.left, lp.right, 0.5
+    if w.trajectory_hash and l.trajectory_hash:
+        return TrainingPair(lp.prompt, Trajectory.from_bytes(repo.read_blob(w.trajectory_hash)),
+                            Trajectory.from_bytes(repo.read_blob(l.trajectory_hash)), target)
+    return TrainingPair(lp.prompt, None, None, target, _image(repo, w.image_hash), _image(repo, l.image_hash))
+
+
+def _image(repo, h: str) -> Image.Image:
+    import io
+    return Image.open(io.BytesIO(repo.read_blob(h))).convert("RGB")
+
+
+class Worker:
+    def __init__(self, repo, model_id: str = "embedded", trainer_config: TrainerConfig | None = None,
+                 config: WorkerConfig | None = None, device: str | None = None,
+                 on_change: Callable[[dict], None] | None = None, trainer: Trainer | None = None):
+        self.repo = repo
+        self.model_id = model_id
+        self.config = config or WorkerConfig()
+        self._trainer_config = trainer_config or TrainerConfig()
+        self._device = device
+        self._trainer = trainer
+        self._guard: FidelityGuard | None = None
+        self.on_change = on_change
+        self._run_lock = threading.Lock()  # one training run at a time
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._requested = False
+        self._thread: threading.Thread | None = None
+        self._state = "stopped"
+        self._progress: tuple[int, int] | None = None
+        self._last_error: str | None = None
+        self._last_run: dict | None = None
+        self._last_attempt_vote_id = self._initial_watermark()
+        self._last_attempt_time = time.monotonic()
+
+    # ---- public API -------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._state = "idle"
+        self._thread = threading.Thread(target=self._loop, name="alignment-worker", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float | None = 30.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._state = "stopped"
+
+    def request_training(self) -> bool:
+        """Ask for a run now ("Train now"); False when one is already running."""
+        if self._run_lock.locked():
+            return False
+        self._requested = True
+        self._wake.set()
+        return True
+
+    def set_trainer_config(self, cfg: TrainerConfig) -> None:
+        if not isinstance(cfg, TrainerConfig):
+            raise TypeError("expected a TrainerConfig")
+        self._trainer_config = cfg
+
+    @property
+    def trainer_config(self) -> TrainerConfig:
+        return self._trainer_config
+
+    def state(self) -> dict:
+        live = self.repo.live_adapter()
+        return {"state": self._state, "last_error": self._last_error, "last_run": self._last_run,
+                "progress": self._progress, "live_version": live.version if live else None,
+                "votes_pending": self.repo.votes_since(self._last_attempt_vote_id)}
+
+    # ---- one run ----------------------------------------------------------------------------------------------
+    def should_train(self) -> bool:
+        pending = self.repo.votes_since(self._last_attempt_vote_id)
+        total = self.repo.votes_since(0)
+        if total < self.config.min_votes:
+            return False
+        if self._requested:
+            return True
+        if pending >= self.config.train_every:
+            return True
+        timer = self.config.interval_s
+        return bool(timer and pending and time.monotonic() - self._last_attempt_time >= timer)
+
+    def run_once(self) -> dict | None:
+        """Train now if the lock is free; returns a summary of the run (None if another run holds the lock)."""
+        if not self._run_lock.acquire(blocking=False):
+            return None
+        try:
+            self._requested = False
+            self._state = "training"
+            return self._run()
+        finally:
+            self._state = "idle" if self._thread is not None and not self._stop.is_set() else "stopped"
+            self._progress = None
+            self._run_lock.release()
+
+    def _run(self) -> dict:
+        cfg = self._trainer_config
+        watermark = self.repo.last_vote_id()
+        self._last_attempt_vote_id, self._last_attempt_time = watermark, time.monotonic()
+        run_id = self.repo.start_training_run({**cfg.to_dict(), "model_id": self.model_id})
+        parent = self.repo.live_adapter()
+        try:
+            labeled = self.repo.labeled_pairs(annotators=list(self.config.annotators)
+                                              if self.config.annotators else None)
+            labeled = [lp for lp in labeled if lp.vote_id <= watermark]
+            pairs = [to_training_pair(lp, self.repo) for lp in labeled]
+            trainer = self.trainer()
+            trainer.config = cfg
+            result = trainer.train(pairs, progress=lambda i, n: setattr(self, "_progress", (i, n)))
+            report = self.guard(trainer).check(self._guard_sampler(trainer), self._toggle(trainer))
+        except Exception as e:  # a run boundary: any failure is recorded, the live adapter stays as it was
+            self._last_error = f"{type(e).__name__}: {e}"
+            log.warning("training run %s failed: %s", run_id, self._last_error)
+            self.repo.finish_training_run(run_id, "failed", error=self._last_error)
+            self._last_run = {"run_id": run_id, "status": "failed", "error": self._last_error}
+            self._notify()
+            return self._last_run
+        metrics = {**result.metrics, **report.as_metrics()}
+        metrics = {k: v for k, v in metrics.items() if v is not None}
+        record = self.repo.register_adapter(
+            result.lora, parent_version=parent.version if parent else None, objective=cfg.objective,
+            hyperparams={**cfg.to_dict(), "last_vote_id": watermark, "model_id": self.model_id},
+            votes_used=len(labeled), metrics={**metrics, "loss_curve": [round(h["loss"], 5) for h in result.history]})
+        status = "live" if report.passed else "rejected"
+        self.repo.set_adapter_status(record.version, status, report.reason)
+        self.repo.finish_training_run(run_id, "succeeded" if report.passed else "rejected", error=report.reason,
+                                      metrics=metrics, adapter_version=record.version)
+        self._last_error = None if report.passed else report.reason
+        self._last_run = {"run_id": run_id, "status": status, "version": record.version, "metrics": metrics}
+        self._notify()
+        return self._last_run
+
+    # ---- parts ------------------------------------------------------------------------------------------------
+    def trainer(self) -> Trainer:
+        if self._trainer is None:
+            self._trainer = Trainer(self.model_id, self._trainer_config, device=self._device)
+        return self._trainer
+
+    def guard(self, trainer: Trainer) -> FidelityGuard:
+        if self._guard is None:
+            self._guard = FidelityGuard(embedded=trainer.model.is_embedded, max_drop=self.config.fidelity_max_drop)
+        return self._guard
+
+    @staticmethod
+    def _guard_sampler(trainer: Trainer) -> Sampler:
+        return Sampler(trainer.model, SamplerConfig.from_defaults(trainer.model.sampler_defaults), fuse=False)
+
+    @staticmethod
+    def _toggle(trainer: Trainer) -> Callable[[bool], None]:
+        def set_enabled(on: bool) -> None:
+            (trainer.unet.enable_adapters if on else trainer.unet.disable_adapters)()
+        return set_enabled
+
+    def _initial_watermark(self) -> int:
+        live = self.repo.live_adapter()
+        return int(live.hyperparams.get("last_vote_id", 0)) if live is not None else 0
+
+    def _notify(self) -> None:
+        if self.on_change is not None:
+            self.on_change(self._last_run or {})
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                if self.should_train():
+                    self.run_once()
+            except Exception as e:  # the thread must survive anything (e.g. a database hiccup) and report it
+                self._last_error = f"{type(e).__name__}: {e}"
+                log.exception("worker loop error")
+            self._wake.wait(self.config.poll_s)
+            self._wake.clear()
+
+
+def main(argv: list[str] | None = None) -> None:
+    from storage import Repository
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", default="studio-data")
+    p.add_argument("--database-url", default=None)
+    p.add_argument("--model", default="embedded")
+    p.add_argument("--device", default=None)
+    p.add_argument("--train-every", type=int, default=8)
+    p.add_argument("--interval", type=float, default=None, help="seconds between timed runs")
+    p.add_argument("--objective", default="discounted")
+    p.add_argument("--gamma", type=float, default=0.9)
+    p.add_argument("--train-steps", type=int, default=80)
+    p.add_argument("--once", action="store_true", help="train once now (if there are votes) and exit")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    repo = Repository(args.data_dir, args.database_url)
+    tcfg = TrainerConfig(objective=args.objective, gamma=args.gamma, train_steps=args.train_steps)
+    worker = Worker(repo, args.model, tcfg, WorkerConfig(train_every=args.train_every, interval_s=args.interval),
+                    device=args.device, on_change=lambda run: log.info("run: %s", run))
+    if args.once:
+        print(worker.run_once())
+        return
+    worker.start()
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        worker.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""Checking what people and API clients send: seeds, pair ids, vote choices, Train-tab settings.
+
+Each parser returns the value in the type the lower layers expect, or raises `StudioError` with a message the UI
+shows as is. Range checks that belong to a lower layer (prompt length, objective values) stay there; this module
+only makes the raw widget and JSON values comparable. It knows no Gradio and nothing below `alignment.sampler`.
+"""
+
+from __future__ import annotations
+
+import re
+
+from alignment.sampler import MAX_SEED
+
+VOTE_CHOICES = ("left", "right", "tie", "both_bad", "skip")
+# Settings the Train tab edits: name -> type; beta may be empty (None = the objective's default).
+SETTINGS = {"objective": str, "gamma": float, "beta": float, "lr": float, "train_steps": int, "train_every": int}
+BLIND_CHOICES = ("left", "right", "tie")  # what the person clicks in blind A/B mode
+
+
+class StudioError(ValueError):
+    """Bad input from a person or an API client; the message says what to do instead. Nothing was written."""
+
+
+def parse_seeds(seeds, count: int) -> list[int] | None:
+    """`count` seeds from None/"" (random), a string like "12, 34" or a sequence of integers."""
+    if seeds is None or (isinstance(seeds, str) and not seeds.strip()):
+        return None
+    items = re.split(r"[\s,;]+", seeds.strip()) if isinstance(seeds, str) else list(seeds)
+    out = []
+    for item in items:
+        try:
+            value = int(item) if not isinstance(item, float) or item.is_integer() else None
+        except (TypeError, ValueError):
+            value = None
+        if value is None or isinstance(item, bool):
+            raise StudioError(f"seed {item!r} is not a whole number")
+        if not 0 <= value <= MAX_SEED:
+            raise StudioError(f"seed {value} is out of range: use 0 .. {MAX_SEED}")
+        out.append(value)
+    if len(out) != count:
+        raise StudioError(f"give {count} seed{'s' if count > 1 else ''} (e.g. {', '.join(['12', '34'][:count])}) "
+                          f"or leave it empty for random ones; got {len(out)}")
+    return out
+
+
+def parse_pair_id(pair_id) -> int:
+    """A pair id from an int, an integral float (gr.Number) or a string of digits."""
+    if isinstance(pair_id, bool) or pair_id is None or pair_id == "":
+        raise StudioError("no pair to vote on: make a pair first (New pair)")
+    if isinstance(pair_id, float) and pair_id.is_integer():
+        return int(pair_id)
+    if isinstance(pair_id, int):
+        return pair_id
+    if isinstance(pair_id, str) and pair_id.strip().isdigit():
+        return int(pair_id.strip())
+    raise StudioError(f"pair id must be a whole number, got {pair_id!r:.40}")
+
+
+def parse_setting(name: str, value):
+    """One Train-tab value as the type the alignment core expects; StudioError if it cannot be."""
+    kind = SETTINGS[name]
+    if value is None or value == "":
+        if name == "beta":
+            return None
+        raise StudioError(f"{name} is empty: give a value")
+    if kind is str:
+        return str(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise StudioError(f"{name} must be a number, got {value!r:.40}")
+    if kind is int:
+        if float(value) != int(value):
+            raise StudioError(f"{name} must be a whole number, got {value}")
+        return int(value)
+    return float(value)

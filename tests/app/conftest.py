@@ -1,0 +1,47 @@
+"""Fixtures of the app tests: a Studio on a temporary data dir, with the shared embedded model when no adapter is
+swapped in, or with a private sampler (reset to the base after each test) when one is."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import pytest
+
+os.environ.setdefault("GRADIO_TEMP_DIR", tempfile.mkdtemp(prefix="gradio-tests-"))
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture
+def studio(embedded, tmp_path):
+    """A Studio without a worker on the shared embedded model; tests using it must not swap adapters."""
+    from alignment.sampler import Sampler
+    from app.studio import Studio
+    from storage import Repository
+
+    s = Studio(Sampler(embedded), Repository(tmp_path / "data"))
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def own_sampler():
+    """A sampler on a private copy of the embedded model, for tests that hot-swap adapters."""
+    from alignment.models import load_pipeline
+    from alignment.sampler import Sampler
+
+    return Sampler(load_pipeline("embedded"))
+
+
+@pytest.fixture
+def swap_studio(own_sampler, tmp_path):
+    """A Studio whose sampler may swap adapters, with a (not started) worker; back on the base afterwards."""
+    from alignment.worker import Worker, WorkerConfig
+    from app.studio import Studio
+    from storage import Repository
+
+    repo = Repository(tmp_path / "data")
+    s = Studio(own_sampler, repo, Worker(repo, "embedded", config=WorkerConfig(train_every=8)))
+    yield s
+    own_sampler.set_adapter(None)
+    s.close()

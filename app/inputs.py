@@ -65,6 +65,11 @@ def parse_setting(name: str, value):
         raise StudioError(f"{name} is empty: give a value")
     if kind is str:
         return str(value)
+    if isinstance(value, str):  # a text field (beta, so that it can be left empty)
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise StudioError(f"{name} must be a number, got {value!r:.40}") from None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise StudioError(f"{name} must be a number, got {value!r:.40}")
     if kind is int:

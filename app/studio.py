@@ -45,6 +45,9 @@ from app.inputs import (
 from storage import NewGeneration, Repository
 from storage.export import export_parquet, import_parquet
 
+# Adapter metrics worth a glance in the history table (all of them stay in the database).
+SHOWN_METRICS = ("accuracy", "margin", "fidelity_base", "fidelity_candidate", "drift", "pairs", "steps",
+                 "train_seconds")
 RANDOM_SEED_LIMIT = 2**31  # random seeds stay short enough to read and retype
 BUILTIN_PROMPTS = [
     "a watercolor painting of a lighthouse at dusk",
@@ -260,10 +263,10 @@ class Studio:
         """The adapter history, newest first, as plain rows for the table."""
         rows = []
         for a in reversed(self.repo.list_adapters()):
+            shown = [k for k in SHOWN_METRICS if a.metrics.get(k) is not None]
             rows.append({"version": a.version, "status": a.status, "objective": a.objective,
-                         "votes used": a.votes_used, "loss": a.metrics.get("loss"),
-                         "metrics": ", ".join(f"{k}={_short(v)}" for k, v in sorted(a.metrics.items())
-                                              if not isinstance(v, (list, dict))),
+                         "votes used": a.votes_used, "loss": _short(a.metrics.get("loss", "")),
+                         "metrics": ", ".join(f"{k} {_short(a.metrics[k])}" for k in shown),
                          "created": a.created_at.astimezone().strftime("%Y-%m-%d %H:%M:%S"),
                          "note": a.status_reason or ""})
         return rows
@@ -306,7 +309,7 @@ class Studio:
             w = self.win_rate(version)
             if w["n"]:
                 for series in ("rate", "lo", "hi"):
-                    points.append({"version": version, "win rate": w[series],
+                    points.append({"version": f"v{version}", "win rate": w[series],
                                    "series": {"rate": "win rate", "lo": "95% low", "hi": "95% high"}[series]})
         return points
 
@@ -368,4 +371,4 @@ class Studio:
 
 
 def _short(value) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+    return f"{value:.3g}" if isinstance(value, float) else str(value)

@@ -1,0 +1,88 @@
+"""The Label tab: a prompt, two images side by side, five vote buttons; the next pair follows every vote.
+
+The New pair button is the public `/new_pair` endpoint (prompt, seeds → left image, right image, pair id). The vote
+buttons are private events that all call one `record_vote(choice, ...)`, then generate the next pair for the same
+prompt; keyboard keys 1-5 click them (see `app.ui.HEAD`). Generation events share the "gpu" concurrency group, so
+requests from many sessions queue instead of failing. Knows Gradio and `Studio`, nothing below.
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from app.session import annotator_of, user_errors
+from app.studio import Studio
+
+GPU = {"concurrency_id": "gpu", "concurrency_limit": 1}
+PRIVATE = {"api_visibility": "private"}
+# (choice, button label, elem_id); the number in a label is its keyboard key.
+VOTE_BUTTONS = [
+    ("left", "Left is better (1)", "vote-left"),
+    ("right", "Right is better (2)", "vote-right"),
+    ("tie", "Tie (3)", "vote-tie"),
+    ("both_bad", "Both bad (4)", "vote-both-bad"),
+    ("skip", "Skip (5)", "vote-skip"),
+]
+CHOICE_TEXT = {choice: label.split(" (")[0] for choice, label, _ in VOTE_BUTTONS}
+
+
+def build(studio: Studio, session: gr.State, status: gr.Markdown, refresh_status) -> None:
+    """The tab's components and events (inside a `gr.Tabs`)."""
+    with gr.Tab("Label", id="label"):
+        with gr.Row(equal_height=True):
+            prompt_box = gr.Dropdown(choices=studio.suggestions, value=studio.suggestions[0], allow_custom_value=True,
+                                 label="Prompt", info="pick a suggestion or type your own", scale=5,
+                                 elem_id="label-prompt")
+            new_btn = gr.Button("New pair", variant="primary", scale=1, elem_id="new-pair")
+        with gr.Accordion("Seeds (optional)", open=False):
+            seeds_box = gr.Textbox(label="Seeds", value="", placeholder="two whole numbers, e.g. 12, 34; empty = random",
+                               elem_id="label-seeds")
+        with gr.Row(elem_classes="pair-row"):
+            left = gr.Image(label="Left (1)", type="pil", format="png", interactive=False, elem_id="left-img",
+                            elem_classes="pair-img", buttons=["download"])
+            right = gr.Image(label="Right (2)", type="pil", format="png", interactive=False, elem_id="right-img",
+                             elem_classes="pair-img", buttons=["download"])
+        with gr.Row():
+            buttons = {choice: gr.Button(text, elem_id=elem_id, variant="secondary" if choice in ("both_bad", "skip")
+                                         else "primary") for choice, text, elem_id in VOTE_BUTTONS}
+        with gr.Row(equal_height=True):
+            pair_id = gr.Number(label="Pair", precision=0, interactive=False, elem_id="pair-id", scale=1)
+            ack = gr.Markdown("Press **New pair**, then vote with the buttons or the keys 1-5.", elem_id="vote-ack")
+
+    @user_errors
+    def make_pair(prompt: str, seeds: str, state: dict, request: gr.Request, progress=gr.Progress()):
+        progress(0.1, desc="generating two images…")
+        view = studio.new_pair(prompt, seeds, annotator=annotator_of(state, request))
+        return view.left, view.right, view.id, {**state, "pair_id": view.id, "prompt": view.prompt}
+
+    @user_errors
+    def record_vote(choice: str, state: dict, request: gr.Request):
+        """The one vote handler behind all five buttons."""
+        receipt = studio.vote(state.get("pair_id"), choice, annotator=annotator_of(state, request))
+        text = f"Recorded **{CHOICE_TEXT[choice]}** for pair {receipt['pair_id']}; the next pair is coming."
+        return text, {**state, "pair_id": None}
+
+    @user_errors
+    def next_pair(state: dict, request: gr.Request, progress=gr.Progress()):
+        progress(0.1, desc="generating the next pair…")
+        view = studio.new_pair(state.get("prompt") or "", annotator=annotator_of(state, request))
+        return view.left, view.right, view.id, {**state, "pair_id": view.id, "prompt": view.prompt}
+
+    pair_outputs = [left, right, pair_id, session]
+    new_btn.click(make_pair, [prompt_box, seeds_box, session], pair_outputs, api_name="new_pair",
+                  api_description="Two images of a prompt (optional seeds 'a, b') stored as a pair; returns "
+                                  "left image, right image, pair id.", **GPU
+                  ).then(refresh_status, None, status, **PRIVATE)
+    for choice, button in buttons.items():
+        button.click(bind_choice(record_vote, choice), [session], [ack, session], **PRIVATE
+                     ).success(next_pair, [session], pair_outputs, **PRIVATE, **GPU
+                               ).then(refresh_status, None, status, **PRIVATE)
+
+
+def bind_choice(fn, choice: str):
+    """`fn(choice, state, request)` with its choice fixed, typed so that Gradio still passes the request."""
+
+    def handler(state: dict, request: gr.Request):
+        return fn(choice, state, request)
+
+    return handler

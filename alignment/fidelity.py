@@ -42,7 +42,7 @@ class FidelityReport:
 
 class FidelityGuard:
     def __init__(self, embedded: bool, seeds: Sequence[int] = (1000, 1001), max_drop: float = 0.05,
-                 scorer: Scorer | None = None, prompts: Sequence[str] | None = None):
+                 scorer: Scorer | None = None, prompts: Sequence[str] | None = None, limit: int | None = None):
         if not 0 <= max_drop < 1:
             raise ValueError(f"max_drop must be in [0, 1), got {max_drop}")
         self.embedded = embedded
@@ -50,7 +50,9 @@ class FidelityGuard:
         self.max_drop = max_drop
         self.scorer = scorer
         self.cases: list[PromptCase] | None = held_out_cases(sizes=(None,)) if embedded else None
-        self.prompts = [c.prompt for c in self.cases] if self.cases else list(prompts or GENERAL_PROMPTS)
+        if self.cases is not None and limit is not None:
+            self.cases = self.cases[:limit]
+        self.prompts = [c.prompt for c in self.cases] if self.cases else list(prompts or GENERAL_PROMPTS)[:limit]
         self._base_cache: tuple[list, float | None] | None = None
 
     def _render(self, sampler: Sampler) -> list:

@@ -209,16 +209,22 @@ class Sampler:
                 source = Path(tmp)
                 (source / LORA_WEIGHT_NAME).write_bytes(lora)
             state = None if version is None else read_lora(source)
+            if state is not None and not any(k.startswith("unet.") for k in state):
+                raise AdapterLoadError("the LoRA state dict has no 'unet.'-prefixed keys: it would load nothing")
             with self.lock:
                 t0 = time.perf_counter()
                 self._unfuse()
-                if state is None:
-                    if self._loaded:
-                        self.pipe.disable_lora()
-                else:
-                    self._load(state, source if isinstance(source, (str, Path)) else state)
-                    self._fuse()
-                self.adapter_version = version
+                try:
+                    if state is None:
+                        if self._loaded:
+                            self.pipe.disable_lora()
+                        self.adapter_version = None
+                    else:
+                        self._load(state, source if isinstance(source, (str, Path)) else state)
+                        self.adapter_version = version
+                finally:
+                    if self.adapter_version is not None:
+                        self._fuse()  # re-fuse whatever is live, also when loading a new one failed
                 return time.perf_counter() - t0
 
     def _load(self, state: dict[str, torch.Tensor], source) -> None:
@@ -265,14 +271,18 @@ def read_lora(lora: str | Path | bytes | dict) -> dict[str, torch.Tensor]:
     """A diffusers-format LoRA state dict (keys 'unet.…') from a folder, a .safetensors file, bytes or a dict."""
     if isinstance(lora, dict):
         return lora
-    if isinstance(lora, bytes):
-        return load_safetensors(lora)
-    path = Path(lora)
-    if path.is_dir():
-        path = path / LORA_WEIGHT_NAME
-    if not path.is_file():
-        raise AdapterLoadError(f"no LoRA weights at {path}")
-    return load_safetensors(path.read_bytes())
+    data = lora
+    if not isinstance(lora, bytes):
+        path = Path(lora)
+        if path.is_dir():
+            path = path / LORA_WEIGHT_NAME
+        if not path.is_file():
+            raise AdapterLoadError(f"no LoRA weights at {path}")
+        data = path.read_bytes()
+    try:
+        return load_safetensors(data)
+    except Exception as e:  # safetensors raises its own error type for any malformed header
+        raise AdapterLoadError(f"the adapter is not a readable safetensors file: {e}") from e
 
 
 def save_lora_bytes(state: dict[str, torch.Tensor], metadata: dict | None = None) -> bytes:

@@ -191,6 +191,26 @@ class Trainer:
         eps_u, eps_c = eps.chunk(2)
         return eps_u + guidance.view(-1, 1, 1, 1) * (eps_c - eps_u)
 
+    @torch.no_grad()
+    def implied_noise(self, traj: Trajectory) -> torch.Tensor:
+        """(K, C, h, w): the noise z_k that turns x_k into the stored x_{k+1} under the current weights.
+
+        For a trajectory sampled by the same weights this is standard normal: a check that the log-probabilities
+        the objective uses describe the chain the sampler actually ran.
+        """
+        k = torch.arange(traj.num_steps)
+        x, x_next, t = traj.latents[:-1].float(), traj.latents[1:].float(), traj.timesteps
+        n = len(k)
+        cond = self.embed([traj.prompt] * n)
+        uncond = self.embed([traj.settings.get("negative_prompt", "")] * n)
+        guidance = torch.full((n,), float(traj.settings["guidance_scale"]))
+        dev = self.model.device
+        eps = self._guided_eps(x.to(dev), t.to(dev), cond, uncond, guidance.to(dev))
+        mean, std = obj.ddim_step_mean_std(x.to(dev), eps, self.abar[t].to(dev),
+                                           self._abar_prev(t, torch.full((n,), n)).to(dev),
+                                           float(traj.settings["eta"]))
+        return obj.implied_noise(x_next.to(dev), mean, std).cpu()
+
     # ---- the two loss computations ----------------------------------------------------------------------------
     def _dense_batch(self, batch: list[TrainingPair], gen: torch.Generator):
         cfg, dev = self.config, self.model.device

@@ -38,6 +38,8 @@ class WorkerConfig:
     poll_s: float = 1.0
     annotators: tuple[str, ...] | None = None  # train only on these annotators' votes
     fidelity_max_drop: float = 0.05
+    fidelity_seeds: tuple[int, ...] = (1000, 1001)
+    fidelity_prompts: int | None = None  # how many held-out prompts the guard renders (None = all)
 
     def __post_init__(self):
         if self.train_every < 1 or self.min_votes < 1:
@@ -201,7 +203,8 @@ class Worker:
 
     def guard(self, trainer: Trainer) -> FidelityGuard:
         if self._guard is None:
-            self._guard = FidelityGuard(embedded=trainer.model.is_embedded, max_drop=self.config.fidelity_max_drop)
+            self._guard = FidelityGuard(embedded=trainer.model.is_embedded, seeds=self.config.fidelity_seeds,
+                                        max_drop=self.config.fidelity_max_drop, limit=self.config.fidelity_prompts)
         return self._guard
 
     @staticmethod

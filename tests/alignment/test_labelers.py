@@ -1,0 +1,52 @@
+"""Programmatic labelers on drawn shapes, the noisy-human wrapper and plug-in loading."""
+
+import random
+
+import pytest
+
+from alignment.embedded.data import ShapeSpec, draw
+from alignment.labelers import (LabelerError, centered, judge, larger, load_labeler, lower, noisy, saturated,
+                                smaller)
+
+
+def img(radius=5.0, cx=16.0, cy=16.0, colour="red", bg="white"):
+    return draw(ShapeSpec(colour, "circle", bg, "small", radius, cx, cy))
+
+
+def test_size_position_and_colour_preferences():
+    assert larger(img(4), img(10), "p") == 1 and larger(img(10), img(4), "p") == 0
+    assert smaller(img(4), img(10), "p") == 0
+    assert centered(img(cx=16, cy=16), img(cx=8, cy=8), "p") == 0
+    assert lower(img(cy=8), img(cy=24), "p") == 1
+    assert saturated(img(colour="white", bg="blue"), img(colour="red", bg="blue"), "p") == 1
+    assert larger(img(6), img(6), "p") is None  # identical images are a tie
+
+
+def test_noisy_human_agrees_at_the_given_rate():
+    human = noisy(larger, 0.8, seed=1)
+    a, b = img(4), img(10)
+    agree = sum(human(a, b, "p") == 1 for _ in range(1000))
+    assert 760 <= agree <= 840
+    with pytest.raises(ValueError):
+        noisy(larger, 0.3)
+
+
+def test_labelers_load_from_module_function_strings():
+    assert load_labeler("alignment.labelers:larger") is larger
+    assert load_labeler("tests.alignment.test_labelers:quirky")(img(), img(), "p") in (0, 1)
+    with pytest.raises(LabelerError):
+        load_labeler("alignment.labelers:nope")
+    with pytest.raises(LabelerError):
+        load_labeler("no_such_module:f")
+
+
+def quirky(a, b, prompt):
+    """A plug-in labeler defined outside the package."""
+    return random.Random(len(prompt)).randint(0, 1)
+
+
+def test_misbehaving_labelers_get_a_clear_error():
+    with pytest.raises(LabelerError, match="returned 'left'"):
+        judge(lambda a, b, p: "left", img(), img(), "p")
+    with pytest.raises(LabelerError, match="raised ZeroDivisionError"):
+        judge(lambda a, b, p: 1 / 0, img(), img(), "p")

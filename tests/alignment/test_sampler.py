@@ -1,0 +1,59 @@
+"""Generation with trajectory capture: determinism, what a trajectory holds, bad input."""
+
+import pytest
+import torch
+
+from alignment.sampler import PromptError, Sampler, SamplerConfig, Trajectory
+from alignment.trainer import Trainer
+
+
+def test_same_prompt_and_seed_give_identical_images_and_trajectories(embedded):
+    s = Sampler(embedded)
+    a, b = s.generate_pair("a large red circle on a blue background", (7, 8))
+    (a2,) = s.generate("a large red circle on a blue background", [7])  # other batch composition
+    assert torch.equal(a.trajectory.latents, a2.trajectory.latents)
+    assert a.image.tobytes() == a2.image.tobytes()
+    assert not torch.equal(a.trajectory.latents, b.trajectory.latents)
+
+
+def test_trajectory_holds_every_latent_once_in_fp16(embedded):
+    s = Sampler(embedded)
+    (g,) = s.generate("a green square", [1])
+    k = s.config.steps
+    tr = g.trajectory
+    assert tr.latents.shape == (k + 1, 4, 16, 16) and tr.latents.dtype == torch.float16
+    assert tr.timesteps.shape == (k,) and bool((tr.timesteps[:-1] > tr.timesteps[1:]).all())
+    assert tr.prompt == "a green square" and tr.seed == 1 and tr.adapter_version is None
+    assert tr.settings["eta"] == s.config.eta and tr.model_id == "embedded"
+    back = Trajectory.from_bytes(tr.to_bytes())
+    assert torch.equal(back.latents, tr.latents) and back.settings == tr.settings and back.seed == 1
+
+
+def test_captured_trajectory_reevaluated_by_its_own_model_gives_unit_noise(embedded):
+    (g,) = Sampler(embedded).generate("a large red circle on a blue background", [3])
+    z = Trainer(embedded).implied_noise(g.trajectory)
+    assert abs(z.std().item() - 1.0) <= 0.02
+    assert abs(z.mean().item()) <= 0.05
+
+
+@pytest.mark.parametrize("prompt", ["", "   ", "x" * 501])
+def test_bad_prompts_are_refused(embedded, prompt):
+    with pytest.raises(PromptError):
+        Sampler(embedded).generate(prompt, [0])
+
+
+@pytest.mark.parametrize("seeds", [[-1], [2**64], ["3"], [1.5], []])
+def test_bad_seeds_are_refused(embedded, seeds):
+    with pytest.raises(ValueError, match="seed"):
+        Sampler(embedded).generate("a red circle", seeds)
+
+
+@pytest.mark.parametrize("field, value", [("steps", 0), ("eta", 0.0), ("guidance_scale", 0.5), ("height", 30)])
+def test_bad_sampler_settings_are_refused(field, value):
+    with pytest.raises(ValueError, match=field):
+        SamplerConfig(**{field: value})
+
+
+def test_unknown_words_and_long_prompts_still_generate(embedded):
+    (g,) = Sampler(embedded).generate("a zebra " + "red circle " * 40, [0])
+    assert g.image.size == (32, 32)

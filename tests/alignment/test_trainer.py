@@ -1,0 +1,99 @@
+"""The LoRA trainer: only LoRA weights move, the loss falls, saved adapters reproduce the trained UNet, bad input."""
+
+import copy
+
+import pytest
+import torch
+
+from alignment.models import load_pipeline
+from alignment.sampler import Sampler
+from alignment.trainer import PairError, Trainer, TrainerConfig, TrainingDivergedError, TrainingPair
+
+
+def base_state(unet):
+    """Every non-LoRA weight, by its name without peft's `.base_layer` wrapper."""
+    return {k.replace(".base_layer", ""): v.detach().clone() for k, v in unet.state_dict().items() if "lora_" not in k}
+
+
+def test_only_lora_weights_change_and_loss_starts_at_log2(labeled_pairs):
+    tr = Trainer(load_pipeline(), TrainerConfig(train_steps=3, batch_pairs=4))
+    before = base_state(tr.unet)
+    result = tr.train(labeled_pairs)
+    assert result.history[0]["loss"] == pytest.approx(0.693147, abs=1e-5)  # policy == reference at step 0
+    after = base_state(tr.unet)
+    assert before.keys() == after.keys()
+    assert all(torch.equal(v, after[k]) for k, v in before.items())
+    lora_b = [p for n, p in tr.unet.named_parameters() if "lora_B" in n]
+    assert lora_b and any(p.abs().sum() > 0 for p in lora_b)  # lora_B starts at zero and has moved
+
+
+@pytest.mark.parametrize("objective", ["discounted", "diffusion-dpo"])
+def test_loss_falls_on_a_fixed_batch(labeled_pairs, objective):
+    pairs = labeled_pairs[:4]
+    cfg = TrainerConfig(objective=objective, train_steps=8, batch_pairs=len(pairs), steps_per_pair=2, lr=3e-3,
+                        log_ratio_clip=0.1)
+    tr = Trainer(load_pipeline(), cfg)
+
+    def full_loss():
+        with torch.no_grad():
+            step = tr._dense_batch if objective != "diffusion-dpo" else tr._diffusion_dpo_batch
+            return step(pairs, torch.Generator().manual_seed(0)).loss.item()
+
+    tr._fresh_adapter()
+    first = full_loss()
+    tr.train(pairs)
+    assert full_loss() < first - 1e-3
+
+
+def test_saved_adapter_reproduces_the_trained_unet(labeled_pairs, tmp_path):
+    tr = Trainer(load_pipeline(), TrainerConfig(train_steps=4, batch_pairs=4, lr=3e-3))
+    result = tr.train(labeled_pairs)
+    x, t = torch.randn(2, 4, 16, 16), torch.tensor([500, 200])
+    cond = tr.embed(["a red circle", "a blue square"])
+    with torch.no_grad():
+        trained = tr.unet(x, t, cond).sample
+    (tmp_path / "pytorch_lora_weights.safetensors").write_bytes(result.lora)
+    other = load_pipeline()
+    other.pipe.load_lora_weights(str(tmp_path))  # plain diffusers
+    with torch.no_grad():
+        reloaded = other.pipe.unet(x, t, cond).sample
+        base = load_pipeline().pipe.unet(x, t, cond).sample
+    assert torch.allclose(trained, reloaded, atol=1e-5)
+    assert not torch.allclose(trained, base, atol=1e-5)
+
+
+def test_trajectory_objective_uses_uniform_weights():
+    assert TrainerConfig(objective="trajectory", gamma=0.5).effective_gamma == 1.0
+    assert TrainerConfig(objective="discounted", gamma=0.5).effective_gamma == 0.5
+
+
+@pytest.mark.parametrize("kwargs", [dict(objective="ppo"), dict(gamma=0.0), dict(gamma=1.5), dict(beta=-1.0),
+                                    dict(log_ratio_clip=0), dict(train_steps=0), dict(lr=2.0),
+                                    dict(tie_policy="maybe")])
+def test_invalid_configs_are_refused(kwargs):
+    with pytest.raises(ValueError):
+        TrainerConfig(**kwargs)
+
+
+def test_inconsistent_pairs_are_refused(labeled_pairs):
+    tr = Trainer(load_pipeline(), TrainerConfig(train_steps=1))
+    a, b = labeled_pairs[0], labeled_pairs[1]
+    mixed = TrainingPair(a.prompt, a.w, b.l)  # two different prompts
+    with pytest.raises(PairError, match="prompts"):
+        tr.train([mixed])
+    short = copy.copy(a.l)
+    short.latents, short.timesteps = a.l.latents[:5], a.l.timesteps[:4]
+    with pytest.raises(PairError, match="shapes"):
+        tr.train([TrainingPair(a.prompt, a.w, short)])
+    with pytest.raises(PairError, match="trajectories"):
+        tr.train([TrainingPair(a.prompt, None, None, 1.0, Sampler, Sampler)])
+    with pytest.raises(PairError):
+        tr.train([TrainingPair(a.prompt, a.w, a.l, target=0.5)])  # the only pair is a dropped tie
+
+
+def test_a_diverging_run_produces_no_adapter(labeled_pairs, monkeypatch):
+    tr = Trainer(load_pipeline(), TrainerConfig(train_steps=3, batch_pairs=2))
+    real = tr._guided_eps
+    monkeypatch.setattr(tr, "_guided_eps", lambda *a: real(*a) * float("nan"))
+    with pytest.raises(TrainingDivergedError):
+        tr.train(labeled_pairs)

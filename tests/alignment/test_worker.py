@@ -1,0 +1,78 @@
+"""The worker end to end on storage: train on votes, register, promote or reject, keep the live adapter on failure."""
+
+import pytest
+
+from alignment.live import sync_live_adapter
+from alignment.models import load_pipeline
+from alignment.sampler import Sampler
+from alignment.simulate import collect_round
+from alignment.trainer import Trainer, TrainerConfig
+from alignment.worker import Worker, WorkerConfig
+from storage import Repository
+
+
+@pytest.fixture
+def repo_with_votes(tmp_path, embedded):
+    repo = Repository(tmp_path / "data")
+    prompts = ["a red circle on a blue background", "a large green square", "a small yellow triangle",
+               "a purple circle on a white background", "a blue square", "an orange triangle"]
+    collect_round(Sampler(embedded), repo, load_labeler_larger(), prompts, 0, "tester")
+    yield repo
+    repo.close()
+
+
+def load_labeler_larger():
+    from alignment.labelers import larger
+    return larger
+
+
+def make_worker(repo, **cfg):
+    tcfg = TrainerConfig(train_steps=3, batch_pairs=4, steps_per_pair=2, **cfg)
+    wcfg = WorkerConfig(train_every=3, min_votes=2, fidelity_seeds=(1000,), fidelity_prompts=6)
+    return Worker(repo, "embedded", tcfg, wcfg,
+                  trainer=Trainer(load_pipeline(), tcfg))
+
+
+def test_a_run_registers_a_live_adapter_that_the_sampler_picks_up(repo_with_votes):
+    worker = make_worker(repo_with_votes)
+    assert worker.should_train()
+    run = worker.run_once()
+    assert run["status"] in ("live", "rejected")
+    record = repo_with_votes.get_adapter(run["version"])
+    assert record.votes_used == 6 and record.metrics["pairs"] >= 1 and "fidelity_base" in record.metrics
+    if run["status"] == "live":
+        sampler = Sampler(load_pipeline())
+        assert sync_live_adapter(sampler, repo_with_votes) and sampler.adapter_version == run["version"]
+        assert not sync_live_adapter(sampler, repo_with_votes)  # nothing changed: no swap
+    assert not worker.should_train()  # no new votes since the run
+    runs = repo_with_votes.list_training_runs()
+    assert runs[0].status in ("succeeded", "rejected") and runs[0].adapter_version == run["version"]
+
+
+def test_a_failing_run_is_recorded_and_keeps_the_live_adapter(repo_with_votes, monkeypatch):
+    worker = make_worker(repo_with_votes)
+    first = worker.run_once()
+    repo_with_votes.set_adapter_status(first["version"], "live")
+    monkeypatch.setattr(worker.trainer(), "_guided_eps", lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
+    worker.request_training()
+    run = worker.run_once()
+    assert run["status"] == "failed" and "boom" in run["error"]
+    assert repo_with_votes.live_adapter().version == first["version"]
+    assert repo_with_votes.list_training_runs()[0].status == "failed"
+    assert worker.state()["last_error"] and len(repo_with_votes.list_adapters()) == 1
+
+
+def test_a_reward_hacked_adapter_is_rejected_by_the_fidelity_guard(repo_with_votes):
+    # A huge learning rate with no effective clip wrecks the images; the guard must keep it from going live.
+    worker = make_worker(repo_with_votes, lr=0.5, log_ratio_clip=100.0, beta=1000.0)
+    run = worker.run_once()
+    assert run["status"] in ("rejected", "failed")
+    assert repo_with_votes.live_adapter() is None
+    if run["status"] == "rejected":
+        assert "fidelity" in repo_with_votes.get_adapter(run["version"]).status_reason
+
+
+def test_only_one_run_at_a_time(repo_with_votes):
+    worker = make_worker(repo_with_votes)
+    with worker._run_lock:
+        assert worker.run_once() is None and worker.request_training() is False

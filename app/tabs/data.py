@@ -43,7 +43,8 @@ def build(studio: Studio) -> None:
     @user_errors
     def export():
         path, rows = studio.export()
-        return str(path), f"Exported {rows} votes to `{path.name}`."
+        return str(path), (f"Exported {rows} preference votes to `{path.name}` (skip and both-bad votes say "
+                           "nothing about which image is better).")
 
     @user_errors
     def import_(path):

@@ -35,8 +35,8 @@ def build(studio: Studio, session: gr.State, status: gr.Markdown, refresh_status
                                  elem_id="label-prompt")
             new_btn = gr.Button("New pair", variant="primary", scale=1, elem_id="new-pair")
         with gr.Accordion("Seeds (optional)", open=False):
-            seeds_box = gr.Textbox(label="Seeds", value="", placeholder="two whole numbers, e.g. 12, 34; empty = random",
-                               elem_id="label-seeds")
+            seeds_box = gr.Textbox(label="Seeds", value="", elem_id="label-seeds",
+                                   placeholder="two whole numbers, e.g. 12, 34; empty = random")
         with gr.Row(elem_classes="pair-row"):
             left = gr.Image(label="Left (1)", type="pil", format="png", interactive=False, elem_id="left-img",
                             elem_classes="pair-img", buttons=["download"])

@@ -92,11 +92,15 @@ def build(studio: Studio) -> None:
 
 def run_text(status: dict) -> str:
     """One line about the worker and its last run, and the last error if there was one."""
-    parts = [f"Worker: **{status['worker_state']}**", f"live adapter: **{version_label(status['live_adapter_version'])}**"]
+    parts = [f"Worker: **{status['worker_state']}**",
+             f"live adapter: **{version_label(status['live_adapter_version'])}**"]
     if status.get("votes_pending") is not None:
         parts.append(f"{status['votes_pending']} new votes since the last run")
     run = status.get("last_run") or {}
-    if run:
+    if run.get("status") in ("live", "rejected"):
+        outcome = "went live" if run["status"] == "live" else "was rejected"
+        parts.append(f"last run: {version_label(run.get('version'))} {outcome}")
+    elif run:
         parts.append(f"last run: {run.get('status', '?')}")
     text = " · ".join(parts)
     if status.get("worker_error"):

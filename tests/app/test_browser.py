@@ -1,0 +1,170 @@
+"""The studio in a real browser (Playwright driving Debian's Chromium): label by clicking and by keyboard, see the
+first training run go live, compare base and the adapter, run a blind A/B trial, see bad input refused with a
+clear message, and save a screenshot of each tab to docs/screenshots/ (shown in the README; STUDIO_SCREENSHOTS
+writes them elsewhere).
+
+The tests are the steps of one browser session on one studio process, in file order: a training run is too
+expensive to repeat per test.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+from playwright import sync_api as playwright
+
+from storage import Repository
+from tests.app.helpers import CHROMIUM, CHROMIUM_ARGS, REPO_ROOT, free_port, start_studio, stop_studio
+
+pytestmark = pytest.mark.browser
+expect = playwright.expect
+
+SHOTS = Path(os.environ.get("STUDIO_SCREENSHOTS", REPO_ROOT / "docs" / "screenshots"))
+PROMPT = "a large red circle on a blue background"
+GENERATION_S = 60_000  # ms; generation queues behind the training run on two CPU cores
+TRAINING_S = 180_000  # ms; the first run: load the trainer's model, 4 steps, the fidelity guard
+
+
+@pytest.fixture(scope="module")
+def studio_url(tmp_path_factory):
+    data = tmp_path_factory.mktemp("browser") / "data"
+    port = free_port()
+    # Four preference votes start a short run; the tiny learning rate keeps the adapter near the base, so the
+    # fidelity guard lets it go live.
+    proc = start_studio(data, port, "--train-every", "4", "--min-votes", "4", "--train-steps", "4", "--lr", "1e-5")
+    yield f"http://127.0.0.1:{port}/", data
+    stop_studio(proc)
+
+
+@pytest.fixture(scope="module")
+def page(studio_url):
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        pg = browser.new_page(viewport={"width": 1280, "height": 900})
+        pg.goto(studio_url[0])
+        yield pg
+        browser.close()
+
+
+def shot(page, tab: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.mouse.move(0, 0)  # no hover highlight in the picture
+    page.wait_for_timeout(1000)  # let plots and images finish drawing; nothing is asserted on this
+    page.screenshot(path=str(SHOTS / f"{tab}.png"), full_page=True)
+
+
+def set_prompt(page, elem_id: str, text: str) -> None:
+    box = page.locator(f"#{elem_id} input")
+    box.click()
+    box.fill(text)
+    box.press("Enter")
+
+
+def expect_error(page, text: str) -> None:
+    expect(page.locator(".toast-body").filter(has_text=text).first).to_be_visible(timeout=GENERATION_S)
+
+
+def pair_id(page):
+    return page.locator("#pair-id input")
+
+
+def test_label_by_click_and_keyboard_until_the_first_adapter_goes_live(page, studio_url):
+    _, data = studio_url
+    expect(page.locator("#status-bar")).to_contain_text("Live adapter: base", timeout=GENERATION_S)
+    set_prompt(page, "label-prompt", PROMPT)
+    page.get_by_role("button", name="New pair").click()
+    expect(pair_id(page)).to_have_value("1", timeout=GENERATION_S)
+    expect(page.locator("#left-img img")).to_be_visible()
+    expect(page.locator("#right-img img")).to_be_visible()
+
+    page.get_by_role("button", name="Left is better (1)").click()
+    expect(page.locator("#vote-ack")).to_contain_text("Recorded Left is better for pair 1")
+    expect(pair_id(page)).to_have_value("2", timeout=GENERATION_S)  # the next pair follows the vote
+    for key, choice, next_id in (("2", "Right is better", "3"), ("3", "Tie", "4"), ("5", "Skip", "5"),
+                                 ("1", "Left is better", "6")):
+        page.locator("body").press(key)
+        expect(page.locator("#vote-ack")).to_contain_text(f"Recorded {choice}", timeout=GENERATION_S)
+        expect(pair_id(page)).to_have_value(next_id, timeout=GENERATION_S)
+    shot(page, "label")
+
+    with Repository(data) as repo:
+        votes = repo.labeled_pairs(choices=("left", "right", "tie", "both_bad", "skip"))
+        assert [(v.pair_id, v.choice) for v in votes] == [(1, "left"), (2, "right"), (3, "tie"), (4, "skip"),
+                                                         (5, "left")]
+        assert len({v.annotator for v in votes}) == 1 and votes[0].annotator.startswith("anon-")
+
+    # Four preference votes: the worker trains, the adapter goes live, the status bar says so.
+    expect(page.locator("#status-bar")).to_contain_text("Live adapter: v1", timeout=TRAINING_S)
+    page.locator("body").press("4")  # both bad; the next pair comes from the new adapter
+    expect(pair_id(page)).to_have_value("7", timeout=GENERATION_S)
+    with Repository(data) as repo:
+        assert repo.get_pair(7).left.adapter_version == 1
+        assert repo.counts()["votes"] == 6
+
+
+def test_compare_and_blind_ab(page, studio_url):
+    _, data = studio_url
+    page.get_by_role("tab", name="Compare").click()
+    expect(page.locator("#version-b input")).to_have_value("v1", timeout=GENERATION_S)  # the live one
+    set_prompt(page, "compare-prompt", PROMPT)
+    page.get_by_role("button", name="Compare", exact=True).click()
+    expect(page.locator("#compare-a img")).to_be_visible(timeout=GENERATION_S)
+    expect(page.locator("#compare-b img")).to_be_visible(timeout=GENERATION_S)
+
+    page.get_by_role("button", name="New blind trial").click()
+    expect(page.locator("#blind-left img")).to_be_visible(timeout=GENERATION_S)
+    page.locator("body").press("1")
+    expect(page.locator("#blind-rate")).to_contain_text(re.compile(r"n = 1: [01] adapter, [01] base, 0 tie"),
+                                                        timeout=GENERATION_S)
+    expect(page.get_by_text("rendering base and live adapter")).to_have_count(0, timeout=GENERATION_S)
+    expect(page.locator("#blind-left img")).to_be_visible()  # the next trial is ready
+    shot(page, "compare")
+    with Repository(data) as repo:
+        assert sum(repo.ab_results(adapter_version=1).values()) == 1
+        assert repo.counts()["votes"] == 6  # blind choices are not training votes
+
+
+def test_train_and_data_tabs(page):
+    page.get_by_role("tab", name="Train").click()
+    history = page.locator("#adapter-history")
+    expect(history).to_contain_text("live", timeout=GENERATION_S)
+    expect(history).to_contain_text("discounted")
+    expect(page.locator("#run-info")).to_contain_text("live adapter: v1")
+    expect(page.locator("#loss-plot canvas, #loss-plot svg").first).to_be_visible(timeout=GENERATION_S)
+    shot(page, "train")
+
+    page.get_by_role("tab", name="Data").click()
+    expect(page.locator("#data-counts")).to_contain_text("6 votes on 7 pairs from 1 annotator",
+                                                         timeout=GENERATION_S)
+    page.get_by_role("button", name="Export Parquet").click()
+    expect(page.locator("#data-message")).to_contain_text("Exported 4 preference votes", timeout=GENERATION_S)
+    expect(page.locator("#export-file")).to_contain_text(".parquet")
+    shot(page, "data")
+
+
+def test_bad_input_in_the_ui_shows_a_message_and_writes_nothing(page, studio_url):
+    _, data = studio_url
+    page.get_by_role("tab", name="Label").click()
+    with Repository(data) as repo:
+        before = repo.counts()
+    set_prompt(page, "label-prompt", "x" * 501)
+    page.get_by_role("button", name="New pair").click()
+    expect_error(page, "the prompt has 501 characters; the limit is 500")
+    set_prompt(page, "label-prompt", PROMPT)
+    page.get_by_text("Seeds (optional)").click()
+    page.locator("#label-seeds textarea").fill("5, 5")
+    page.get_by_role("button", name="New pair").click()
+    expect_error(page, "the two seeds are equal")
+    page.locator("#label-seeds textarea").fill("")
+
+    page.get_by_role("tab", name="Train").click()
+    page.get_by_label("γ (gamma)").fill("1.5")
+    page.get_by_role("button", name="Apply settings").click()
+    expect_error(page, "gamma must be in (0, 1]")
+    page.get_by_label("γ (gamma)").fill("0.9")
+    with Repository(data) as repo:
+        after = repo.counts()
+    assert (after["pairs"], after["votes"]) == (before["pairs"], before["votes"])

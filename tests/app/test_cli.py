@@ -1,0 +1,69 @@
+"""`python -m app` flags and STUDIO_* variables → StudioConfig, and refusals of impossible settings at start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.__main__ import browser_secret, main, parse_args
+from app.config import StudioConfig
+
+
+def test_defaults_then_environment_then_flags(monkeypatch):
+    for name in ("STUDIO_MODEL", "STUDIO_DATA_DIR", "STUDIO_PORT", "STUDIO_HOST", "STUDIO_TRAIN_EVERY",
+                 "STUDIO_GAMMA", "STUDIO_DEVICE"):
+        monkeypatch.delenv(name, raising=False)
+    config = parse_args([])
+    assert (config.model, config.data_dir, config.host, config.port) == ("embedded", Path("studio-data"),
+                                                                         "127.0.0.1", 7860)
+    assert config.train_every == 8 and config.worker and config.objective_settings() == {"objective": "discounted"}
+
+    monkeypatch.setenv("STUDIO_DATA_DIR", "/srv/studio")
+    monkeypatch.setenv("STUDIO_PORT", "9000")
+    monkeypatch.setenv("STUDIO_TRAIN_EVERY", "3")
+    monkeypatch.setenv("STUDIO_GAMMA", "0.8")
+    config = parse_args([])
+    assert (config.data_dir, config.port, config.train_every) == (Path("/srv/studio"), 9000, 3)
+    assert config.objective_settings() == {"objective": "discounted", "gamma": 0.8}
+
+    config = parse_args(["--port", "9100", "--gamma", "1.0", "--objective", "trajectory", "--train-steps", "20",
+                         "--no-worker"])
+    assert config.port == 9100 and not config.worker
+    assert config.objective_settings() == {"objective": "trajectory", "gamma": 1.0, "train_steps": 20}
+
+
+@pytest.mark.parametrize("argv, env, message", [
+    (["--port", "0"], {}, "port must be between 1 and 65535"),
+    (["--train-every", "0"], {}, "train_every must be at least 1"),
+    (["--objective", "ppo"], {}, "invalid choice"),
+    ([], {"STUDIO_PORT": "http"}, "invalid int value"),
+])
+def test_impossible_flags_and_variables_are_refused(monkeypatch, capsys, argv, env, message):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(argv)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_bad_objective_settings_stop_the_start_before_anything_is_loaded(tmp_path, capsys):
+    assert main(["--gamma", "2", "--data-dir", str(tmp_path / "data")]) == 2
+    assert "gamma must be in (0, 1]" in capsys.readouterr().err
+    assert not (tmp_path / "data").exists()
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="unknown objective"):
+        StudioConfig(objective="sft")
+    with pytest.raises(ValueError, match="train_interval_s"):
+        StudioConfig(train_interval_s=0)
+
+
+def test_browser_secret_is_kept_in_the_data_dir(tmp_path, monkeypatch):
+    monkeypatch.delenv("STUDIO_SECRET", raising=False)
+    first = browser_secret(tmp_path / "data")
+    assert first == browser_secret(tmp_path / "data") and len(first) >= 24
+    assert (tmp_path / "data" / "app-secret").stat().st_mode & 0o077 == 0
+    monkeypatch.setenv("STUDIO_SECRET", "from-env")
+    assert browser_secret(tmp_path / "data") == "from-env"

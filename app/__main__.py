@@ -14,6 +14,7 @@ import argparse
 import logging
 import os
 import secrets
+import signal
 import sys
 from pathlib import Path
 
@@ -83,6 +84,10 @@ def browser_secret(data_dir: Path) -> str:
     return path.read_text().strip()
 
 
+def stop_on_sigterm(signum, frame):
+    raise KeyboardInterrupt  # Gradio's launch() closes the server on it; main() then stops the worker
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = parse_args(argv)
@@ -97,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if gr.NO_RELOAD and studio.worker is not None:  # reload mode re-runs this module: one worker only
         studio.worker.start()
+    signal.signal(signal.SIGTERM, stop_on_sigterm)  # `docker stop`: shut down like Ctrl-C, worker included
     demo = build_ui(studio, browser_secret=browser_secret(config.data_dir))
     try:
         launch(demo, studio, host=config.host, port=config.port, concurrency=config.concurrency)

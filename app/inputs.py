@@ -46,7 +46,7 @@ def parse_seeds(seeds, count: int) -> list[int] | None:
 def parse_pair_id(pair_id) -> int:
     """A pair id from an int, an integral float (gr.Number) or a string of digits."""
     if isinstance(pair_id, bool) or pair_id is None or pair_id == "":
-        raise StudioError("no pair to vote on: make a pair first (New pair)")
+        raise StudioError("no pair to vote on yet: wait for the pair to appear, or press New pair")
     if isinstance(pair_id, float) and pair_id.is_integer():
         return int(pair_id)
     if isinstance(pair_id, int):

@@ -21,6 +21,7 @@ import json
 import random
 import secrets
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,6 +110,7 @@ class Studio:
         self.trainer_config = trainer_config or TrainerConfig()
         self.suggestions = suggestions or self.default_suggestions(sampler.model)
         self.export_dir = Path(tempfile.mkdtemp(prefix="studio-export-"))
+        self._status_cache: tuple[float, dict] | None = None
 
     @classmethod
     def open(cls, config: StudioConfig) -> Studio:
@@ -257,6 +259,10 @@ class Studio:
         """Ask the worker for a run now; False when one is already going."""
         if self.worker is None:
             raise StudioError("this studio runs without a training worker (started with --no-worker)")
+        have, need = self.repo.votes_since(0), self.worker.config.min_votes
+        if have < need:
+            raise StudioError(f"training needs at least {need} preference votes (left, right or tie); "
+                              f"there are {have} so far")
         return self.worker.request_training()
 
     def adapters(self) -> list[dict]:
@@ -331,8 +337,19 @@ class Studio:
         return self.repo.counts()
 
     # ---- status -----------------------------------------------------------------------------------------------
-    def status(self) -> dict:
-        """What the status bar and `/status` show: votes, live adapter, worker state."""
+    def status(self, max_age_s: float = 0.0) -> dict:
+        """What the status bar and `/status` show: votes, live adapter, worker state.
+
+        `max_age_s` > 0 may answer from a status computed that recently: every open tab polls it, and counting
+        reads every vote."""
+        cached = self._status_cache
+        if max_age_s > 0 and cached is not None and time.monotonic() - cached[0] <= max_age_s:
+            return cached[1]
+        fresh = self._status()
+        self._status_cache = (time.monotonic(), fresh)
+        return fresh
+
+    def _status(self) -> dict:
         counts = self.repo.counts()
         live = self.repo.live_adapter()
         worker = json_safe(self.worker.state()) if self.worker is not None else {"state": "off"}

@@ -74,7 +74,7 @@ def build_ui(studio: Studio, *, browser_secret: str | None = None) -> gr.Blocks:
             status = gr.Markdown(elem_id="status-bar")
 
         def refresh_status():
-            return status_markdown(studio.status())
+            return status_markdown(studio.status(max_age_s=STATUS_EVERY_S / 2))
 
         with gr.Tabs():
             label.build(studio, session, status, refresh_status)

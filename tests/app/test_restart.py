@@ -1,5 +1,6 @@
 """`python -m app` killed with SIGKILL while clients vote, then restarted on the same data dir: every acknowledged
-vote and the live adapter are still there, and the restarted sampler generates with that adapter."""
+vote and the live adapter are still there, and the restarted sampler generates with that adapter. SIGTERM shuts
+it down cleanly."""
 
 from __future__ import annotations
 
@@ -65,6 +66,8 @@ def test_votes_and_live_adapter_survive_sigkill(embedded, tmp_path):
         _, _, after = client.predict(PROMPT, "1, 2", api_name="/new_pair")
         assert repo.get_pair(after).left.adapter_version == version
         assert repo.missing_blobs() == []
+        stop_studio(proc)  # SIGTERM (what `docker stop` sends): a clean shutdown, worker thread included
+        assert proc.returncode == 0
     finally:
         stop_studio(proc)
         repo.close()

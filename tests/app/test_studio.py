@@ -218,3 +218,20 @@ def test_export_then_import_into_another_studio(studio, tmp_path):
         other.import_file(None)
     assert other.counts()["votes"] == 2
     other.repo.close()
+
+
+def test_train_now_needs_enough_preference_votes(swap_studio):
+    with pytest.raises(StudioError, match="at least 4 preference votes"):
+        swap_studio.train_now()
+    for choice in ("left", "right", "tie", "skip", "left"):
+        view = swap_studio.new_pair(PROMPT, annotator="ann")
+        swap_studio.vote(view.id, choice, annotator="ann")
+    assert swap_studio.train_now() is True  # queued for the (here not started) worker
+
+
+def test_polled_status_may_be_slightly_old_but_the_api_status_is_fresh(studio):
+    assert studio.status(max_age_s=60)["votes"] == 0
+    view = studio.new_pair(PROMPT, "1, 2", annotator="ann")
+    studio.vote(view.id, "left", annotator="ann")
+    assert studio.status(max_age_s=60)["votes"] == 0
+    assert studio.status()["votes"] == 1

@@ -6,16 +6,20 @@ pulls in pyarrow and Pillow).
 
     from storage import Repository, NewGeneration
     repo = Repository("studio-data")          # <data-dir>/studio.db, migrated to head; <data-dir>/blobs/
+    repo = Repository("/shared/studio", "postgresql+psycopg://user:pw@db-host/studio")  # scale-out
 """
 
-from .db import make_engine, upgrade_to_head
+from .db import make_engine, masked_url, upgrade_to_head
 from .errors import (
     BlobIntegrityError,
     BlobNotFoundError,
+    DatabaseUnavailableError,
     ImportFormatError,
     InvalidAnnotatorError,
     InvalidChoiceError,
+    InvalidDatabaseUrlError,
     InvalidGenerationError,
+    InvalidLeaseError,
     InvalidMetadataError,
     InvalidPromptError,
     InvalidStatusError,
@@ -45,11 +49,14 @@ __all__ = [
     "AdapterRecord",
     "BlobIntegrityError",
     "BlobNotFoundError",
+    "DatabaseUnavailableError",
     "GenerationRecord",
     "ImportFormatError",
     "InvalidAnnotatorError",
     "InvalidChoiceError",
+    "InvalidDatabaseUrlError",
     "InvalidGenerationError",
+    "InvalidLeaseError",
     "InvalidMetadataError",
     "InvalidPromptError",
     "InvalidStatusError",
@@ -64,5 +71,6 @@ __all__ = [
     "UnknownTrainingRunError",
     "VoteRecord",
     "make_engine",
+    "masked_url",
     "upgrade_to_head",
 ]

@@ -8,6 +8,12 @@ under ``busy_timeout``, instead of failing with "database is locked" when it upg
 writer has made stale. In-memory SQLite (``sqlite://``) uses one shared connection (``StaticPool``): fine for
 single-threaded tests, not for concurrent use.
 
+Any other URL (PostgreSQL through ``postgresql+psycopg://``) gets a pool that checks connections before use
+(``pool_pre_ping``: a restarted server costs one reconnect, not a failed request) and, on PostgreSQL, a 10 s
+connect timeout unless the URL sets one. A URL that cannot be parsed or whose driver is missing raises
+``InvalidDatabaseUrlError``; a database that cannot be reached raises ``DatabaseUnavailableError`` on the first
+connection (``connect(engine)``, used by ``upgrade_to_head``). Both messages show the URL with its password masked.
+
 ``upgrade_to_head(engine)`` applies the Alembic revisions shipped in ``storage/migrations`` inside one
 transaction; concurrent starters on one SQLite file queue on the write lock and the second finds nothing to do.
 This module knows connections and migrations, not the tables' meaning.
@@ -20,38 +26,96 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.engine.url import URL
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
+from .errors import DatabaseUnavailableError, InvalidDatabaseUrlError
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+POSTGRES_CONNECT_TIMEOUT_S = 10
 
 # Execution option read by the SQLite "begin" hook: how to open a transaction on that connection.
 _BEGIN_OPTION = "storage_sqlite_begin"
 _BEGIN_STATEMENTS = {"deferred": "BEGIN", "immediate": "BEGIN IMMEDIATE"}
 
 
+def masked_url(url: str | URL) -> str:
+    """``url`` as text with its password replaced by ``***`` (safe for messages and logs)."""
+    if isinstance(url, URL):
+        return url.render_as_string(hide_password=True)
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparseable database URL>"  # it may hold a password in a shape we cannot find
+
+
+def parse_url(url: str | URL) -> URL:
+    """``url`` as a SQLAlchemy ``URL``; ``InvalidDatabaseUrlError`` if it is not one."""
+    if isinstance(url, URL):
+        return url
+    if not isinstance(url, str) or not url.strip():
+        raise InvalidDatabaseUrlError(f"database URL must be a non-empty string, got {type(url).__name__}")
+    try:
+        return make_url(url)
+    except ArgumentError:
+        raise InvalidDatabaseUrlError(
+            "not a database URL (expected e.g. sqlite:///path/studio.db or "
+            "postgresql+psycopg://user:password@host:5432/dbname)"
+        ) from None
+
+
 def is_memory_sqlite(url: str | URL) -> bool:
     """True for the URLs that name a private in-memory SQLite database."""
-    url = make_url(url)
+    url = parse_url(url)
     return url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
 
 
 def make_engine(url: str | URL, *, echo: bool = False) -> Engine:
-    """An engine for ``url``; SQLite connections are configured for safe concurrent writing."""
-    url = make_url(url)
-    if url.get_backend_name() != "sqlite":
-        return create_engine(url, echo=echo, pool_pre_ping=True)
-    kwargs: dict = {"connect_args": {"check_same_thread": False}}
-    if is_memory_sqlite(url):
-        kwargs["poolclass"] = StaticPool  # one connection, or every checkout would see a new empty database
-    engine = create_engine(url, echo=echo, **kwargs)
+    """An engine for ``url``; SQLite connections are configured for safe concurrent writing. Connects lazily."""
+    url = parse_url(url)
+    try:
+        if url.get_backend_name() != "sqlite":
+            kwargs: dict = {"pool_pre_ping": True}
+            if url.get_backend_name() == "postgresql" and "connect_timeout" not in url.query:
+                kwargs["connect_args"] = {"connect_timeout": POSTGRES_CONNECT_TIMEOUT_S}
+            return create_engine(url, echo=echo, **kwargs)
+        kwargs = {"connect_args": {"check_same_thread": False}}
+        if is_memory_sqlite(url):
+            kwargs["poolclass"] = StaticPool  # one connection, or every checkout would see a new empty database
+        engine = create_engine(url, echo=echo, **kwargs)
+    except (NoSuchModuleError, ImportError) as e:
+        raise InvalidDatabaseUrlError(
+            f"database URL {masked_url(url)} needs a dialect or driver that is not installed ({e}); "
+            "for PostgreSQL install psycopg[binary] and use postgresql+psycopg://"
+        ) from None
     event.listen(engine, "connect", _configure_sqlite_connection)
     event.listen(engine, "begin", _begin_sqlite_transaction)
     return engine
+
+
+def connect(engine: Engine) -> Connection:
+    """A connection from ``engine``; ``DatabaseUnavailableError`` (URL masked) if the database cannot be reached."""
+    try:
+        return engine.connect()
+    except DBAPIError as e:
+        raise DatabaseUnavailableError(
+            f"cannot connect to the database at {masked_url(engine.url)}: {_driver_reason(e, engine.url)}"
+        ) from None
+
+
+def _driver_reason(error: DBAPIError, url: URL) -> str:
+    """The driver's own first line of explanation, never showing the password."""
+    lines = str(error.orig if error.orig is not None else error).strip().splitlines()
+    reason = lines[0] if lines else type(error).__name__
+    if url.password:
+        reason = reason.replace(str(url.password), "***")
+    return reason
 
 
 def _configure_sqlite_connection(dbapi_connection, connection_record) -> None:
@@ -97,7 +161,7 @@ def alembic_config(connection: Connection | None = None) -> Config:
 
 def upgrade_to_head(engine: Engine) -> None:
     """Apply every pending migration in one transaction (one write-lock holder at a time on SQLite)."""
-    with writer_engine(engine).connect() as connection:
+    with connect(writer_engine(engine)) as connection:
         with connection.begin():
             if connection.dialect.name == "sqlite":
                 # Batch migrations copy and drop tables; check foreign keys at commit, not mid-copy.
@@ -109,3 +173,8 @@ def current_revision(engine: Engine) -> str | None:
     """The Alembic revision the database is at, or None for an empty database."""
     with engine.connect() as connection:
         return MigrationContext.configure(connection).get_current_revision()
+
+
+def head_revision() -> str:
+    """The newest Alembic revision shipped in this package (what ``upgrade_to_head`` brings a database to)."""
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()

@@ -63,3 +63,17 @@ class BlobIntegrityError(StorageError):
 
 class BlobNotFoundError(StorageError, KeyError):
     """A well-formed blob hash names no stored file."""
+
+
+class InvalidLeaseError(StorageError, ValueError):
+    """A lease name or holder is not a non-empty string within its length limit, or a ttl is not a positive,
+    finite number of seconds (at most ``MAX_LEASE_TTL_S``)."""
+
+
+class InvalidDatabaseUrlError(StorageError, ValueError):
+    """A database URL cannot be parsed, or names a dialect or driver that is not installed."""
+
+
+class DatabaseUnavailableError(StorageError):
+    """The database named by a URL cannot be reached (server down, wrong host or port, bad credentials, a SQLite
+    file in a missing folder); the message names the URL with its password masked."""

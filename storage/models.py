@@ -2,7 +2,8 @@
 
 Constraints live in the schema, not only in code: vote choices, A/B choices and statuses are CHECKed, a vote is
 unique per (pair, annotator), foreign keys tie every row to what it names, and a partial unique index allows at
-most one live adapter (SQLite and PostgreSQL; elsewhere the repository's code alone keeps that rule). Blob columns
+most one live adapter (SQLite and PostgreSQL; elsewhere the repository's code alone keeps that rule). A worker
+lease is one row per name, kept after release (an expired row is a free lease). Blob columns
 hold SHA-256 hex digests of files in the blob store, never paths. Timestamps are set by the database in UTC.
 
 This module knows the table layout only. It makes no engine, opens no session and runs no query; changes to it
@@ -34,6 +35,8 @@ from .sqltypes import UTCDateTime, utcnow
 MAX_PROMPT_CHARS = 500  # prompts longer than this are refused; CLIP reads ~300 characters anyway
 MAX_ANNOTATOR_CHARS = 100
 MAX_MODEL_ID_CHARS = 200
+MAX_LEASE_NAME_CHARS = 64
+MAX_LEASE_HOLDER_CHARS = 200
 
 VOTE_CHOICES = ("left", "right", "tie", "both_bad", "skip")
 PREFERENCE_CHOICES = ("left", "right", "tie")  # the votes that say which image is better
@@ -192,3 +195,16 @@ class ABTrial(Base):
     annotator: Mapped[str] = mapped_column(String(MAX_ANNOTATOR_CHARS))
     choice: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[dt.datetime] = mapped_column(server_default=utcnow())
+
+
+class WorkerLease(Base):
+    """Who may do a one-at-a-time job (e.g. "trainer") until when; times are the database's clock."""
+
+    __tablename__ = "worker_lease"
+    __table_args__ = (CheckConstraint("length(holder) > 0", name="holder_not_empty"),)
+
+    name: Mapped[str] = mapped_column(String(MAX_LEASE_NAME_CHARS), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(MAX_LEASE_HOLDER_CHARS))
+    expires_at: Mapped[dt.datetime]
+    acquired_at: Mapped[dt.datetime]
+    heartbeat: Mapped[dt.datetime]  # last acquire or renew by the holder

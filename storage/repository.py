@@ -6,8 +6,9 @@ from ``storage.records``, never ORM objects. Writes that reference blobs store t
 idempotent), then the rows in one transaction, so no committed row can point at a missing file. A vote is
 committed before ``record_vote`` returns and is unique per (pair, annotator), enforced by the schema.
 
-Adapter, training-run and blind A/B bookkeeping live in ``storage.adapters`` (mixed in here); this module knows
-prompts, pairs, votes and counts. It knows nothing of tensors, images or the UI.
+Adapter, training-run and blind A/B bookkeeping live in ``storage.adapters``, worker leases in ``storage.leases``
+(both mixed in here); this module knows prompts, pairs, votes and counts. It knows nothing of tensors, images or
+the UI.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from .adapters import AdapterMixin
 from .blobs import BlobStore
 from .db import make_engine, make_sessionmakers, upgrade_to_head
 from .errors import BlobNotFoundError, UnknownAdapterError, UnknownPairError
+from .leases import LeaseMixin
 from .models import (
     AB_CHOICES,
     ADAPTER_STATUSES,
@@ -96,8 +98,9 @@ def _check_pair_id(pair_id: object) -> int:
     return pair_id
 
 
-class Repository(AdapterMixin):
-    """Everything the studio stores: prompts, pairs, votes, adapters, training runs, A/B trials, blobs."""
+class Repository(AdapterMixin, LeaseMixin):
+    """Everything the studio stores: prompts, pairs, votes, adapters, training runs, A/B trials, worker leases,
+    blobs."""
 
     def __init__(self, data_dir: str | Path, database_url: str | URL | None = None):
         self.data_dir = Path(data_dir)

@@ -1,0 +1,128 @@
+"""Leases in the database: at most one holder of a named job (e.g. "trainer") at a time, across processes and
+machines, with an expiry so that a holder that died (SIGKILL, power loss) blocks the others only until then.
+
+``LeaseMixin`` is part of ``Repository`` (it uses the repository's write sessions). A lease is one row of
+``worker_lease``; releasing it marks it expired instead of deleting it. Every time is the database's clock, read
+inside the same transaction, so machines with skewed clocks still agree.
+
+Race safety without table locks: acquiring is one ``UPDATE ... WHERE name = ? AND (holder = ? OR expires_at <= now)``
+(the row lock makes a second concurrent UPDATE re-check its WHERE against the winner's row and match nothing), and
+only when no row exists yet an ``INSERT`` whose primary key turns a lost race into an ``IntegrityError``, answered
+as "not acquired". On SQLite write transactions begin with ``BEGIN IMMEDIATE``, so they are serialised anyway.
+This module knows the lease table; it knows nothing of what the job is.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+
+from sqlalchemy import and_, case, literal, or_, select, type_coerce, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from .errors import InvalidLeaseError
+from .models import MAX_LEASE_HOLDER_CHARS, MAX_LEASE_NAME_CHARS, WorkerLease
+from .sqltypes import UTCDateTime, as_utc, utcnow
+
+MAX_LEASE_TTL_S = 7 * 24 * 3600.0  # a longer lease is a mistake: a dead holder would block for over a week
+
+
+def _check_text(value: object, what: str, limit: int) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidLeaseError(f"lease {what} must be a non-empty string, got {value!r:.80}")
+    if len(value) > limit:
+        raise InvalidLeaseError(f"lease {what} has {len(value)} characters; the limit is {limit}")
+    return value
+
+
+def _check_ttl(ttl_s: object) -> dt.timedelta:
+    if isinstance(ttl_s, bool) or not isinstance(ttl_s, (int, float)) or not math.isfinite(ttl_s):
+        raise InvalidLeaseError(f"lease ttl_s must be a finite number of seconds, got {ttl_s!r:.80}")
+    if not 0 < ttl_s <= MAX_LEASE_TTL_S:
+        raise InvalidLeaseError(f"lease ttl_s must be in (0, {MAX_LEASE_TTL_S:g}] seconds, got {ttl_s}")
+    return dt.timedelta(seconds=float(ttl_s))
+
+
+def _db_now(s: Session) -> dt.datetime:
+    """The database's current UTC time, as an aware datetime."""
+    return as_utc(s.scalar(select(type_coerce(utcnow(), UTCDateTime()))))
+
+
+class LeaseMixin:
+    """Lease methods of ``Repository``."""
+
+    def acquire_lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        """Take lease ``name`` for ``holder`` until ``ttl_s`` seconds from now; True if taken.
+
+        Succeeds when the lease is free, has expired, or is already held by ``holder`` (then it is extended and
+        keeps its ``acquired_at``). False while another holder's lease is unexpired, or when another process won a
+        simultaneous attempt.
+        """
+        _check_text(name, "name", MAX_LEASE_NAME_CHARS)
+        _check_text(holder, "holder", MAX_LEASE_HOLDER_CHARS)
+        ttl = _check_ttl(ttl_s)
+        table = WorkerLease.__table__
+        try:
+            with self._write.begin() as s:
+                now = _db_now(s)
+                still_ours = and_(table.c.holder == holder, table.c.expires_at > now)
+                taken = s.execute(
+                    update(table)
+                    .where(table.c.name == name, or_(table.c.holder == holder, table.c.expires_at <= now))
+                    .values(
+                        holder=holder,
+                        expires_at=now + ttl,
+                        heartbeat=now,
+                        acquired_at=case((still_ours, table.c.acquired_at), else_=literal(now, UTCDateTime())),
+                    )
+                )
+                if taken.rowcount == 1:
+                    return True
+                if s.scalar(select(table.c.name).where(table.c.name == name)) is not None:
+                    return False  # held by someone else, unexpired
+                s.add(WorkerLease(name=name, holder=holder, expires_at=now + ttl, acquired_at=now, heartbeat=now))
+                s.flush()
+                return True
+        except IntegrityError:
+            return False  # another process inserted the first row of this lease at the same moment
+
+    def renew_lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        """Extend ``holder``'s unexpired lease to ``ttl_s`` seconds from now (a heartbeat); False if it is not
+        held by ``holder`` any more (expired or taken over): the caller has lost it and should stop or re-acquire."""
+        _check_text(name, "name", MAX_LEASE_NAME_CHARS)
+        _check_text(holder, "holder", MAX_LEASE_HOLDER_CHARS)
+        ttl = _check_ttl(ttl_s)
+        table = WorkerLease.__table__
+        with self._write.begin() as s:
+            now = _db_now(s)
+            renewed = s.execute(
+                update(table)
+                .where(table.c.name == name, table.c.holder == holder, table.c.expires_at > now)
+                .values(expires_at=now + ttl, heartbeat=now)
+            )
+            return renewed.rowcount == 1
+
+    def release_lease(self, name: str, holder: str) -> None:
+        """Give the lease up now if ``holder`` holds it; otherwise (expired, someone else's, never taken) nothing."""
+        _check_text(name, "name", MAX_LEASE_NAME_CHARS)
+        _check_text(holder, "holder", MAX_LEASE_HOLDER_CHARS)
+        table = WorkerLease.__table__
+        with self._write.begin() as s:
+            now = _db_now(s)
+            s.execute(
+                update(table)
+                .where(table.c.name == name, table.c.holder == holder, table.c.expires_at > now)
+                .values(expires_at=now)
+            )
+
+    def lease_holder(self, name: str) -> tuple[str, dt.datetime] | None:
+        """``(holder, expires_at)`` of the unexpired lease ``name`` (UTC, database clock), or None if it is free."""
+        _check_text(name, "name", MAX_LEASE_NAME_CHARS)
+        table = WorkerLease.__table__
+        with self._read.begin() as s:
+            now = _db_now(s)
+            row = s.execute(
+                select(table.c.holder, table.c.expires_at).where(table.c.name == name, table.c.expires_at > now)
+            ).one_or_none()
+        return None if row is None else (row.holder, as_utc(row.expires_at))

@@ -15,10 +15,11 @@ from sqlalchemy import inspect, text
 from sqlalchemy.exc import IntegrityError
 
 from storage import Repository, make_engine, upgrade_to_head
-from storage.db import alembic_config, current_revision
+from storage.db import alembic_config, current_revision, head_revision
 from storage.models import Base
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+HEAD = head_revision()
 
 
 def test_sqlite_pragmas_are_set_on_every_connection(tmp_path):
@@ -44,7 +45,7 @@ def test_upgrade_of_empty_database_matches_the_models(tmp_path, url):
         assert current_revision(engine) is None
         upgrade_to_head(engine)
         upgrade_to_head(engine)  # a second start finds nothing to do
-        assert current_revision(engine) == "0001"
+        assert current_revision(engine) == HEAD
         with engine.connect() as connection:
             assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
             tables = set(inspect(connection).get_table_names())
@@ -61,7 +62,25 @@ def test_downgrade_to_base_and_upgrade_again(tmp_path):
             command.downgrade(alembic_config(connection), "base")
         assert set(inspect(engine).get_table_names()) == {"alembic_version"}
         upgrade_to_head(engine)
-        assert current_revision(engine) == "0001"
+        assert current_revision(engine) == HEAD
+    finally:
+        engine.dispose()
+
+
+def test_upgrade_from_the_first_revision_keeps_rows_and_adds_the_lease_table(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    try:
+        with engine.begin() as connection:
+            command.upgrade(alembic_config(connection), "0001")
+            connection.execute(text("INSERT INTO prompt (text) VALUES ('kept')"))
+        assert "worker_lease" not in inspect(engine).get_table_names()
+        upgrade_to_head(engine)
+        assert HEAD == "0002" and current_revision(engine) == "0002"
+        assert "worker_lease" in inspect(engine).get_table_names()
+        with engine.begin() as connection:
+            command.downgrade(alembic_config(connection), "0001")
+            assert connection.execute(text("SELECT text FROM prompt")).scalars().all() == ["kept"]
+        assert "worker_lease" not in inspect(engine).get_table_names()
     finally:
         engine.dispose()
 
@@ -69,7 +88,7 @@ def test_downgrade_to_base_and_upgrade_again(tmp_path):
 def test_repository_migrates_from_any_working_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with Repository("relative-data") as repo:
-        assert current_revision(repo.engine) == "0001"
+        assert current_revision(repo.engine) == HEAD
     assert (tmp_path / "relative-data" / "studio.db").is_file()
     assert (tmp_path / "relative-data" / "blobs").is_dir()
 
@@ -155,6 +174,6 @@ def test_simultaneous_first_starts_migrate_once(tmp_path):
     for thread in threads:
         thread.join(timeout=60)
     assert errors == [] and len(repos) == 4
-    assert {current_revision(r.engine) for r in repos} == {"0001"}
+    assert {current_revision(r.engine) for r in repos} == {HEAD}
     for r in repos:
         r.close()

@@ -4,7 +4,10 @@ It wakes when `train_every` new preference votes exist since the last run, when 
 votes, or when `request_training()` is called ("Train now"). A run trains a fresh LoRA on all labeled pairs so far
 (optionally only some annotators'), checks the loss stayed finite and the fidelity guard passes, writes the adapter
 to the blob store and registers it; a passing adapter becomes live, a failing one is recorded as rejected with the
-reason. Failures are recorded as failed training runs and leave the live adapter as it was. Only one run at a time.
+reason. Failures are recorded as failed training runs and leave the live adapter as it was. Only one run at a time:
+in this process a lock, across processes and machines the database lease "trainer" (`Repository.acquire_lease`),
+renewed from the progress callback and released when the run ends; a worker that died holds it only until
+`lease_ttl_s` runs out. A run that finds the lease taken returns `{"status": "busy", "holder": ...}` untrained.
 
 The worker touches storage and its own trainer, never the app's sampler: samplers follow the database through
 `alignment.live.sync_live_adapter`. The same worker runs as a thread in the app or alone:
@@ -16,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -29,6 +34,12 @@ from alignment.trainer import Trainer, TrainerConfig, TrainingPair
 
 log = logging.getLogger(__name__)
 
+LEASE_NAME = "trainer"  # the database lease that lets one worker train at a time
+
+
+class LeaseLostError(RuntimeError):
+    """The training lease expired or was taken over during a run (another worker may be training now)."""
+
 
 @dataclass
 class WorkerConfig:
@@ -40,6 +51,7 @@ class WorkerConfig:
     fidelity_max_drop: float = 0.05
     fidelity_seeds: tuple[int, ...] = (1000, 1001)
     fidelity_prompts: int | None = None  # how many held-out prompts the guard renders (None = all)
+    lease_ttl_s: float = 600.0  # a dead worker blocks others this long at most; renewed every third of it
 
     def __post_init__(self):
         if self.train_every < 1 or self.min_votes < 1:
@@ -48,6 +60,8 @@ class WorkerConfig:
             raise ValueError("interval_s must be positive")
         if self.poll_s <= 0:
             raise ValueError("poll_s must be positive")
+        if not 0 < self.lease_ttl_s <= 7 * 24 * 3600:
+            raise ValueError("lease_ttl_s must be positive and at most a week")
 
 
 def to_training_pair(lp, repo) -> TrainingPair:
@@ -92,6 +106,8 @@ class Worker:
         self._last_run: dict | None = None
         self._last_attempt_vote_id = self._initial_watermark()
         self._last_attempt_time = time.monotonic()
+        self.lease_holder_id = f"{socket.gethostname()}:{os.getpid()}:{id(self)}"
+        self._lease_renewed_at = 0.0
 
     # ---- public API -------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -146,13 +162,22 @@ class Worker:
         return bool(timer and pending and time.monotonic() - self._last_attempt_time >= timer)
 
     def run_once(self) -> dict | None:
-        """Train now if the lock is free; returns a summary of the run (None if another run holds the lock)."""
+        """Train now if the lock is free; returns a summary of the run (None if another run holds the lock,
+        `{"status": "busy", "holder": ...}` if another worker holds the database lease)."""
         if not self._run_lock.acquire(blocking=False):
             return None
         try:
-            self._requested = False
-            self._state = "training"
-            return self._run()
+            if not self.repo.acquire_lease(LEASE_NAME, self.lease_holder_id, self.config.lease_ttl_s):
+                held = self.repo.lease_holder(LEASE_NAME)
+                log.info("another worker holds the training lease: %s", held)
+                return {"status": "busy", "holder": held[0] if held else None}
+            self._lease_renewed_at = time.monotonic()
+            try:
+                self._requested = False
+                self._state = "training"
+                return self._run()
+            finally:
+                self._release_lease()
         finally:
             self._state = "idle" if self._thread is not None and not self._stop.is_set() else "stopped"
             self._progress = None
@@ -171,7 +196,7 @@ class Worker:
             pairs = [to_training_pair(lp, self.repo) for lp in labeled]
             trainer = self.trainer()
             trainer.config = cfg
-            result = trainer.train(pairs, progress=lambda i, n: setattr(self, "_progress", (i, n)))
+            result = trainer.train(pairs, progress=self._on_progress)
             report = self.guard(trainer).check(self._guard_sampler(trainer), self._toggle(trainer))
         except Exception as e:  # a run boundary: any failure is recorded, the live adapter stays as it was
             self._last_error = f"{type(e).__name__}: {e}"
@@ -217,6 +242,22 @@ class Worker:
             (trainer.unet.enable_adapters if on else trainer.unet.disable_adapters)()
         return set_enabled
 
+    def _on_progress(self, step: int, total: int) -> None:
+        """Progress for the UI, and the lease heartbeat: renewed every third of its ttl."""
+        self._progress = (step, total)
+        now = time.monotonic()
+        if now - self._lease_renewed_at < self.config.lease_ttl_s / 3:
+            return
+        self._lease_renewed_at = now
+        if not self.repo.renew_lease(LEASE_NAME, self.lease_holder_id, self.config.lease_ttl_s):
+            raise LeaseLostError(f"the training lease expired or was taken over (holder {self.lease_holder_id})")
+
+    def _release_lease(self) -> None:
+        try:
+            self.repo.release_lease(LEASE_NAME, self.lease_holder_id)
+        except Exception as e:  # the lease expires on its own; a failed release must not hide the run's result
+            log.warning("could not release the training lease: %s", e)
+
     def _initial_watermark(self) -> int:
         live = self.repo.live_adapter()
         return int(live.hyperparams.get("last_vote_id", 0)) if live is not None else 0
@@ -250,12 +291,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--objective", default="discounted")
     p.add_argument("--gamma", type=float, default=0.9)
     p.add_argument("--train-steps", type=int, default=80)
+    p.add_argument("--lease-ttl", type=float, default=600.0,
+                   help="seconds a dead worker can block others (the training lease is renewed while alive)")
     p.add_argument("--once", action="store_true", help="train once now (if there are votes) and exit")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     repo = Repository(args.data_dir, args.database_url)
     tcfg = TrainerConfig(objective=args.objective, gamma=args.gamma, train_steps=args.train_steps)
-    worker = Worker(repo, args.model, tcfg, WorkerConfig(train_every=args.train_every, interval_s=args.interval),
+    worker = Worker(repo, args.model, tcfg,
+                    WorkerConfig(train_every=args.train_every, interval_s=args.interval, lease_ttl_s=args.lease_ttl),
                     device=args.device, on_change=lambda run: log.info("run: %s", run))
     if args.once:
         print(worker.run_once())

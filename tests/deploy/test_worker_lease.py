@@ -1,0 +1,158 @@
+"""Scale-out: the worker trains only while it holds the database lease "trainer".
+
+The training itself is replaced by a stand-in (``Worker._run``), so these tests check the lease wiring only: a
+second worker is refused while another holds the lease, a holder killed with SIGKILL blocks it only until the
+lease expires, the heartbeat keeps a long run's lease alive, a lost lease aborts the run, and the lease is
+released when the run ends (also when it fails). Real training runs are covered in ``tests/alignment``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from alignment.worker import LEASE_NAME, LeaseLostError, Worker, WorkerConfig
+from storage import Repository
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+HOLDER_SCRIPT = REPO_ROOT / "tests" / "storage" / "lease_holder.py"
+
+
+@pytest.fixture
+def data_dir(tmp_path) -> Path:
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def repo(data_dir):
+    repository = Repository(data_dir)
+    yield repository
+    repository.close()
+
+
+def stand_in_run(worker: Worker, calls: list, steps: int = 0, step_s: float = 0.0):
+    """A ``_run`` that records who held the lease while it ran, reporting ``steps`` progress steps."""
+
+    def run() -> dict:
+        calls.append(worker.repo.lease_holder(LEASE_NAME))
+        for step in range(steps):
+            time.sleep(step_s)
+            worker._on_progress(step + 1, steps)
+            calls.append(worker.repo.lease_holder(LEASE_NAME))
+        return {"status": "live", "version": 1}
+
+    return run
+
+
+def make_worker(repo: Repository, ttl: float = 60.0) -> Worker:
+    return Worker(repo, "embedded", config=WorkerConfig(lease_ttl_s=ttl))
+
+
+def test_a_run_holds_the_lease_and_releases_it(repo):
+    worker = make_worker(repo)
+    calls: list = []
+    worker._run = stand_in_run(worker, calls)
+    assert worker.run_once() == {"status": "live", "version": 1}
+    assert calls[0][0] == worker.lease_holder_id
+    assert worker.lease_holder_id.count(":") == 2 and str(os.getpid()) in worker.lease_holder_id
+    assert repo.lease_holder(LEASE_NAME) is None
+
+
+def test_a_second_worker_is_busy_while_the_first_trains(repo, data_dir):
+    other_repo = Repository(data_dir)  # another process's view of the same database
+    try:
+        first, second = make_worker(repo), make_worker(other_repo)
+        seen: list = []
+
+        def first_run() -> dict:
+            seen.append(second.run_once())  # the second worker tries while the first is inside its run
+            return {"status": "live", "version": 1}
+
+        first._run = first_run
+        second._run = lambda: pytest.fail("the second worker trained while the first held the lease")
+        assert first.run_once()["status"] == "live"
+        assert seen == [{"status": "busy", "holder": first.lease_holder_id}]
+        second._run = lambda: {"status": "live", "version": 2}
+        assert second.run_once()["version"] == 2  # free again after the first released it
+    finally:
+        other_repo.close()
+
+
+def test_a_failing_run_still_releases_the_lease(repo):
+    worker = make_worker(repo)
+
+    def boom() -> dict:
+        raise RuntimeError("database went away mid-run")
+
+    worker._run = boom
+    with pytest.raises(RuntimeError):
+        worker.run_once()
+    assert repo.lease_holder(LEASE_NAME) is None
+
+
+def test_the_heartbeat_keeps_a_long_run_leased_and_a_lost_lease_aborts(repo, data_dir):
+    worker = make_worker(repo, ttl=0.6)
+    calls: list = []
+    worker._run = stand_in_run(worker, calls, steps=8, step_s=0.15)  # 1.2 s: twice the ttl
+    assert worker.run_once()["status"] == "live"
+    assert calls and all(held is not None and held[0] == worker.lease_holder_id for held in calls)
+
+    def run_that_loses_the_lease() -> dict:
+        time.sleep(0.8)  # no heartbeat for longer than the ttl: the lease expires ...
+        with Repository(data_dir) as intruder:
+            assert intruder.acquire_lease(LEASE_NAME, "intruder", 60)  # ... and someone else takes it
+        worker._on_progress(1, 10)
+        return {"status": "live"}
+
+    worker._run = run_that_loses_the_lease
+    with pytest.raises(LeaseLostError):
+        worker.run_once()
+    assert repo.lease_holder(LEASE_NAME)[0] == "intruder"  # the loser's release did not free someone else's
+
+
+def test_a_holder_killed_with_sigkill_blocks_the_worker_only_until_expiry(repo, data_dir):
+    ttl = 2.0
+    proc = subprocess.Popen(
+        [sys.executable, str(HOLDER_SCRIPT), str(data_dir), "-", LEASE_NAME, "killed-worker", str(ttl)],
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        if proc.stdout.readline().strip() != "acquired":
+            pytest.fail(f"the lease holder did not start: {proc.communicate(timeout=30)[1][-2000:]}")
+        worker = make_worker(repo)
+        worker._run = lambda: {"status": "live", "version": 1}
+        assert worker.run_once() == {"status": "busy", "holder": "killed-worker"}
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + ttl + 10
+        outcomes = []
+        while time.monotonic() < deadline:
+            outcome = worker.run_once()
+            outcomes.append(outcome["status"])
+            if outcome["status"] == "live":
+                break
+            time.sleep(0.1)
+        assert outcomes[-1] == "live", "the dead holder's lease never expired"
+        assert set(outcomes[:-1]) <= {"busy"}
+        assert repo.lease_holder(LEASE_NAME) is None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+def test_lease_ttl_is_validated():
+    with pytest.raises(ValueError, match="lease_ttl_s"):
+        WorkerConfig(lease_ttl_s=0)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
+from diffusers.utils import logging as diffusers_logging
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EMBEDDED_ID = "embedded"
@@ -92,6 +93,7 @@ def load_pipeline(model: str = EMBEDDED_ID, device: str | None = None, dtype: st
     if model_id == EMBEDDED_ID and not (EMBEDDED_PATH / "model_index.json").is_file():
         raise ModelLoadError(f"the embedded model is missing at {EMBEDDED_PATH}; rebuild it with "
                              "`python -m alignment.embedded.train --out models/tiny-shapes`")
+    diffusers_logging.disable_progress_bar()  # component loading is quick; keep CLIs' output readable
     try:
         pipe = StableDiffusionPipeline.from_pretrained(
             source, torch_dtype=dt, safety_checker=None, requires_safety_checker=False,

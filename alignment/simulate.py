@@ -167,6 +167,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--eps", type=float, default=None, help="log-ratio clip")
     p.add_argument("--train-steps", type=int, default=None)
     p.add_argument("--rank", type=int, default=None)
+    p.add_argument("--targets", default=None,
+                   help="comma-separated LoRA target modules, e.g. to_q,to_k,to_v,to_out.0,conv1,conv2,time_emb_proj")
+    p.add_argument("--steps-per-pair", type=int, default=None, help="M: step indices per pair and update")
     p.add_argument("--eval-prompts", type=int, default=32)
     p.add_argument("--eval-seeds", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
@@ -175,7 +178,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--json", type=Path)
     a = p.parse_args(argv)
     overrides = {"beta": a.beta, "lr": a.lr, "log_ratio_clip": a.eps, "train_steps": a.train_steps,
-                 "lora_rank": a.rank}
+                 "lora_rank": a.rank, "steps_per_pair": a.steps_per_pair,
+                 "target_modules": tuple(a.targets.split(",")) if a.targets else None}
     tcfg = TrainerConfig(objective=a.objective, gamma=a.gamma, seed=a.seed,
                          **{k: v for k, v in overrides.items() if v is not None})
     cfg = SimulationConfig(a.labeler, a.pairs, a.rounds, a.eval_prompts, a.eval_seeds, a.seed, tcfg)

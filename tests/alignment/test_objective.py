@@ -1,19 +1,11 @@
 """Unit tests of alignment/objective.py against hand-computed values and diffusers' DDIMScheduler.step."""
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-# Without tests/alignment/__init__.py or a pytest `pythonpath` setting (the test layout is owned elsewhere), plain
-# `pytest` does not put the repository root on sys.path; add it only in that case.
-if importlib.util.find_spec("alignment") is None:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from alignment.objective import (  # noqa: E402
+from alignment.objective import (
     DPOOutput,
     ddim_step_log_prob,
     ddim_step_mean_std,

@@ -15,7 +15,8 @@ connect timeout unless the URL sets one. A URL that cannot be parsed or whose dr
 connection (``connect(engine)``, used by ``upgrade_to_head``). Both messages show the URL with its password masked.
 
 ``upgrade_to_head(engine)`` applies the Alembic revisions shipped in ``storage/migrations`` inside one
-transaction; concurrent starters on one SQLite file queue on the write lock and the second finds nothing to do.
+transaction; concurrent starters queue (on one SQLite file on the write lock, on PostgreSQL on an advisory lock)
+and the later ones find nothing to do.
 This module knows connections and migrations, not the tables' meaning.
 """
 
@@ -39,6 +40,7 @@ from .errors import DatabaseUnavailableError, InvalidDatabaseUrlError
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 POSTGRES_CONNECT_TIMEOUT_S = 10
+POSTGRES_MIGRATION_LOCK = 0x5354_5544_494F  # advisory lock key held while migrating ("STUDIO")
 
 # Execution option read by the SQLite "begin" hook: how to open a transaction on that connection.
 _BEGIN_OPTION = "storage_sqlite_begin"
@@ -166,6 +168,10 @@ def upgrade_to_head(engine: Engine) -> None:
             if connection.dialect.name == "sqlite":
                 # Batch migrations copy and drop tables; check foreign keys at commit, not mid-copy.
                 connection.exec_driver_sql("PRAGMA defer_foreign_keys=ON")
+            elif connection.dialect.name == "postgresql":
+                # Starters queue here until the first one commits, then find the schema at head (as on SQLite,
+                # where BEGIN IMMEDIATE does this); without it they race on CREATE TABLE.
+                connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({POSTGRES_MIGRATION_LOCK})")
             command.upgrade(alembic_config(connection), "head")
 
 

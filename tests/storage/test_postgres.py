@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -127,3 +128,28 @@ def test_two_processes_writing_at_once_store_every_vote_once(pg_url, tmp_path):
                 text("SELECT count(*) FROM (SELECT pair_id, annotator FROM vote GROUP BY 1, 2 HAVING count(*) > 1) d")
             ).scalar()
         assert prompt_rows == 10 and duplicates == 0  # the racing prompt inserts made one row per text
+
+
+def test_simultaneous_first_starts_on_one_new_database_migrate_once(pg_url, tmp_path):
+    """Two app processes and a worker starting together against an empty PostgreSQL database."""
+    errors, repos = [], []
+    barrier = threading.Barrier(4)
+
+    def start(i: int) -> None:
+        try:
+            barrier.wait()
+            repos.append(Repository(tmp_path / f"data-{i}", pg_url))
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    try:
+        assert errors == [] and len(repos) == 4
+        assert {current_revision(r.engine) for r in repos} == {head_revision()}
+    finally:
+        for r in repos:
+            r.close()

@@ -3,7 +3,8 @@ machines, with an expiry so that a holder that died (SIGKILL, power loss) blocks
 
 ``LeaseMixin`` is part of ``Repository`` (it uses the repository's write sessions). A lease is one row of
 ``worker_lease``; releasing it marks it expired instead of deleting it. Every time is the database's clock, read
-inside the same transaction, so machines with skewed clocks still agree.
+inside the same transaction, so machines with skewed clocks still agree on a server database (SQLite, being a
+file on one machine, uses that machine's clock).
 
 Race safety without table locks: acquiring is one ``UPDATE ... WHERE name = ? AND (holder = ? OR expires_at <= now)``
 (the row lock makes a second concurrent UPDATE re-check its WHERE against the winner's row and match nothing), and

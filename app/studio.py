@@ -20,6 +20,7 @@ import io
 import json
 import random
 import secrets
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -107,7 +108,7 @@ class Studio:
         self.sampler = sampler
         self.repo = repo
         self.worker = worker
-        self.trainer_config = trainer_config or TrainerConfig()
+        self.trainer_config = trainer_config or (worker.trainer_config if worker is not None else TrainerConfig())
         self.suggestions = suggestions or self.default_suggestions(sampler.model)
         self.export_dir = Path(tempfile.mkdtemp(prefix="studio-export-"))
         self._status_cache: tuple[float, dict] | None = None
@@ -138,6 +139,7 @@ class Studio:
     def close(self) -> None:
         if self.worker is not None:
             self.worker.stop()
+        shutil.rmtree(self.export_dir, ignore_errors=True)
         self.repo.close()
 
     # ---- Label tab --------------------------------------------------------------------------------------------

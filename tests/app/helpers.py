@@ -61,8 +61,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_http(url: str, timeout: float = 90.0, proc: subprocess.Popen | None = None) -> None:
-    """Wait until `url` answers 200 (and fail early if `proc` died)."""
+def wait_http(url: str, timeout: float = 240.0, proc: subprocess.Popen | None = None) -> None:
+    """Wait until `url` answers 200 (and fail early if `proc` died). Generous: a loaded 2-core CI box needs it."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:

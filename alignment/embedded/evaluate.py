@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="embedded")
     p.add_argument("--seeds", type=int, default=4, help="seeds per prompt")
+    p.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed .. first-seed+seeds-1")
     p.add_argument("--steps", type=int)
     p.add_argument("--guidance", type=float)
     p.add_argument("--eta", type=float)
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     model = load_pipeline(args.model)
     cfg = SamplerConfig.from_defaults(model.sampler_defaults, steps=args.steps, guidance_scale=args.guidance,
                                       eta=args.eta)
-    result, images, cases = evaluate(Sampler(model, cfg), list(range(args.seeds)))
+    result, images, cases = evaluate(Sampler(model, cfg), list(range(args.first_seed, args.first_seed + args.seeds)))
     result["sampler"] = {"steps": cfg.steps, "guidance_scale": cfg.guidance_scale, "eta": cfg.eta}
     print(json.dumps(result, indent=2))
     if args.json:

@@ -32,7 +32,7 @@ from alignment.embedded.data import held_out_combinations, make_dataset
 from alignment.embedded.tokenizer import build_tokenizer, write_tokenizer_files
 
 # Sampler settings that go with the committed weights; the model loader reads them from studio.json.
-DEFAULT_SAMPLER = {"steps": 20, "guidance_scale": 5.0, "eta": 1.0, "height": 32, "width": 32}
+DEFAULT_SAMPLER = {"steps": 20, "guidance_scale": 4.0, "eta": 1.0, "height": 32, "width": 32}
 
 
 @dataclass

@@ -279,7 +279,7 @@ class Worker:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from storage import Repository
+    from storage import Repository, StorageError
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", default="studio-data")
@@ -296,7 +296,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--once", action="store_true", help="train once now (if there are votes) and exit")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    repo = Repository(args.data_dir, args.database_url)
+    try:
+        repo = Repository(args.data_dir, args.database_url)
+    except StorageError as e:  # e.g. an unreachable database URL: one clear line, not a traceback
+        raise SystemExit(f"error: {e}") from None
     tcfg = TrainerConfig(objective=args.objective, gamma=args.gamma, train_steps=args.train_steps)
     worker = Worker(repo, args.model, tcfg,
                     WorkerConfig(train_every=args.train_every, interval_s=args.interval, lease_ttl_s=args.lease_ttl),

@@ -93,11 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
     from alignment.models import ModelLoadError
     from app.studio import Studio, StudioError
+    from storage import StorageError
     from app.ui import build_ui, launch
 
     try:
         studio = Studio.open(config)
-    except (ModelLoadError, StudioError) as e:
+    except (ModelLoadError, StudioError, StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if gr.NO_RELOAD and studio.worker is not None:  # reload mode re-runs this module: one worker only

@@ -17,6 +17,7 @@ accelerate owns device placement, mixed precision and gradient clipping. A run w
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import time
@@ -34,6 +35,7 @@ from alignment import objective as obj
 from alignment.models import LoadedModel, load_pipeline
 from alignment.sampler import Trajectory, save_lora_bytes
 
+log = logging.getLogger(__name__)
 OBJECTIVES = ("discounted", "trajectory", "diffusion-dpo")
 ADAPTER = "preference"  # not "train": ModuleDict keys must not shadow nn.Module attributes
 DEFAULT_BETA = {"discounted": 10.0, "trajectory": 10.0, "diffusion-dpo": 2500.0}
@@ -290,6 +292,10 @@ class Trainer:
         kept = [p for p in pairs if not (p.target == 0.5 and self.config.tie_policy == "drop")]
         for p in kept:
             p.validate(needs_trajectory=dense)
+        finite = [p for p in kept if all(t is None or bool(torch.isfinite(t.latents).all()) for t in (p.w, p.l))]
+        if len(finite) < len(kept):  # an fp16 overflow in a stored chain would make every loss NaN: skip it
+            log.warning("skipping %d pair(s) whose stored trajectories hold non-finite latents", len(kept) - len(finite))
+        kept = finite
         if not kept:
             raise PairError("no usable pairs to train on (ties are dropped with tie_policy='drop')")
         return kept

@@ -33,7 +33,6 @@ def run_grid(args) -> list[dict]:
     done = [json.loads(line) for line in results_file.read_text().splitlines()] if results_file.exists() else []
     key = lambda r: (r["labeler"], r["objective"], r["gamma"], r["labels"], r["seed"], r.get("lr"), r.get("eps"))  # noqa: E731
     finished = {key(r) for r in done}
-    model = load_pipeline(args.model)
     for labeler in args.labelers:
         for objective in args.objectives:
             for gamma in (args.gammas if objective != "trajectory" else [1.0]):
@@ -49,7 +48,8 @@ def run_grid(args) -> list[dict]:
                         try:
                             cfg = SimulationConfig(labeler, labels, args.rounds, args.eval_prompts, args.eval_seeds,
                                                    seed, tcfg)
-                            r = simulate(cfg, data, model)
+                            # a fresh pipeline per point: a simulation leaves its adapters in the one it used
+                            r = simulate(cfg, data, load_pipeline(args.model))
                         finally:
                             shutil.rmtree(data, ignore_errors=True)
                         r.update({"lr": args.lr, "eps": args.eps})

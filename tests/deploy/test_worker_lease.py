@@ -19,6 +19,7 @@ import pytest
 
 from alignment.worker import LEASE_NAME, LeaseLostError, Worker, WorkerConfig
 from storage import Repository
+from tests.storage.helpers import stop_process
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HOLDER_SCRIPT = REPO_ROOT / "tests" / "storage" / "lease_holder.py"
@@ -146,11 +147,7 @@ def test_a_holder_killed_with_sigkill_blocks_the_worker_only_until_expiry(repo, 
         assert set(outcomes[:-1]) <= {"busy"}
         assert repo.lease_holder(LEASE_NAME) is None
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
-        proc.stdout.close()
-        proc.stderr.close()
+        stop_process(proc)
 
 
 def test_lease_ttl_is_validated():

@@ -28,3 +28,13 @@ def generation(
     )
     fields.update(overrides)
     return NewGeneration(**fields)
+
+
+def stop_process(proc) -> None:
+    """Kill a test's child process if it still runs and close its pipes."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(timeout=30)
+    for pipe in (proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()

@@ -14,6 +14,7 @@ from pathlib import Path
 from storage import Repository
 
 from .helpers import generation
+from tests.storage.helpers import stop_process
 
 THREADS = 8
 VOTES_PER_THREAD = 200
@@ -106,11 +107,7 @@ def test_writer_killed_mid_stream_loses_no_acknowledged_vote(tmp_path):
             # Acks printed between our last read and the kill count too: the writer had confirmed them.
             acknowledged += [int(line) for line in process.stdout.read().split()]
         finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait(timeout=30)
-            process.stdout.close()
-            process.stderr.close()
+            stop_process(process)
         assert process.returncode == -signal.SIGKILL
 
     with sqlite3.connect(data_dir / "studio.db") as db:

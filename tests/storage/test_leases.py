@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from storage import InvalidLeaseError, Repository
+from tests.storage.helpers import stop_process
 
 HOLDER_SCRIPT = Path(__file__).with_name("lease_holder.py")
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -136,11 +137,7 @@ def test_a_holder_killed_with_sigkill_blocks_only_until_expiry(shared_database):
         assert taken_at >= expires_at - dt.timedelta(seconds=0.5)  # not before the expiry (clock jitter aside)
         assert repo.lease_holder("trainer")[0] == "second-worker"
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
-        proc.stdout.close()
-        proc.stderr.close()
+        stop_process(proc)
         repo.close()
 
 

@@ -233,6 +233,10 @@ class Sampler:
             raise AdapterLoadError("the LoRA state dict has no 'unet.'-prefixed keys: it would load nothing")
         rank = max(v.shape[0] for k, v in state.items() if "lora_A" in k or "lora.down" in k)
         can_hotswap = self._loaded and rank <= self.max_lora_rank and keys == self._loaded_keys
+        foreign = sorted(getattr(self.pipe.unet, "peft_config", None) or ()) if not self._loaded else []
+        if foreign:  # diffusers' hotswap must be enabled before the first adapter: fail clearly, change nothing
+            raise AdapterLoadError(f"the pipeline already holds LoRA adapter(s) {', '.join(foreign)} that this "
+                                   "sampler did not load; give the sampler a pipeline of its own (load_pipeline)")
         try:
             if not self._loaded:
                 self.pipe.enable_lora_hotswap(target_rank=max(self.max_lora_rank, rank))

@@ -100,3 +100,15 @@ def test_bad_adapter_files_are_refused_and_the_previous_stays(fresh_sampler, lor
     assert fresh_sampler.adapter_version == 1
     assert torch.equal(latents(fresh_sampler), before)
 
+
+
+def test_a_pipeline_that_already_holds_adapters_is_refused_clearly(loras, tmp_path):
+    (tmp_path / "pytorch_lora_weights.safetensors").write_bytes(loras[0])
+    loaded = load_pipeline("embedded")
+    loaded.pipe.load_lora_weights(str(tmp_path), adapter_name="someone_elses")
+    sampler = Sampler(loaded)
+    before = latents(sampler)
+    with pytest.raises(AdapterLoadError, match="someone_elses"):
+        sampler.set_adapter(1, loras[1])
+    assert sampler.adapter_version is None
+    assert torch.equal(latents(sampler), before)  # nothing changed

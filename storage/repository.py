@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, case, func, select
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
@@ -309,6 +309,49 @@ class Repository(AdapterMixin, LeaseMixin):
             "per_day": dict(sorted(per_day.items())),
             "per_choice": {c: per_choice.get(c, 0) for c in VOTE_CHOICES},
         }
+
+    def annotator_stats(self) -> dict:
+        """Votes per annotator and choice, and how often annotators agree where they judged the same pair.
+
+        ``{"annotators": [{"annotator", "votes", "per_choice", "shared_pairs", "comparisons", "agreements"}],
+        "pairs": [{"annotator_a", "annotator_b", "shared_pairs", "agreements"}]}``, both sorted by name. Two votes
+        on one pair agree when their choices are equal; ``skip`` says nothing, so skipped votes are not compared.
+        ``shared_pairs`` counts pairs that someone else judged too, ``comparisons`` the (vote, other vote) couples
+        on them. Computed with GROUP BY in the database, without loading the votes.
+        """
+        mine, other = aliased(Vote), aliased(Vote)
+        agreed = func.sum(case((mine.choice == other.choice, 1), else_=0))
+        judged = and_(mine.choice != "skip", other.choice != "skip")
+        per_annotator = (
+            select(mine.annotator, func.count(func.distinct(mine.pair_id)), func.count(), agreed)
+            .join(other, and_(other.pair_id == mine.pair_id, other.annotator != mine.annotator))
+            .where(judged)
+            .group_by(mine.annotator)
+        )
+        per_couple = (
+            select(mine.annotator, other.annotator, func.count(), agreed)
+            .join(other, and_(other.pair_id == mine.pair_id, other.annotator > mine.annotator))
+            .where(judged)
+            .group_by(mine.annotator, other.annotator)
+            .order_by(mine.annotator, other.annotator)
+        )
+        with self._read.begin() as s:
+            choices = s.execute(select(Vote.annotator, Vote.choice, func.count()).group_by(Vote.annotator, Vote.choice))
+            shared = {a: (int(n_pairs), int(n), int(agree or 0)) for a, n_pairs, n, agree in s.execute(per_annotator)}
+            couples = [
+                {"annotator_a": a, "annotator_b": b, "shared_pairs": int(n), "agreements": int(agree or 0)}
+                for a, b, n, agree in s.execute(per_couple)
+            ]
+            per_choice: dict[str, dict[str, int]] = {}
+            for annotator, choice, n in choices:
+                per_choice.setdefault(annotator, {c: 0 for c in VOTE_CHOICES})[choice] = int(n)
+        rows = []
+        for annotator in sorted(per_choice):
+            n_pairs, n, agree = shared.get(annotator, (0, 0, 0))
+            rows.append({"annotator": annotator, "votes": sum(per_choice[annotator].values()),
+                         "per_choice": per_choice[annotator], "shared_pairs": n_pairs, "comparisons": n,
+                         "agreements": agree})
+        return {"annotators": rows, "pairs": couples}
 
     # ----- blobs -----------------------------------------------------------------------------------------
 

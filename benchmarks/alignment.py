@@ -1,108 +1,257 @@
-"""Alignment-efficiency benchmark: win rate over the base after N labels, per objective, labeler and seed.
+"""Alignment benchmark: win rate over the base after N labels, per objective variant, labeler and training seed.
 
-    python -m benchmarks.alignment --labels 32 64 128 --objectives discounted trajectory diffusion-dpo \\
-        --labelers alignment.labelers:larger alignment.labelers:saturated alignment.labelers:lower \\
-        --seeds 0 1 2 --out runs/alignment        # writes results.jsonl, table.md and win_rate.png
+    python -m benchmarks.alignment --labelers larger lower saturated --seeds 0 1 2 --labels 32 64 128 256 \\
+        --variants discounted trajectory diffusion-dpo --out runs/alignment
+    python -m benchmarks.alignment --labels 128 --variants discounted:gamma=0.8 discounted:lr=3e-3,eps=0.05 \\
+        discounted:targets=to_q+to_k+to_v+to_out.0+conv1+conv2+time_emb_proj --out runs/alignment
+    python -m benchmarks.alignment --report-only --out runs/alignment      # table.md and win_rate.png again
 
-Every point is one `alignment.simulate` run (its own data dir): sample from the live model, label, train (with the
-fidelity guard), then judge aligned vs base on held-out prompts and seeds. Results are appended to results.jsonl as
-they finish, so an interrupted benchmark keeps what it measured and `--resume` skips finished points. The table
-pools seeds per point (mean win rate, and a Wilson interval over all pooled comparisons).
+A *variant* is an objective with optional `TrainerConfig` overrides: `objective[:key=value,...]` (keys: gamma, beta,
+lr, eps, steps, m, rank, targets with '+' between module names).
+
+Paired design. For each (labeler, seed) one pool of pairs is sampled from the base model with trajectories (seeded
+prompts that avoid the held-out attribute combinations) and labeled once; every variant and label count N then
+trains a fresh LoRA on the first N labeled pairs of that same pool, so differences between variants are not
+differences in data. The pool is cached on disk. Each trained adapter is judged on held-out prompts at seeds from
+10^6 (never used in training): the labeler compares aligned vs base at equal prompt and seed, positions alternating
+(ties count half; 95 % Wilson interval). Prompt fidelity (colour, background, shape accuracy) is scored on the same
+eval images, base vs aligned, and the fidelity guard's rule is applied to it: an adapter is "promoted" only if its
+fidelity is no more than 5 points below the base's. Results are appended to results.jsonl as they finish;
+finished points are skipped on a re-run. This is off-policy (one round from the base); the studio's on-policy
+rounds are `python -m alignment.simulate --rounds R`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import tempfile
+import random
+import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 from alignment.objective import paired_win_rate
-from alignment.simulate import SimulationConfig, simulate
 from alignment.trainer import TrainerConfig
+
+EVAL_SEED_BASE = 1_000_000
+MAX_DROP = 0.05
+OVERRIDES = {"gamma": ("gamma", float), "beta": ("beta", float), "lr": ("lr", float),
+             "eps": ("log_ratio_clip", float), "steps": ("train_steps", int), "m": ("steps_per_pair", int),
+             "rank": ("lora_rank", int), "targets": ("target_modules", lambda s: tuple(s.split("+")))}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """`objective[:key=value,...]`, e.g. `discounted:gamma=0.8,lr=3e-3`."""
+
+    spec: str
+
+    def overrides(self) -> dict:
+        _, _, rest = self.spec.partition(":")
+        out = {}
+        for item in filter(None, rest.split(",")):
+            key, sep, value = item.partition("=")
+            if not sep or key not in OVERRIDES:
+                raise ValueError(f"bad variant item {item!r} in {self.spec!r}; keys: {', '.join(OVERRIDES)}")
+            field_name, cast = OVERRIDES[key]
+            out[field_name] = cast(value)
+        return out
+
+    def trainer_config(self, seed: int) -> TrainerConfig:
+        return TrainerConfig(objective=self.spec.partition(":")[0], seed=seed, **self.overrides())
+
+
+def labeler_spec(name: str) -> str:
+    return name if ":" in name else f"alignment.labelers:{name}"
+
+
+# ---- the pool ---------------------------------------------------------------------------------------------------
+def build_pool(sampler, labeler, seed: int, n: int) -> list[dict]:
+    """n labeled pairs sampled from the base: {prompt, w, l (trajectory bytes), target}."""
+    from alignment.labelers import judge
+    from alignment.simulate import training_prompts
+
+    rng = random.Random(seed)
+    pool = []
+    for i, prompt in enumerate(training_prompts(rng, n)):
+        a, b = sampler.generate_pair(prompt, (seed * 100_000 + 2 * i, seed * 100_000 + 2 * i + 1))
+        choice = judge(labeler, a.image, b.image, prompt)
+        w, l = (b, a) if choice == 1 else (a, b)
+        pool.append({"prompt": prompt, "w": w.trajectory.to_bytes(), "l": l.trajectory.to_bytes(),
+                     "target": 0.5 if choice is None else 1.0})
+    return pool
+
+
+def load_or_build_pool(path: Path, sampler, labeler, seed: int, n: int) -> list[dict]:
+    import torch
+
+    if path.exists():
+        pool = torch.load(path, weights_only=True)
+        if len(pool) >= n:
+            return pool
+    pool = build_pool(sampler, labeler, seed, n)
+    tmp = path.with_suffix(".tmp")
+    torch.save(pool, tmp)
+    tmp.replace(path)
+    return pool
+
+
+def training_pairs(pool: list[dict]):
+    from alignment.sampler import Trajectory
+    from alignment.trainer import TrainingPair
+
+    return [TrainingPair(p["prompt"], Trajectory.from_bytes(p["w"]), Trajectory.from_bytes(p["l"]), p["target"])
+            for p in pool]
+
+
+# ---- evaluation -------------------------------------------------------------------------------------------------
+def render_eval(sampler, cases, seeds: list[int]) -> list:
+    return [g.image for c in cases for g in sampler.generate(c.prompt, seeds)]
+
+
+def judge_eval(labeler, base: list, aligned: list, cases, seeds: list[int]) -> dict:
+    from alignment.embedded.evaluate import score
+    from alignment.labelers import judge
+
+    prompts = [c.prompt for c in cases for _ in seeds]
+    wins = ties = 0
+    for n, (im_b, im_a, p) in enumerate(zip(base, aligned, prompts)):
+        flip = n % 2 == 1  # alternate positions so a position bias cannot favour either model
+        choice = judge(labeler, im_b, im_a, p) if flip else judge(labeler, im_a, im_b, p)
+        if choice is None:
+            ties += 1
+        elif choice == (1 if flip else 0):
+            wins += 1
+    rate, lo, hi = paired_win_rate(wins, ties, len(base))
+    flat_cases = [c for c in cases for _ in seeds]
+    fb, fa = score(base, flat_cases)["fidelity"], score(aligned, flat_cases)["fidelity"]
+    return {"win_rate": rate, "ci_low": lo, "ci_high": hi, "wins": wins, "ties": ties, "comparisons": len(base),
+            "fidelity_base": fb, "fidelity_aligned": fa, "promoted": fa >= fb - MAX_DROP}
+
+
+# ---- the grid ---------------------------------------------------------------------------------------------------
+def point_key(r: dict) -> tuple:
+    return r["labeler"], r["variant"], r["labels"], r["seed"]
 
 
 def run_grid(args) -> list[dict]:
+    from alignment.embedded.evaluate import held_out_cases
+    from alignment.labelers import load_labeler
     from alignment.models import load_pipeline
+    from alignment.sampler import Sampler, SamplerConfig
+    from alignment.trainer import Trainer
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    (out / "pools").mkdir(parents=True, exist_ok=True)
     results_file = out / "results.jsonl"
-    done = [json.loads(line) for line in results_file.read_text().splitlines()] if results_file.exists() else []
-    key = lambda r: (r["labeler"], r["objective"], r["gamma"], r["labels"], r["seed"], r.get("lr"), r.get("eps"))  # noqa: E731
-    finished = {key(r) for r in done}
-    for labeler in args.labelers:
-        for objective in args.objectives:
-            for gamma in (args.gammas if objective != "trajectory" else [1.0]):
-                for labels in args.labels:
-                    for seed in args.seeds:
-                        tcfg = TrainerConfig(objective=objective, gamma=gamma, seed=seed, lr=args.lr,
-                                             log_ratio_clip=args.eps, train_steps=args.train_steps)
-                        probe = {"labeler": labeler, "objective": objective, "gamma": tcfg.effective_gamma,
-                                 "labels": labels, "seed": seed, "lr": args.lr, "eps": args.eps}
-                        if key(probe) in finished:
-                            continue
-                        data = Path(tempfile.mkdtemp(prefix="bench-"))
-                        try:
-                            cfg = SimulationConfig(labeler, labels, args.rounds, args.eval_prompts, args.eval_seeds,
-                                                   seed, tcfg)
-                            # a fresh pipeline per point: a simulation leaves its adapters in the one it used
-                            r = simulate(cfg, data, load_pipeline(args.model))
-                        finally:
-                            shutil.rmtree(data, ignore_errors=True)
-                        r.update({"lr": args.lr, "eps": args.eps})
-                        print(json.dumps(r), flush=True)
-                        with results_file.open("a") as f:
-                            f.write(json.dumps(r) + "\n")
-                        done.append(r)
+    done = [json.loads(x) for x in results_file.read_text().splitlines()] if results_file.exists() else []
+    finished = {point_key(r) for r in done}
+    variants = [Variant(v) for v in args.variants]
+    for v in variants:
+        v.trainer_config(0)  # refuse a bad variant before hours of work
+    loaded = load_pipeline(args.model, dtype="fp32")
+    trainer = Trainer(loaded)
+    sampler = Sampler(loaded, SamplerConfig.from_defaults(loaded.sampler_defaults), fuse=False)
+    cases = held_out_cases(sizes=(None,))[: args.eval_prompts]
+    for lab_name in map(labeler_spec, args.labelers):
+        labeler = load_labeler(lab_name)
+        for seed in args.seeds:
+            todo = [(v, n) for v in variants for n in args.labels
+                    if (lab_name, v.spec, n, seed) not in finished]
+            if not todo:
+                continue
+            eval_seeds = [EVAL_SEED_BASE + seed * 1000 + j for j in range(args.eval_seeds)]
+            if getattr(trainer.unet, "peft_config", None):
+                trainer.unet.disable_adapters()  # base images come from the base
+            pool_file = out / "pools" / f"{lab_name.replace(':', '.')}-{seed}.pt"
+            pool = load_or_build_pool(pool_file, sampler, labeler, seed, max(args.pool, *args.labels))
+            if args.pools_only:
+                continue
+            base_images = render_eval(sampler, cases, eval_seeds)
+            for variant, n in todo:
+                cfg = variant.trainer_config(seed)
+                trainer.config = cfg
+                t0 = time.perf_counter()
+                try:
+                    result = trainer.train(training_pairs(pool[:n]))
+                except Exception as e:  # a diverged or impossible point is a result too, not the end of the grid
+                    r = {"labeler": lab_name, "variant": variant.spec, "labels": n, "seed": seed,
+                         "error": f"{type(e).__name__}: {e}"}
+                else:
+                    train_s = time.perf_counter() - t0
+                    trainer.unet.enable_adapters()
+                    aligned = render_eval(sampler, cases, eval_seeds)
+                    trainer.unet.disable_adapters()
+                    r = {"labeler": lab_name, "variant": variant.spec, "labels": n, "seed": seed,
+                         "objective": cfg.objective, "gamma": cfg.effective_gamma, "beta": cfg.effective_beta,
+                         "lr": cfg.lr, "eps": cfg.log_ratio_clip, "train_seconds": round(train_s, 1),
+                         "ties_in_pool": sum(p["target"] == 0.5 for p in pool[:n]),
+                         "train_accuracy": round(result.metrics["accuracy"], 3),
+                         "clipped_fraction": round(result.metrics["clipped_fraction"], 3),
+                         **judge_eval(labeler, base_images, aligned, cases, eval_seeds)}
+                print(json.dumps(r), flush=True)
+                with results_file.open("a") as f:
+                    f.write(json.dumps(r) + "\n")
+                done.append(r)
     return done
+
+
+# ---- report -----------------------------------------------------------------------------------------------------
+def pooled(rs: list[dict]) -> tuple[float, float, float]:
+    return paired_win_rate(sum(r["wins"] for r in rs), sum(r["ties"] for r in rs), sum(r["comparisons"] for r in rs))
 
 
 def table(results: list[dict]) -> str:
     groups = defaultdict(list)
     for r in results:
-        groups[(r["labeler"].split(":")[-1], r["objective"], r["gamma"], r["labels"], r.get("lr"), r.get("eps"))].append(r)
-    lines = ["| labeler | objective | gamma | lr | eps | labels | seeds | win rate | 95 % CI (pooled) | "
-             "fidelity base -> aligned | promoted |", "|" + "---|" * 11]
-    for (lab, obj, gamma, labels, lr, eps), rs in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
-        wins = sum(r["wins"] for r in rs)
-        ties = sum(r["ties"] for r in rs)
-        n = sum(r["comparisons"] for r in rs)
-        rate, lo, hi = paired_win_rate(wins, ties, n)
-        fb = sum(r.get("fidelity_base", 0) for r in rs) / len(rs)
-        fa = sum(r.get("fidelity_aligned", 0) for r in rs) / len(rs)
-        promoted = sum(bool(r.get("promoted")) for r in rs)
-        lines.append(f"| {lab} | {obj} | {gamma:g} | {lr:g} | {eps:g} | {labels} | {len(rs)} | {rate:.3f} | "
-                     f"[{lo:.3f}, {hi:.3f}] | {fb:.3f} -> {fa:.3f} | {promoted}/{len(rs)} |")
+        if "error" not in r:
+            groups[(r["labeler"].split(":")[-1], r["variant"], r["labels"])].append(r)
+    lines = ["| labeler | variant | labels | seeds | win rate (pooled) | 95 % CI | per seed | "
+             "fidelity base → aligned | within 5 pts |", "|" + "---|" * 9]
+    for (lab, variant, labels), rs in sorted(groups.items()):
+        rate, lo, hi = pooled(rs)
+        fb = sum(r["fidelity_base"] for r in rs) / len(rs)
+        fa = sum(r["fidelity_aligned"] for r in rs) / len(rs)
+        per_seed = " ".join(f"{r['win_rate']:.2f}" for r in sorted(rs, key=lambda r: r["seed"]))
+        promoted = sum(bool(r["promoted"]) for r in rs)
+        lines.append(f"| {lab} | {variant} | {labels} | {len(rs)} | {rate:.3f} | [{lo:.3f}, {hi:.3f}] | {per_seed} | "
+                     f"{fb:.3f} → {fa:.3f} | {promoted}/{len(rs)} |")
+    failed = [r for r in results if "error" in r]
+    for r in failed:
+        lines.append(f"\nfailed: {r['labeler']} {r['variant']} {r['labels']} labels seed {r['seed']}: {r['error']}")
     return "\n".join(lines)
 
 
-def plot(results: list[dict], path: Path) -> None:
+def plot(results: list[dict], path: Path, variants: list[str] | None = None) -> None:
+    """Win rate vs labels, one panel per labeler, one line per variant measured at more than one label count."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labelers = sorted({r["labeler"] for r in results})
+    ok = [r for r in results if "error" not in r]
+    labelers = sorted({r["labeler"] for r in ok})
     fig, axes = plt.subplots(1, len(labelers), figsize=(5 * len(labelers), 4), squeeze=False)
     for ax, lab in zip(axes[0], labelers):
         series = defaultdict(lambda: defaultdict(list))
-        for r in results:
-            if r["labeler"] == lab:
-                series[f"{r['objective']} (gamma {r['gamma']:g})"][r["labels"]].append(r)
+        for r in ok:
+            if r["labeler"] == lab and (variants is None or r["variant"] in variants):
+                series[r["variant"]][r["labels"]].append(r)
         for name, by_n in sorted(series.items()):
+            if len(by_n) < 2:
+                continue
             xs = sorted(by_n)
-            stats = [paired_win_rate(sum(r["wins"] for r in by_n[x]), sum(r["ties"] for r in by_n[x]),
-                                     sum(r["comparisons"] for r in by_n[x])) for x in xs]
+            stats = [pooled(by_n[x]) for x in xs]
             ys = [s[0] for s in stats]
             ax.errorbar(xs, ys, yerr=[[y - s[1] for y, s in zip(ys, stats)], [s[2] - y for y, s in zip(ys, stats)]],
                         marker="o", capsize=3, label=name)
         ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+        ax.axhline(0.8, color="green", lw=0.6, ls=":")
         ax.set_title(lab.split(":")[-1])
         ax.set_xlabel("labels")
-        ax.set_ylabel("win rate over base")
+        ax.set_ylabel("win rate over base (pooled seeds, 95 % CI)")
         ax.set_xscale("log", base=2)
+        ax.set_ylim(0, 1)
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -110,24 +259,25 @@ def plot(results: list[dict], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--labels", type=int, nargs="+", default=[32, 64, 128])
-    p.add_argument("--objectives", nargs="+", default=["discounted", "trajectory", "diffusion-dpo"])
-    p.add_argument("--gammas", type=float, nargs="+", default=[0.9])
-    p.add_argument("--labelers", nargs="+", default=["alignment.labelers:larger"])
+    p.add_argument("--labels", type=int, nargs="+", default=[32, 64, 128, 256])
+    p.add_argument("--variants", nargs="+", default=["discounted", "trajectory", "diffusion-dpo"])
+    p.add_argument("--labelers", nargs="+", default=["larger"], help="names in alignment.labelers or module:function")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--lr", type=float, default=TrainerConfig().lr)
-    p.add_argument("--eps", type=float, default=TrainerConfig().log_ratio_clip)
-    p.add_argument("--train-steps", type=int, default=TrainerConfig().train_steps)
-    p.add_argument("--eval-prompts", type=int, default=32)
-    p.add_argument("--eval-seeds", type=int, default=4)
+    p.add_argument("--pool", type=int, default=256, help="pairs sampled and labeled per (labeler, seed)")
+    p.add_argument("--eval-prompts", type=int, default=16)
+    p.add_argument("--eval-seeds", type=int, default=8)
     p.add_argument("--model", default="embedded")
     p.add_argument("--out", default="runs/alignment")
     p.add_argument("--report-only", action="store_true", help="only rebuild table.md and the plot")
+    p.add_argument("--pools-only", action="store_true", help="only sample and label the pools (e.g. ahead of time)")
     a = p.parse_args(argv)
+    if min(a.labels) < 2:
+        p.error("--labels must be at least 2")
     out = Path(a.out)
     results = ([json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()] if a.report_only
                else run_grid(a))
+    if a.pools_only:
+        return
     (out / "table.md").write_text(table(results) + "\n")
     plot(results, out / "win_rate.png")
     print(table(results))

@@ -10,15 +10,15 @@ from __future__ import annotations
 import re
 
 from alignment.sampler import MAX_SEED
+from app.errors import StudioError
 
 VOTE_CHOICES = ("left", "right", "tie", "both_bad", "skip")
-# Settings the Train tab edits: name -> type; beta may be empty (None = the objective's default).
-SETTINGS = {"objective": str, "gamma": float, "beta": float, "lr": float, "train_steps": int, "train_every": int}
+# Settings the Train tab edits: name -> type; beta may be empty (None = the objective's default), and so may
+# train_annotators (None = everyone's votes).
+SETTINGS = {"objective": str, "gamma": float, "beta": float, "lr": float, "train_steps": int, "train_every": int,
+            "train_annotators": tuple}
+MAX_NAME_CHARS = 100  # storage keeps annotator names up to this length
 BLIND_CHOICES = ("left", "right", "tie")  # what the person clicks in blind A/B mode
-
-
-class StudioError(ValueError):
-    """Bad input from a person or an API client; the message says what to do instead. Nothing was written."""
 
 
 def parse_seeds(seeds, count: int) -> list[int] | None:
@@ -59,6 +59,8 @@ def parse_pair_id(pair_id) -> int:
 def parse_setting(name: str, value):
     """One Train-tab value as the type the alignment core expects; StudioError if it cannot be."""
     kind = SETTINGS[name]
+    if kind is tuple:
+        return parse_names(value, name)
     if value is None or value == "":
         if name == "beta":
             return None
@@ -77,3 +79,19 @@ def parse_setting(name: str, value):
             raise StudioError(f"{name} must be a whole number, got {value}")
         return int(value)
     return float(value)
+
+
+def parse_names(value, what: str = "names") -> tuple[str, ...] | None:
+    """Distinct annotator names from "a, b", a list of names, or nothing (None = no selection)."""
+    if value is None:
+        return None
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)):
+        raise StudioError(f"{what} must be names separated by commas or a list of names, got {value!r:.40}")
+    names = []
+    for item in items:
+        if not isinstance(item, str) or len(item.strip()) > MAX_NAME_CHARS or "\x00" in item:
+            raise StudioError(f"{what}: {item!r:.40} is not an annotator name")
+        if item.strip() and item.strip() not in names:
+            names.append(item.strip())
+    return tuple(names) or None

@@ -1,22 +1,27 @@
-"""Per-session state, the annotator's identity, and turning user errors into Gradio errors.
+"""Per-session state, who is acting (taken from the server side of each request), and Gradio errors.
 
 Each browser tab (and each `gradio_client.Client`) has its own `gr.State` dict: the annotator, the pair on screen
-and its prompt, and an open blind trial. The blind trial's order lives only here, on the server.
+and its prompt, an open blind trial, and an admin token once the person unlocked with it. `gr.State` lives on the
+server; a client cannot write it.
 
-Who votes: a logged-in user's name when the app runs with `auth` (a later issue adds the Spaces login), else an
-anonymous id the browser keeps in `localStorage` (`gr.BrowserState`), else, for API clients, one derived from the
-Gradio session. This module knows Gradio and the error classes of the lower layers, nothing else.
+Who acts, in this order: the name of Gradio's password login (`launch(auth=...)`, `request.username`); the
+Hugging Face account signed in on a Space (`gr.OAuthProfile`); the anonymous id that this browser keeps, signed by
+the server (`AnonymousIds`), checked at page load; for API clients without page state, an id derived from their
+Gradio session. A client never names the annotator: no endpoint takes one. This module knows Gradio, the access
+rules and the error classes of the lower layers, nothing else.
 """
 
 from __future__ import annotations
 
 import functools
 import html
-import secrets
+from pathlib import Path
 
 import gradio as gr
+from gradio.utils import get_upload_folder
 
 from alignment.sampler import AdapterLoadError
+from app.access import Actor
 from app.studio import StudioError
 from storage import StorageError
 
@@ -24,21 +29,49 @@ USER_ERRORS = (StudioError, StorageError, AdapterLoadError)
 
 
 def new_session() -> dict:
-    return {"annotator": None, "pair_id": None, "prompt": None, "blind": None}
+    return {"annotator": None, "authenticated": False, "admin_token": None, "pair_id": None, "prompt": None,
+            "blind": None}
 
 
-def anonymous_id() -> str:
-    return f"anon-{secrets.token_hex(6)}"
-
-
-def annotator_of(session: dict | None, request: gr.Request | None) -> str:
-    """Who is acting in this request (see the module docstring for the order)."""
+def signed_in_name(request: gr.Request | None, profile: gr.OAuthProfile | None = None) -> str | None:
+    """The password-login name, else the Spaces sign-in name, else None."""
     if request is not None and getattr(request, "username", None):
         return str(request.username)
+    if profile is not None and getattr(profile, "username", None):
+        return str(profile.username)
+    return None
+
+
+def annotator_of(session: dict | None, request: gr.Request | None, profile: gr.OAuthProfile | None = None) -> str:
+    """Who is acting in this request (see the module docstring for the order)."""
+    return actor_of(session, request, profile).name
+
+
+def actor_of(session: dict | None, request: gr.Request | None, profile: gr.OAuthProfile | None = None,
+             token: str | None = None) -> Actor:
+    """The acting `Actor`; `token` is an admin token passed with an API call (else the session's unlocked one)."""
+    token = token or (session or {}).get("admin_token") or None
+    name = signed_in_name(request, profile)
+    if name is not None:
+        return Actor(name, authenticated=True, token=token)
     if session and session.get("annotator"):
-        return session["annotator"]
+        return Actor(session["annotator"], authenticated=bool(session.get("authenticated")), token=token)
     session_hash = getattr(request, "session_hash", None) if request is not None else None
-    return f"client-{session_hash[:16]}" if session_hash else "anonymous"
+    return Actor(f"client-{session_hash[:16]}" if session_hash else "anonymous", token=token)
+
+
+def uploaded_file(value) -> str:
+    """The path of a file that Gradio received as an upload (a `gr.File` value or an API `FileData`), and only
+    such a path: a client cannot name a file on the server."""
+    path = value.get("path") if isinstance(value, dict) else getattr(value, "path", value)
+    if not path:
+        raise StudioError("choose a .parquet file to import first")
+    if not isinstance(path, str):
+        raise StudioError("the file must be an upload (gradio_client: handle_file(path))")
+    resolved, uploads = Path(path).resolve(), Path(get_upload_folder()).resolve()
+    if not resolved.is_relative_to(uploads) or not resolved.is_file():
+        raise StudioError("the file must be an upload (gradio_client: handle_file(path)); server paths are refused")
+    return str(resolved)
 
 
 def user_errors(fn):

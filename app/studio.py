@@ -8,8 +8,11 @@ so a pair never mixes two adapters and a freshly trained adapter is used from th
 version (compare, blind A/B) swaps it in, generates and swaps the live one back, all inside the same lock.
 
 Bad input from a person or an API client raises `StudioError` (or the storage/sampler error that says what is
-wrong) before anything is written. The annotator is a parameter of every method that records something; the UI
-decides who that is. This module knows no Gradio, no SQL and no tensor math.
+wrong) before anything is written. The annotator is a parameter of every method that records or generates
+something, and the acting `Actor` of every admin action (settings, train now, make live, roll back, import,
+export); the UI and the API take both from the server side of the request (`app.session`), never from what a
+client sends. Admin actions check `AccessPolicy` here, so the UI and the API cannot differ; generation and votes
+count against the annotator's `RateLimits`. This module knows no Gradio, no SQL and no tensor math.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import dataclasses
 import datetime as dt
 import io
 import json
+import logging
 import random
 import secrets
 import shutil
@@ -34,6 +38,7 @@ from alignment.objective import paired_win_rate
 from alignment.sampler import Sampler, validate_prompt
 from alignment.trainer import TrainerConfig
 from alignment.worker import Worker, WorkerConfig
+from app.access import AccessPolicy, Actor, RateLimits
 from app.config import StudioConfig
 from app.inputs import (
     BLIND_CHOICES,
@@ -44,8 +49,10 @@ from app.inputs import (
     parse_seeds,
     parse_setting,
 )
-from storage import NewGeneration, Repository
+from storage import BlobIntegrityError, BlobNotFoundError, NewGeneration, Repository
 from storage.export import export_parquet, import_parquet
+
+log = logging.getLogger(__name__)
 
 # Adapter metrics worth a glance in the history table (all of them stay in the database).
 SHOWN_METRICS = ("accuracy", "margin", "fidelity_base", "fidelity_candidate", "drift", "pairs", "steps",
@@ -104,10 +111,14 @@ class Studio:
     """Sampler + repository + worker, and the operations of the four tabs."""
 
     def __init__(self, sampler: Sampler, repo: Repository, worker=None, trainer_config: TrainerConfig | None = None,
-                 suggestions: list[str] | None = None):
+                 suggestions: list[str] | None = None, access: AccessPolicy | None = None,
+                 limits: RateLimits | None = None):
+        """`access` defaults to a local studio's (everyone is an admin), `limits` to none."""
         self.sampler = sampler
         self.repo = repo
         self.worker = worker
+        self.access = access or AccessPolicy()
+        self.limits = limits or RateLimits.off()
         self.trainer_config = trainer_config or (worker.trainer_config if worker is not None else TrainerConfig())
         self.suggestions = suggestions or self.default_suggestions(sampler.model)
         self.export_dir = Path(tempfile.mkdtemp(prefix="studio-export-"))
@@ -126,8 +137,10 @@ class Studio:
         if config.worker:
             worker = Worker(repo, model.model_id, trainer_config,
                             WorkerConfig(train_every=config.train_every, interval_s=config.train_interval_s,
-                                         min_votes=config.min_votes), device=config.device)
-        return cls(Sampler(model), repo, worker, trainer_config)
+                                         min_votes=config.min_votes, annotators=config.train_annotators),
+                            device=config.device)
+        return cls(Sampler(model), repo, worker, trainer_config, access=config.access_policy(),
+                   limits=config.rate_limits())
 
     @staticmethod
     def default_suggestions(model) -> list[str]:
@@ -149,6 +162,7 @@ class Studio:
         chosen = parse_seeds(seeds, 2) or self._random_seeds(2)
         if chosen[0] == chosen[1]:
             raise StudioError(f"the two seeds are equal ({chosen[0]}): a pair needs two different images")
+        self.limits.pairs.check(annotator)
         with self.sampler.lock:
             sync_live_adapter(self.sampler, self.repo)
             left, right = self.sampler.generate_pair(prompt, chosen)
@@ -164,6 +178,7 @@ class Studio:
         pid = parse_pair_id(pair_id)
         if choice not in VOTE_CHOICES:
             raise StudioError(f"choice must be one of {', '.join(VOTE_CHOICES)}; got {choice!r:.40}")
+        self.limits.votes.check(annotator)
         record, created = self.repo.record_vote(pid, annotator, choice)
         if not created:
             raise StudioError(f"pair {pid} already has your vote {record.choice!r}; it stands and nothing changed")
@@ -175,7 +190,7 @@ class Studio:
         """Every registered adapter version, oldest first (rejected ones too: they can still be looked at)."""
         return [a.version for a in self.repo.list_adapters()]
 
-    def compare(self, prompt: str, seed, version_a: int | None, version_b: int | None
+    def compare(self, prompt: str, seed, version_a: int | None, version_b: int | None, *, annotator: str
                 ) -> tuple[Image.Image, Image.Image]:
         """The images of two versions (None = base) from the same prompt and seed."""
         prompt = self._prompt(prompt)
@@ -183,6 +198,7 @@ class Studio:
         for v in (version_a, version_b):
             if v is not None:
                 self.repo.get_adapter(v)  # UnknownAdapterError before any swap
+        self.limits.pairs.check(annotator)
         with self.sampler.lock:
             try:
                 a = self._render(prompt, chosen, version_a)
@@ -191,13 +207,14 @@ class Studio:
                 sync_live_adapter(self.sampler, self.repo)
         return a, b
 
-    def blind_trial(self, prompt: str, seed=None) -> BlindTrial:
+    def blind_trial(self, prompt: str, seed=None, *, annotator: str) -> BlindTrial:
         """Base vs. the live adapter from one seed, sides shuffled."""
         prompt = self._prompt(prompt)
         live = self.repo.live_adapter()
         if live is None:
             raise StudioError("no adapter is live yet: vote on a few pairs until the first training run finishes")
         chosen = self._one_seed(seed)
+        self.limits.pairs.check(annotator)
         with self.sampler.lock:
             try:
                 base = self._render(prompt, chosen, None)
@@ -214,6 +231,7 @@ class Studio:
             raise StudioError("no blind trial is open: start one first")
         if choice not in BLIND_CHOICES:
             raise StudioError(f"blind choice must be one of {', '.join(BLIND_CHOICES)}; got {choice!r:.40}")
+        self.limits.votes.check(annotator)
         outcome = "tie" if choice == "tie" else ("adapter" if choice == trial.adapter_side else "base")
         self.repo.record_ab_trial(prompt=trial.prompt, seed=trial.seed, adapter_version=trial.adapter_version,
                                   adapter_side=trial.adapter_side, annotator=annotator, choice=outcome)
@@ -227,45 +245,70 @@ class Studio:
         return {"version": version, "n": n, **counts, "rate": None if n == 0 else rate, "lo": lo, "hi": hi}
 
     # ---- Train tab --------------------------------------------------------------------------------------------
+    def is_admin(self, actor: Actor | None) -> bool:
+        return self.access.is_admin(actor)
+
     def settings(self) -> dict:
-        """The settings the Train tab edits (beta None = the objective's default)."""
+        """The settings the Train tab edits (beta None = the objective's default; train_annotators None = all)."""
         c = self.trainer_config
         every = self.worker.config.train_every if self.worker is not None else None
+        chosen = self.worker.config.annotators if self.worker is not None else None
         return {"objective": c.objective, "gamma": c.gamma, "beta": c.beta, "lr": c.lr,
-                "train_steps": c.train_steps, "train_every": every}
+                "train_steps": c.train_steps, "train_every": every,
+                "train_annotators": list(chosen) if chosen else None}
 
-    def update_settings(self, **changes) -> dict:
-        """New settings for the next runs (names as in `settings()`); a bad value raises StudioError, changes
-        nothing, and says why (the alignment core's `TrainerConfig` and `WorkerConfig` do the checking)."""
+    def update_settings(self, *, actor: Actor, **changes) -> dict:
+        """New settings for the next runs (names as in `settings()`; admins only); a bad value raises StudioError,
+        changes nothing, and says why (the alignment core's `TrainerConfig` and `WorkerConfig` do the checking)."""
+        self.access.require_admin(actor, "changing the training settings")
         unknown = set(changes) - set(SETTINGS)
         if unknown:
             raise StudioError(f"unknown setting(s): {', '.join(sorted(unknown))}; known: {', '.join(SETTINGS)}")
         clean = {name: parse_setting(name, value) for name, value in changes.items()}
-        every = clean.pop("train_every", None)
+        worker_changes = {}
+        if clean.get("train_every") is not None:
+            worker_changes["train_every"] = clean["train_every"]
+        if "train_annotators" in clean:
+            worker_changes["annotators"] = clean["train_annotators"]
+        clean.pop("train_every", None)
+        clean.pop("train_annotators", None)
         try:
             config = dataclasses.replace(self.trainer_config, **clean)
-            worker_config = (None if self.worker is None or every is None
-                             else dataclasses.replace(self.worker.config, train_every=every))
+            worker_config = (None if self.worker is None or not worker_changes
+                             else dataclasses.replace(self.worker.config, **worker_changes))
         except ValueError as e:
             raise StudioError(f"invalid settings: {e}") from e
-        if every is not None and self.worker is None:
-            raise StudioError("train_every needs the training worker, and this studio runs without one")
+        if worker_changes and self.worker is None:
+            raise StudioError(f"{' and '.join(sorted(changes.keys() & {'train_every', 'train_annotators'}))} "
+                              "need the training worker, and this studio runs without one")
         self.trainer_config = config
         if self.worker is not None:
             self.worker.set_trainer_config(config)
             if worker_config is not None:
                 self.worker.config = worker_config  # read by the worker's loop on its next poll
+        log.info("training settings changed by %r: %s", actor.name, changes)
         return self.settings()
 
-    def train_now(self) -> bool:
-        """Ask the worker for a run now; False when one is already going."""
+    def train_now(self, *, actor: Actor) -> bool:
+        """Ask the worker for a run now (admins only); False when one is already going."""
+        self.access.require_admin(actor, "train now")
         if self.worker is None:
             raise StudioError("this studio runs without a training worker (started with --no-worker)")
-        have, need = self.repo.votes_since(0), self.worker.config.min_votes
+        chosen = self.worker.config.annotators
+        have, need = self._preference_votes(chosen), self.worker.config.min_votes
         if have < need:
-            raise StudioError(f"training needs at least {need} preference votes (left, right or tie); "
+            whose = f" from {', '.join(chosen)}" if chosen else ""
+            raise StudioError(f"training needs at least {need} preference votes (left, right or tie){whose}; "
                               f"there are {have} so far")
+        log.info("training requested by %r", actor.name)
         return self.worker.request_training()
+
+    def _preference_votes(self, annotators) -> int:
+        if not annotators:
+            return self.repo.votes_since(0)
+        rows = self.repo.annotator_stats()["annotators"]
+        return sum(sum(r["per_choice"][c] for c in ("left", "right", "tie")) for r in rows
+                   if r["annotator"] in annotators)
 
     def adapters(self) -> list[dict]:
         """The adapter history, newest first, as plain rows for the table."""
@@ -279,26 +322,48 @@ class Studio:
                          "note": a.status_reason or ""})
         return rows
 
-    def make_live(self, version: int | None, *, by: str = "studio") -> int | None:
-        """Make `version` (None = the base model) the live adapter and swap it into the sampler."""
+    def make_live(self, version: int | None, *, actor: Actor) -> int | None:
+        """Make `version` (None = the base model) the live adapter and swap it into the sampler (admins only).
+
+        The adapter's file must match the SHA-256 the database recorded for it; otherwise nothing changes."""
+        self.access.require_admin(actor, "make live")
+        return self._make_live(version, by=actor.name)
+
+    def rollback(self, *, actor: Actor) -> int | None:
+        """Retire the live adapter and make the newest earlier version that had been live (or the base) live."""
+        self.access.require_admin(actor, "roll back")
+        live = self.repo.live_adapter()
+        if live is None:
+            raise StudioError("nothing to roll back: the base model is live")
+        earlier = [a.version for a in self.repo.list_adapters() if a.version < live.version and a.status == "retired"]
+        target = max(earlier) if earlier else None
+        if target is not None:
+            self._check_adapter_file(target)  # before anything changes
+        self.repo.set_adapter_status(live.version, "retired", reason=f"rolled back by {actor.name}")
+        return self._make_live(target, by=actor.name)
+
+    def _make_live(self, version: int | None, *, by: str) -> int | None:
         if version is None:
             live = self.repo.live_adapter()
             if live is not None:
                 self.repo.set_adapter_status(live.version, "retired", reason=f"base model made live by {by}")
         else:
+            self._check_adapter_file(version)
             self.repo.set_adapter_status(version, "live", reason=f"made live by {by}")
         with self.sampler.lock:
             sync_live_adapter(self.sampler, self.repo)
+        log.info("%s made live by %r", "base" if version is None else f"v{version}", by)
         return version
 
-    def rollback(self, *, by: str = "studio") -> int | None:
-        """Retire the live adapter and make the newest earlier version that had been live (or the base) live."""
-        live = self.repo.live_adapter()
-        if live is None:
-            raise StudioError("nothing to roll back: the base model is live")
-        earlier = [a.version for a in self.repo.list_adapters() if a.version < live.version and a.status == "retired"]
-        self.repo.set_adapter_status(live.version, "retired", reason=f"rolled back by {by}")
-        return self.make_live(max(earlier) if earlier else None, by=by)
+    def _check_adapter_file(self, version: int) -> None:
+        """StudioError (logged) unless adapter `version`'s stored file hashes to the SHA-256 in its database row."""
+        record = self.repo.get_adapter(version)
+        try:
+            self.repo.read_blob(record.file_hash)  # the blob store checks the bytes against the hash
+        except (BlobIntegrityError, BlobNotFoundError) as e:
+            log.error("adapter v%d refused: %s", version, e)
+            raise StudioError(f"adapter v{version} is refused: its file does not match the SHA-256 recorded in "
+                              f"the database ({e}). Nothing was changed.") from e
 
     def loss_points(self) -> list[dict]:
         """Training loss per optimiser step of each adapter version, for the Train tab's plot."""
@@ -322,21 +387,41 @@ class Studio:
         return points
 
     # ---- Data tab ---------------------------------------------------------------------------------------------
-    def export(self) -> tuple[Path, int]:
-        """All preference votes with their images as Pick-a-Pic Parquet; returns (file, rows)."""
+    def export(self, *, actor: Actor) -> tuple[Path, int]:
+        """All preference votes with their images as Pick-a-Pic Parquet (admins only); returns (file, rows)."""
+        self.access.require_admin(actor, "export")
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         path = self.export_dir / f"studio-votes-{stamp}-{secrets.token_hex(3)}.parquet"
         rows = export_parquet(self.repo, path)
+        log.info("%d votes exported by %r", rows, actor.name)
         return path, rows
 
-    def import_file(self, path) -> int:
-        """Import a Pick-a-Pic Parquet file (all rows or none); returns the number of pairs added."""
+    def import_file(self, path, *, actor: Actor) -> int:
+        """Import a Pick-a-Pic Parquet file (admins only; all rows or none); returns the number of pairs added.
+
+        `path` is a file the server chose (the UI and the API pass Gradio's upload of the person's file only)."""
+        self.access.require_admin(actor, "import")
         if not path:
             raise StudioError("choose a .parquet file to import first")
-        return import_parquet(self.repo, Path(path))
+        added = import_parquet(self.repo, Path(path))
+        log.info("%d pairs imported by %r", added, actor.name)
+        return added
 
     def counts(self) -> dict:
         return self.repo.counts()
+
+    def annotator_rows(self) -> tuple[list[dict], list[dict]]:
+        """The Data tab's tables: votes per annotator and choice with agreement on shared pairs; and agreement
+        per couple of annotators. Agreement is a fraction (None where nothing was shared)."""
+        stats = self.repo.annotator_stats()
+        rows = [{"annotator": r["annotator"], "votes": r["votes"],
+                 **{c.replace("_", " "): r["per_choice"][c] for c in VOTE_CHOICES},
+                 "agreement": _rate(r["agreements"], r["comparisons"]), "shared pairs": r["shared_pairs"]}
+                for r in stats["annotators"]]
+        couples = [{"annotator A": c["annotator_a"], "annotator B": c["annotator_b"],
+                    "shared pairs": c["shared_pairs"], "agreement": _rate(c["agreements"], c["shared_pairs"])}
+                   for c in stats["pairs"]]
+        return rows, couples
 
     # ---- status -----------------------------------------------------------------------------------------------
     def status(self, max_age_s: float = 0.0) -> dict:
@@ -387,6 +472,10 @@ class Studio:
         if self.sampler.adapter_version != version:
             load_version(self.sampler, self.repo, version)
         return self.sampler.generate(prompt, [seed])[0].image
+
+
+def _rate(part: int, whole: int) -> float | None:
+    return round(part / whole, 3) if whole else None
 
 
 def _short(value) -> str:

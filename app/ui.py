@@ -1,20 +1,28 @@
-"""`build_ui(studio) -> gr.Blocks`: the four tabs, the status bar, the session, and the public API.
+"""`build_ui(studio) -> gr.Blocks`: the four tabs, the status bar, who is acting, admin unlock, and the API.
 
-Public endpoints (for `gradio_client`): `/new_pair` (the Label tab's New pair button), `/vote` and `/status`
-(`gr.api`, no widgets of their own). Everything else (timers, page load, tab helpers, the vote buttons) is
-private. `launch` sets the queue (generation events share one "gpu" slot, the rest `concurrency` slots) and
-passes the CSS (crisp, enlarged images) and the keyboard-shortcut script, which Gradio 6 takes in `launch()`.
-Knows Gradio and `Studio`, nothing below them.
+Public endpoints (for `gradio_client`): `/new_pair` (the Label tab's New pair button) and the `gr.api` endpoints
+of `app.api` (`/vote`, `/status`, `/whoami` and the admin actions). Everything else (timers, page load, tab
+helpers, the vote buttons) is private. On a Space the header has Hugging Face's sign-in button (built only there:
+it cannot be built offline). Admin controls are shown read-only, with a message, to whoever `Studio` would refuse;
+the refusal itself happens in `Studio`. `launch` sets the queue (generation events share one "gpu" slot, the rest
+`concurrency` slots) and passes the CSS (crisp, enlarged images) and the keyboard-shortcut script, which Gradio 6
+takes in `launch()`. Knows Gradio and `Studio`, nothing below them.
 """
 
 from __future__ import annotations
 
+import logging
+
 import gradio as gr
 
-from app.session import annotator_of, anonymous_id, new_session, user_errors
-from app.studio import Studio
+from app import api
+from app.access import Actor, AnonymousIds
+from app.session import actor_of, new_session, signed_in_name, user_errors
+from app.studio import Studio, StudioError
 from app.tabs import compare, data, label, train
 from app.tabs.compare import version_label
+
+log = logging.getLogger(__name__)
 
 STATUS_EVERY_S = 2.0
 BROWSER_KEY = "alignment-studio-annotator"
@@ -64,14 +72,39 @@ def status_markdown(s: dict) -> str:
     return text
 
 
+def identity_markdown(studio: Studio, actor: Actor) -> str:
+    """Who the votes are recorded under, and whether admin controls are unlocked."""
+    if actor.authenticated:
+        text = f"Signed in as **{actor.name}**"
+    else:
+        text = f"Voting anonymously as **{actor.name}** (kept by this browser)"
+        if studio.access.on_spaces:
+            text += "; sign in with Hugging Face to vote under your name"
+    if studio.is_admin(actor) and not studio.access.everyone_admin:
+        text += " · admin"
+    return text
+
+
+def access_notice(studio: Studio, actor: Actor) -> str:
+    """The message above admin controls: empty for admins, else why they are read-only and what to do."""
+    if studio.is_admin(actor):
+        return ""
+    return f"🔒 Read-only: these controls are for admins. {studio.access.how_to_unlock()}"
+
+
 def build_ui(studio: Studio, *, browser_secret: str | None = None) -> gr.Blocks:
-    """The studio's Blocks. `browser_secret` keeps anonymous annotator ids valid across restarts."""
+    """The studio's Blocks. `browser_secret` (private) keeps anonymous annotator ids valid across restarts."""
+    ids = AnonymousIds(browser_secret)
     with gr.Blocks(title="Alignment Studio") as demo:
         session = gr.State(new_session())
-        browser_id = gr.BrowserState(None, storage_key=BROWSER_KEY, secret=browser_secret)
+        browser_id = gr.BrowserState(None, storage_key=BROWSER_KEY, secret=ids.browser_key)
         with gr.Row(equal_height=True):
             gr.Markdown("## Alignment Studio")
             status = gr.Markdown(elem_id="status-bar")
+        with gr.Row(equal_height=True):
+            identity = gr.Markdown(elem_id="identity")
+            if studio.access.on_spaces:
+                gr.LoginButton(scale=0, min_width=240)
 
         def refresh_status():
             return status_markdown(studio.status(max_age_s=STATUS_EVERY_S / 2))
@@ -79,34 +112,67 @@ def build_ui(studio: Studio, *, browser_secret: str | None = None) -> gr.Blocks:
         with gr.Tabs():
             label.build(studio, session, status, refresh_status)
             compare.build(studio, session)
-            train.build(studio)
-            data.build(studio)
+            areas = [train.build(studio, session), data.build(studio, session)]
+        unlock_parts = unlock_panel() if studio.access.admin_token is not None else None
 
-        def start_session(stored_id, state: dict, request: gr.Request):
-            annotator = request.username or stored_id or anonymous_id()
-            return {**state, "annotator": annotator}, stored_id or annotator, refresh_status()
+        notices = [area.notice for area in areas]
+        controls = [c for area in areas for c in area.controls]
 
-        demo.load(start_session, [browser_id, session], [session, browser_id, status], api_visibility="private")
+        def access_updates(actor: Actor) -> list:
+            admin = studio.is_admin(actor)
+            return ([access_notice(studio, actor)] * len(notices)
+                    + [gr.update(interactive=admin) for _ in controls])
+
+        def start_session(stored_id, state: dict, request: gr.Request, profile: gr.OAuthProfile | None):
+            name = signed_in_name(request, profile)
+            anonymous = ids.verify(stored_id)
+            if anonymous is None:  # first visit, an id from before signing, or one the browser made up
+                stored_id = ids.mint()
+                anonymous = ids.verify(stored_id)
+            state = {**state, "annotator": name or anonymous, "authenticated": name is not None}
+            actor = actor_of(state, request)
+            return (state, stored_id, refresh_status(), identity_markdown(studio, actor), *access_updates(actor))
+
+        demo.load(start_session, [browser_id, session], [session, browser_id, status, identity, *notices, *controls],
+                  api_visibility="private")
         gr.Timer(STATUS_EVERY_S).tick(refresh_status, None, status, api_visibility="private",
                                       concurrency_limit=None, show_progress="hidden")
 
-        @user_errors
-        def vote(pair_id: int, choice: str, request: gr.Request) -> dict:
-            """Record a vote (left, right, tie, both_bad, skip) on a pair; answers after the vote is committed."""
-            return studio.vote(pair_id, choice, annotator=annotator_of(None, request))
+        if unlock_parts is not None:
+            token_box, unlock_btn, unlock_msg = unlock_parts
 
-        def status_api() -> dict:
-            """Votes, live adapter version, worker state."""
-            return studio.status()
+            @user_errors
+            def unlock(token: str, state: dict, request: gr.Request):
+                actor = actor_of(state, request)
+                if not studio.access.token_matches((token or "").strip()):
+                    log.warning("wrong admin token from %r", actor.name)
+                    raise StudioError("that is not the admin token")
+                state = {**state, "admin_token": token.strip()}
+                actor = actor_of(state, request)
+                return (state, "", "Admin controls unlocked for this tab.", identity_markdown(studio, actor),
+                        *access_updates(actor))
 
-        gr.api(vote, api_name="vote")
-        gr.api(status_api, api_name="status", concurrency_limit=None)
+            unlock_btn.click(unlock, [token_box, session],
+                             [session, token_box, unlock_msg, identity, *notices, *controls], api_visibility="private")
+        api.register(studio)
     return demo
 
 
+def unlock_panel():
+    """The admin-token field (only when a token is configured): token box, Unlock button, message."""
+    with gr.Accordion("Admin", open=False, elem_id="admin-panel"):
+        with gr.Row(equal_height=True):
+            token = gr.Textbox(label="Admin token", type="password", elem_id="admin-token", scale=4)
+            button = gr.Button("Unlock", elem_id="admin-unlock", scale=1)
+        message = gr.Markdown(elem_id="admin-message")
+    return token, button, message
+
+
 def launch(demo: gr.Blocks, studio: Studio, *, host: str = "127.0.0.1", port: int = 7860, concurrency: int = 8,
-           **kwargs):
-    """Queue and launch; `kwargs` go to `Blocks.launch` (tests pass prevent_thread_lock, quiet)."""
+           auth: list[tuple[str, str]] | None = None, **kwargs):
+    """Queue and launch; `auth` is Gradio's password login; `kwargs` go to `Blocks.launch` (tests pass
+    prevent_thread_lock, quiet)."""
     demo.queue(default_concurrency_limit=concurrency)
     pixelated = min(studio.sampler.config.width, studio.sampler.config.height) < 256
-    return demo.launch(server_name=host, server_port=port, head=HEAD, css=css(pixelated), **kwargs)
+    return demo.launch(server_name=host, server_port=port, head=HEAD, css=css(pixelated), auth=auth or None,
+                       auth_message="Alignment Studio: log in to vote under your name" if auth else None, **kwargs)

@@ -83,14 +83,16 @@ def build(studio: Studio, session: gr.State) -> None:
         return (gr.update(choices=choices), gr.update(choices=choices, value=default_b), text)
 
     @user_errors
-    def compare(prompt_text: str, seed_value, label_a: str, label_b: str, progress=gr.Progress()):
+    def compare(prompt_text: str, seed_value, label_a: str, label_b: str, state: dict, request: gr.Request,
+                progress=gr.Progress()):
         progress(0.1, desc="rendering both versions…")
-        return studio.compare(prompt_text, seed_value, parse_version(label_a), parse_version(label_b))
+        return studio.compare(prompt_text, seed_value, parse_version(label_a), parse_version(label_b),
+                              annotator=annotator_of(state, request))
 
     @user_errors
-    def start_blind(prompt_text: str, state: dict, progress=gr.Progress()):
+    def start_blind(prompt_text: str, state: dict, request: gr.Request, progress=gr.Progress()):
         progress(0.1, desc="rendering base and live adapter…")
-        trial = studio.blind_trial(prompt_text)
+        trial = studio.blind_trial(prompt_text, annotator=annotator_of(state, request))
         return trial.left, trial.right, {**state, "blind": trial}
 
     @user_errors
@@ -99,7 +101,7 @@ def build(studio: Studio, session: gr.State) -> None:
         return win_rate_text(w), {**state, "blind": None}
 
     tab.select(refresh, [session], [version_a, version_b, rate], **PRIVATE)
-    compare_btn.click(compare, [prompt, seed, version_a, version_b], [image_a, image_b], **PRIVATE, **GPU)
+    compare_btn.click(compare, [prompt, seed, version_a, version_b, session], [image_a, image_b], **PRIVATE, **GPU)
     blind_btn.click(start_blind, [prompt, session], [blind_left, blind_right, session], **PRIVATE, **GPU)
     for choice, button in blind_buttons.items():
         button.click(bind_choice(choose, choice), [session], [rate, session], **PRIVATE

@@ -1,7 +1,10 @@
-"""The Data tab: counts of votes, pairs and annotators; Pick-a-Pic Parquet export (a download) and import.
+"""The Data tab: counts of votes, pairs and annotators; votes per annotator with their agreement on pairs that
+several annotators judged; Pick-a-Pic Parquet export (a download) and import.
 
 Import checks the whole file first and writes all of it or nothing (`storage.export`); its message is shown as
-is. All events are private. Knows Gradio and `Studio`.
+is, and it reads only Gradio's upload of the chosen file. Export and import are admin controls (`AdminArea`):
+votes carry annotator names, and an import changes what the worker trains on. All events are private. Knows
+Gradio and `Studio`.
 """
 
 from __future__ import annotations
@@ -9,9 +12,13 @@ from __future__ import annotations
 import gradio as gr
 import pandas as pd
 
-from app.session import user_errors
+from app.session import actor_of, uploaded_file, user_errors
 from app.studio import Studio
+from app.tabs import AdminArea
 from app.tabs.label import PRIVATE
+
+ANNOTATOR_COLUMNS = ["annotator", "votes", "left", "right", "tie", "both bad", "skip", "agreement", "shared pairs"]
+COUPLE_COLUMNS = ["annotator A", "annotator B", "shared pairs", "agreement"]
 
 
 def counts_text(counts: dict) -> str:
@@ -20,37 +27,47 @@ def counts_text(counts: dict) -> str:
             f"annotator{'s' if counts['annotators'] != 1 else ''} ({choices}).")
 
 
-def build(studio: Studio) -> None:
+def build(studio: Studio, session: gr.State) -> AdminArea:
+    editable = {"interactive": studio.access.everyone_admin}  # app.ui unlocks them per session at page load
     with gr.Tab("Data", id="data") as tab:
         summary = gr.Markdown(elem_id="data-counts")
-        per_annotator = gr.Dataframe(pd.DataFrame(columns=["annotator", "votes"]), label="Votes per annotator",
+        per_annotator = gr.Dataframe(pd.DataFrame(columns=ANNOTATOR_COLUMNS), label="Votes per annotator",
                                      interactive=False, elem_id="per-annotator")
+        gr.Markdown("Agreement: the share of votes equal to another annotator's vote on the same pair "
+                    "(skips are not compared); shared pairs: pairs that someone else judged too.")
+        couples = gr.Dataframe(pd.DataFrame(columns=COUPLE_COLUMNS), label="Agreement between annotators",
+                               interactive=False, elem_id="agreement")
+        notice = gr.Markdown(elem_id="data-access")
         gr.Markdown("### Export\nEvery preference vote with its two images, in the Pick-a-Pic layout "
                     "(`caption, jpg_0, jpg_1, label_0, label_1`, …) that `datasets.load_dataset('parquet', …)` "
                     "reads.")
-        export_btn = gr.Button("Export Parquet", variant="primary", elem_id="export-btn")
+        export_btn = gr.Button("Export Parquet", variant="primary", elem_id="export-btn", **editable)
         download = gr.File(label="Download", interactive=False, elem_id="export-file")
         gr.Markdown("### Import\nA Parquet file in the same layout; its pairs train the Diffusion-DPO objective.")
-        upload = gr.File(label="Parquet file", file_types=[".parquet"], elem_id="import-file")
-        import_btn = gr.Button("Import", elem_id="import-btn")
+        upload = gr.File(label="Parquet file", file_types=[".parquet"], elem_id="import-file", **editable)
+        import_btn = gr.Button("Import", elem_id="import-btn", **editable)
         message = gr.Markdown(elem_id="data-message")
 
     def refresh():
-        counts = studio.counts()
-        table = pd.DataFrame(sorted(counts["per_annotator"].items()), columns=["annotator", "votes"])
-        return counts_text(counts), table
+        rows, pairs = studio.annotator_rows()
+        return (counts_text(studio.counts()), pd.DataFrame(rows, columns=ANNOTATOR_COLUMNS),
+                pd.DataFrame(pairs, columns=COUPLE_COLUMNS))
 
     @user_errors
-    def export():
-        path, rows = studio.export()
+    def export(state: dict, request: gr.Request):
+        path, rows = studio.export(actor=actor_of(state, request))
         return str(path), (f"Exported {rows} preference votes to `{path.name}` (skip and both-bad votes say "
                            "nothing about which image is better).")
 
     @user_errors
-    def import_(path):
-        added = studio.import_file(path)
+    def import_(path, state: dict, request: gr.Request):
+        actor = actor_of(state, request)
+        studio.access.require_admin(actor, "import")
+        added = studio.import_file(uploaded_file(path), actor=actor)
         return f"Imported {added} judged pairs."
 
-    tab.select(refresh, None, [summary, per_annotator], **PRIVATE)
-    export_btn.click(export, None, [download, message], **PRIVATE)
-    import_btn.click(import_, upload, message, **PRIVATE).success(refresh, None, [summary, per_annotator], **PRIVATE)
+    shown = [summary, per_annotator, couples]
+    tab.select(refresh, None, shown, **PRIVATE)
+    export_btn.click(export, session, [download, message], **PRIVATE)
+    import_btn.click(import_, [upload, session], message, **PRIVATE).success(refresh, None, shown, **PRIVATE)
+    return AdminArea(notice, [export_btn, upload, import_btn])

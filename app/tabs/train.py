@@ -1,8 +1,10 @@
-"""The Train tab: objective settings (validated by the alignment core), Train now, the adapter history with
-make live / roll back, and plots of training loss and blind win rate over versions.
+"""The Train tab: objective settings (validated by the alignment core), whose votes to train on, Train now, the
+adapter history with make live / roll back, and plots of training loss and blind win rate over versions.
 
 Settings apply to the next training run; an impossible value is refused with the core's message and nothing
-changes. All events are private. Knows Gradio and `Studio`.
+changes. Settings, Train now, make live and roll back are admin controls (`AdminArea`): `Studio` refuses them to
+others, and the UI shows them read-only. All events are private (the API has its own endpoints, `app.api`).
+Knows Gradio and `Studio`.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ import gradio as gr
 import pandas as pd
 
 from app.config import OBJECTIVES
+from app.session import actor_of, user_errors
 from app.studio import Studio
-from app.session import user_errors
+from app.tabs import AdminArea
 from app.tabs.compare import BASE, parse_version, version_choices, version_label
 from app.tabs.label import PRIVATE
 
@@ -21,30 +24,35 @@ LOSS_COLUMNS = ["step", "loss", "version"]
 WIN_COLUMNS = ["version", "win rate", "series"]
 
 
-def build(studio: Studio) -> None:
+def build(studio: Studio, session: gr.State) -> AdminArea:
     cfg = studio.settings()
+    editable = {"interactive": studio.access.everyone_admin}  # app.ui unlocks them per session at page load
     with gr.Tab("Train", id="train") as tab:
+        notice = gr.Markdown(elem_id="train-access")
         run_info = gr.Markdown(elem_id="run-info")
         with gr.Row():
             objective = gr.Dropdown(choices=list(OBJECTIVES), value=cfg["objective"], label="Objective",
-                                    info="discounted: the paper's γ-weighted DPO; trajectory: γ = 1")
-            gamma = gr.Number(value=cfg["gamma"], label="γ (gamma)", info="temporal discount, (0, 1]")
+                                    info="discounted: the paper's γ-weighted DPO; trajectory: γ = 1", **editable)
+            gamma = gr.Number(value=cfg["gamma"], label="γ (gamma)", info="temporal discount, (0, 1]", **editable)
             beta = gr.Textbox(value="" if cfg["beta"] is None else str(cfg["beta"]), label="β (beta)",
-                              placeholder="objective's default", info="empty = the objective's default")
-            lr = gr.Number(value=cfg["lr"], label="Learning rate")
-            train_steps = gr.Number(value=cfg["train_steps"], precision=0, label="Steps per run")
-            train_every = gr.Number(value=cfg["train_every"], precision=0, label="Train every N votes")
+                              placeholder="objective's default", info="empty = the objective's default", **editable)
+            lr = gr.Number(value=cfg["lr"], label="Learning rate", **editable)
+            train_steps = gr.Number(value=cfg["train_steps"], precision=0, label="Steps per run", **editable)
+            train_every = gr.Number(value=cfg["train_every"], precision=0, label="Train every N votes", **editable)
+        annotators = gr.Dropdown(choices=cfg["train_annotators"] or [], value=cfg["train_annotators"] or [],
+                                 multiselect=True, allow_custom_value=True, label="Train on votes of",
+                                 info="empty = every annotator's votes", elem_id="train-annotators", **editable)
         with gr.Row():
-            apply_btn = gr.Button("Apply settings", variant="primary", elem_id="apply-settings")
-            train_btn = gr.Button("Train now", elem_id="train-now")
+            apply_btn = gr.Button("Apply settings", variant="primary", elem_id="apply-settings", **editable)
+            train_btn = gr.Button("Train now", elem_id="train-now", **editable)
         message = gr.Markdown(elem_id="train-message")
         history = gr.Dataframe(pd.DataFrame(columns=HISTORY_COLUMNS), label="Adapter history", interactive=False,
                                elem_id="adapter-history", wrap=True,
                                column_widths=["70px", "90px", "110px", "70px", "80px", "40%", "160px", "15%"])
         with gr.Row(equal_height=True):
             pick = gr.Dropdown(choices=[BASE], value=BASE, label="Version", elem_id="live-pick", scale=2)
-            live_btn = gr.Button("Make live", elem_id="make-live")
-            rollback_btn = gr.Button("Roll back", elem_id="roll-back")
+            live_btn = gr.Button("Make live", elem_id="make-live", **editable)
+            rollback_btn = gr.Button("Roll back", elem_id="roll-back", **editable)
             refresh_btn = gr.Button("Refresh", elem_id="train-refresh")
         with gr.Row():
             loss_plot = gr.LinePlot(pd.DataFrame(columns=LOSS_COLUMNS), x="step", y="loss", color="version",
@@ -55,39 +63,48 @@ def build(studio: Studio) -> None:
                                       title="Blind win rate over base, with its 95 % interval")
 
     def refresh():
+        chosen = studio.settings()["train_annotators"] or []
+        voted = [row["annotator"] for row in studio.annotator_rows()[0]]
         return (run_text(studio.status()), pd.DataFrame(studio.adapters(), columns=HISTORY_COLUMNS),
                 gr.update(choices=version_choices(studio)),
                 pd.DataFrame(studio.loss_points(), columns=LOSS_COLUMNS),
-                pd.DataFrame(studio.win_rate_points(), columns=WIN_COLUMNS))
+                pd.DataFrame(studio.win_rate_points(), columns=WIN_COLUMNS),
+                gr.update(choices=sorted(set(voted) | set(chosen)), value=chosen))
 
+    # Handlers are not named like app.api's endpoints: Gradio names private events after their function as well,
+    # and a clash would rename the public endpoint.
     @user_errors
-    def apply(objective_v, gamma_v, beta_v, lr_v, steps_v, every_v):
-        new = studio.update_settings(objective=objective_v, gamma=gamma_v, beta=beta_v, lr=lr_v,
-                                     train_steps=steps_v, train_every=every_v)
+    def apply(objective_v, gamma_v, beta_v, lr_v, steps_v, every_v, annotators_v, state: dict, request: gr.Request):
+        new = studio.update_settings(actor=actor_of(state, request), objective=objective_v, gamma=gamma_v,
+                                     beta=beta_v, lr=lr_v, train_steps=steps_v, train_every=every_v,
+                                     train_annotators=list(annotators_v or []))
         return "Settings saved for the next run: " + ", ".join(f"{k} = {v}" for k, v in new.items())
 
     @user_errors
-    def train_now():
-        started = studio.train_now()
+    def ask_training(state: dict, request: gr.Request):
+        started = studio.train_now(actor=actor_of(state, request))
         return "Training requested." if started else "A training run is already going; try again when it ends."
 
     @user_errors
-    def make_live(label):
-        version = studio.make_live(parse_version(label))
+    def choose_live(label, state: dict, request: gr.Request):
+        version = studio.make_live(parse_version(label), actor=actor_of(state, request))
         return f"{version_label(version)} is live."
 
     @user_errors
-    def rollback():
-        version = studio.rollback()
+    def roll_back(state: dict, request: gr.Request):
+        version = studio.rollback(actor=actor_of(state, request))
         return f"Rolled back: {version_label(version)} is live."
 
-    refreshed = [run_info, history, pick, loss_plot, win_plot]
+    refreshed = [run_info, history, pick, loss_plot, win_plot, annotators]
     tab.select(refresh, None, refreshed, **PRIVATE)
     refresh_btn.click(refresh, None, refreshed, **PRIVATE)
-    apply_btn.click(apply, [objective, gamma, beta, lr, train_steps, train_every], message, **PRIVATE)
-    train_btn.click(train_now, None, message, **PRIVATE).then(refresh, None, refreshed, **PRIVATE)
-    live_btn.click(make_live, pick, message, **PRIVATE).success(refresh, None, refreshed, **PRIVATE)
-    rollback_btn.click(rollback, None, message, **PRIVATE).success(refresh, None, refreshed, **PRIVATE)
+    apply_btn.click(apply, [objective, gamma, beta, lr, train_steps, train_every, annotators, session], message,
+                    **PRIVATE)
+    train_btn.click(ask_training, session, message, **PRIVATE).then(refresh, None, refreshed, **PRIVATE)
+    live_btn.click(choose_live, [pick, session], message, **PRIVATE).success(refresh, None, refreshed, **PRIVATE)
+    rollback_btn.click(roll_back, session, message, **PRIVATE).success(refresh, None, refreshed, **PRIVATE)
+    return AdminArea(notice, [objective, gamma, beta, lr, train_steps, train_every, annotators, apply_btn, train_btn,
+                              live_btn, rollback_btn])
 
 
 def run_text(status: dict) -> str:

@@ -1,4 +1,4 @@
-"""The studio's API through `gradio_client`: the three public endpoints, bad input refused with nothing written,
+"""The studio's API through `gradio_client`: the public endpoints, bad input refused with nothing written,
 and four clients voting at once while the worker trains and the sampler hot-swaps the new adapter."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from gradio_client import Client
 from gradio_client.exceptions import AppError
 from PIL import Image
 
+from app.access import Actor
 from app.studio import Studio
 from app.ui import build_ui, launch
 from storage import VOTE_CHOICES, Repository
@@ -33,11 +34,15 @@ def served(embedded, tmp_path):
     studio.close()
 
 
-def test_only_the_three_endpoints_are_public(served):
+def test_only_the_documented_endpoints_are_public(served):
     url, _ = served
     api = Client(url, verbose=False).view_api(return_format="dict", print_info=False)
-    assert set(api["named_endpoints"]) == {"/new_pair", "/vote", "/status"}
+    assert set(api["named_endpoints"]) == {"/new_pair", "/vote", "/status", "/whoami", "/train_now",
+                                           "/update_settings", "/make_live", "/rollback", "/import_votes"}
     assert not api["unnamed_endpoints"]
+    # No endpoint takes an annotator: the server decides who acts.
+    for name, endpoint in api["named_endpoints"].items():
+        assert not any("annotator" in p["parameter_name"] for p in endpoint["parameters"]), name
 
 
 def test_new_pair_vote_status_round_trip(served):
@@ -120,7 +125,7 @@ def test_four_clients_vote_while_the_worker_trains_and_hot_swaps(tmp_path):
                 acks.append(client.predict(pair_id, VOTE_CHOICES[(i + n) % 5], api_name="/vote"))
                 if repo.get_pair(pair_id).left.adapter_version is not None:
                     after_swap[i] += 1
-                    studio.update_settings(train_every=10_000)  # one run is enough here: finish sooner
+                    studio.update_settings(actor=Actor("test"), train_every=10_000)  # one run is enough here: finish sooner
                 n += 1
                 time.sleep(0.5)  # a person's pace, leaving the training run some CPU
         except BaseException as e:  # collected: an exception in a thread would not fail the test

@@ -8,12 +8,14 @@ import threading
 import numpy as np
 import pytest
 
+from app.access import Actor
 from app.inputs import parse_pair_id, parse_seeds
 from app.studio import StudioError
 from storage import UnknownAdapterError, UnknownPairError
 from tests.app.helpers import random_lora_bytes, register_adapter
 
 PROMPT = "a large red circle on a blue background"
+ME = Actor("ann")  # a local studio without configured admins: everyone is an admin
 
 
 def pixels(image) -> np.ndarray:
@@ -108,13 +110,13 @@ def test_compare_renders_any_version_and_restores_the_live_one(swap_studio, embe
     repo, sampler = swap_studio.repo, swap_studio.sampler
     v1 = register_adapter(repo, random_lora_bytes(embedded.pipe, seed=1))
     v2 = register_adapter(repo, random_lora_bytes(embedded.pipe, seed=2))
-    base_a, v1_b = swap_studio.compare(PROMPT, 5, None, v1)
+    base_a, v1_b = swap_studio.compare(PROMPT, 5, None, v1, annotator="ann")
     assert sampler.adapter_version == v2  # the live one is back
-    base_again, same = swap_studio.compare(PROMPT, "5", None, None)
+    base_again, same = swap_studio.compare(PROMPT, "5", None, None, annotator="ann")
     assert np.array_equal(pixels(base_a), pixels(base_again)) and same is base_again
     assert not np.array_equal(pixels(base_a), pixels(v1_b))
     with pytest.raises(UnknownAdapterError):
-        swap_studio.compare(PROMPT, 5, None, 99)
+        swap_studio.compare(PROMPT, 5, None, 99, annotator="ann")
     assert sampler.adapter_version == v2
 
 
@@ -128,7 +130,7 @@ def test_pairs_never_see_a_compared_version(swap_studio, embedded):
     def compare_loop():
         try:
             for _ in range(4):
-                swap_studio.compare(PROMPT, 3, None, v1)
+                swap_studio.compare(PROMPT, 3, None, v1, annotator="ann")
         except BaseException as e:  # reported below; a thread cannot fail the test itself
             errors.append(e)
 
@@ -143,11 +145,11 @@ def test_pairs_never_see_a_compared_version(swap_studio, embedded):
 
 def test_blind_trials_are_stored_apart_from_votes(swap_studio, embedded, monkeypatch):
     with pytest.raises(StudioError, match="no adapter is live"):
-        swap_studio.blind_trial(PROMPT)
+        swap_studio.blind_trial(PROMPT, annotator="ann")
     version = register_adapter(swap_studio.repo, random_lora_bytes(embedded.pipe))
     monkeypatch.setattr("app.studio.random.choice", lambda sides: "right")
-    trial = swap_studio.blind_trial(PROMPT, seed=4)
-    base_img, adapted_img = swap_studio.compare(PROMPT, 4, None, version)
+    trial = swap_studio.blind_trial(PROMPT, seed=4, annotator="ann")
+    base_img, adapted_img = swap_studio.compare(PROMPT, 4, None, version, annotator="ann")
     assert np.array_equal(pixels(trial.right), pixels(adapted_img))
     assert np.array_equal(pixels(trial.left), pixels(base_img))
     result = swap_studio.record_blind(trial, "right", annotator="ann")
@@ -169,12 +171,12 @@ def test_settings_are_validated_and_reach_the_worker(swap_studio):
                          ({"train_every": 0}, "train_every"), ({"train_steps": 2.5}, "whole number"),
                          ({"eta": 0.5}, "unknown setting")]:
         with pytest.raises(StudioError, match=message):
-            swap_studio.update_settings(**bad)
+            swap_studio.update_settings(actor=ME, **bad)
         assert swap_studio.settings() == before
-    after = swap_studio.update_settings(objective="trajectory", gamma=0.8, beta=None, lr=1e-4, train_steps=12.0,
+    after = swap_studio.update_settings(actor=ME, objective="trajectory", gamma=0.8, beta=None, lr=1e-4, train_steps=12.0,
                                         train_every=3)
     assert after == {"objective": "trajectory", "gamma": 0.8, "beta": None, "lr": 1e-4, "train_steps": 12,
-                     "train_every": 3}
+                     "train_every": 3, "train_annotators": None}
     assert swap_studio.worker.trainer_config.train_steps == 12 and swap_studio.worker.config.train_every == 3
 
 
@@ -182,51 +184,51 @@ def test_make_live_and_roll_back(swap_studio, embedded):
     repo, sampler = swap_studio.repo, swap_studio.sampler
     v1 = register_adapter(repo, random_lora_bytes(embedded.pipe, seed=1))
     v2 = register_adapter(repo, random_lora_bytes(embedded.pipe, seed=2))
-    assert swap_studio.rollback() == v1
+    assert swap_studio.rollback(actor=ME) == v1
     assert repo.live_adapter().version == v1 and sampler.adapter_version == v1
     assert repo.get_adapter(v2).status == "retired"
-    assert swap_studio.rollback() is None and sampler.adapter_version is None
+    assert swap_studio.rollback(actor=ME) is None and sampler.adapter_version is None
     with pytest.raises(StudioError, match="nothing to roll back"):
-        swap_studio.rollback()
-    swap_studio.make_live(v2)
+        swap_studio.rollback(actor=ME)
+    swap_studio.make_live(v2, actor=ME)
     assert repo.live_adapter().version == v2 and sampler.adapter_version == v2
     rows = swap_studio.adapters()
     assert [r["version"] for r in rows] == [v2, v1] and rows[0]["status"] == "live"
     assert {p["version"] for p in swap_studio.loss_points()} == {f"v{v1}", f"v{v2}"}
     with pytest.raises(UnknownAdapterError):
-        swap_studio.make_live(42)
+        swap_studio.make_live(42, actor=ME)
 
 
 def test_export_then_import_into_another_studio(studio, tmp_path):
     for choice in ("left", "tie", "skip"):
         view = studio.new_pair(PROMPT, annotator="ann")
         studio.vote(view.id, choice, annotator="ann")
-    path, rows = studio.export()
+    path, rows = studio.export(actor=ME)
     assert rows == 2 and path.is_file()  # skip says nothing about which image is better
 
     from app.studio import Studio
     from storage import Repository
 
     other = Studio(studio.sampler, Repository(tmp_path / "other"))
-    assert other.import_file(str(path)) == 2
+    assert other.import_file(str(path), actor=ME) == 2
     assert other.counts()["votes"] == 2 and other.counts()["per_choice"]["tie"] == 1
     bad = tmp_path / "bad.parquet"
     bad.write_bytes(b"not parquet")
     with pytest.raises(ValueError):
-        other.import_file(str(bad))
+        other.import_file(str(bad), actor=ME)
     with pytest.raises(StudioError, match="choose a .parquet file"):
-        other.import_file(None)
+        other.import_file(None, actor=ME)
     assert other.counts()["votes"] == 2
     other.repo.close()
 
 
 def test_train_now_needs_enough_preference_votes(swap_studio):
     with pytest.raises(StudioError, match="at least 4 preference votes"):
-        swap_studio.train_now()
+        swap_studio.train_now(actor=ME)
     for choice in ("left", "right", "tie", "skip", "left"):
         view = swap_studio.new_pair(PROMPT, annotator="ann")
         swap_studio.vote(view.id, choice, annotator="ann")
-    assert swap_studio.train_now() is True  # queued for the (here not started) worker
+    assert swap_studio.train_now(actor=ME) is True  # queued for the (here not started) worker
 
 
 def test_polled_status_may_be_slightly_old_but_the_api_status_is_fresh(studio):

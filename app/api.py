@@ -1,0 +1,84 @@
+"""The studio's API endpoints that have no widget of their own (`gr.api`), for `gradio_client` and scripts.
+
+    /vote            pair id, choice -> acknowledgement (after the commit)
+    /status          votes, live adapter, worker state
+    /whoami          who the server says you are, and whether you are an admin
+    /train_now       admins: ask the worker for a run now
+    /update_settings admins: objective settings, train_every, train_annotators (a dict)
+    /make_live       admins: 'base', 'v3' or 3
+    /rollback        admins: back to the previous live version
+    /import_votes    admins: a Pick-a-Pic Parquet file uploaded with handle_file(...)
+
+Every admin endpoint takes an optional `admin_token`; the rest of the identity comes from the request (password
+login, Spaces sign-in, else the client's session), never from a parameter. `Studio` decides and logs refusals.
+Knows Gradio, `Studio` and `app.session`.
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+from gradio.data_classes import FileData
+
+from app.session import actor_of, annotator_of, uploaded_file, user_errors
+from app.studio import Studio
+from app.tabs.compare import parse_version, version_label
+
+
+def register(studio: Studio) -> None:
+    """Add the endpoints to the Blocks being built."""
+
+    @user_errors
+    def vote(pair_id: int, choice: str, request: gr.Request, profile: gr.OAuthProfile | None) -> dict:
+        """Record a vote (left, right, tie, both_bad, skip) on a pair; answers after the vote is committed."""
+        return studio.vote(pair_id, choice, annotator=annotator_of(None, request, profile))
+
+    def status() -> dict:
+        """Votes, live adapter version, worker state."""
+        return studio.status()
+
+    def whoami(admin_token: str = "", request: gr.Request = None, profile: gr.OAuthProfile | None = None) -> dict:
+        """The annotator the server records your votes under, whether you signed in, whether you are an admin."""
+        actor = actor_of(None, request, profile, admin_token)
+        return {"annotator": actor.name, "signed_in": actor.authenticated, "admin": studio.is_admin(actor)}
+
+    @user_errors
+    def train_now(admin_token: str = "", request: gr.Request = None,
+                  profile: gr.OAuthProfile | None = None) -> dict:
+        """Admins: ask the worker for a training run now; started is false when one is already going."""
+        return {"started": studio.train_now(actor=actor_of(None, request, profile, admin_token))}
+
+    @user_errors
+    def update_settings(settings: dict, admin_token: str = "", request: gr.Request = None,
+                        profile: gr.OAuthProfile | None = None) -> dict:
+        """Admins: change training settings for the next runs (objective, gamma, beta, lr, train_steps,
+        train_every, train_annotators); returns all settings."""
+        if not isinstance(settings, dict):
+            raise gr.Error("settings must be a JSON object, e.g. {\"gamma\": 0.9}")
+        return studio.update_settings(actor=actor_of(None, request, profile, admin_token), **settings)
+
+    @user_errors
+    def make_live(version: str, admin_token: str = "", request: gr.Request = None,
+                  profile: gr.OAuthProfile | None = None) -> dict:
+        """Admins: make a version live ('base', 'v3' or 3); its file must match the hash in the database."""
+        live = studio.make_live(parse_version(version), actor=actor_of(None, request, profile, admin_token))
+        return {"live_adapter_version": live, "live": version_label(live)}
+
+    @user_errors
+    def rollback(admin_token: str = "", request: gr.Request = None, profile: gr.OAuthProfile | None = None) -> dict:
+        """Admins: retire the live adapter and go back to the previous live version (or the base)."""
+        live = studio.rollback(actor=actor_of(None, request, profile, admin_token))
+        return {"live_adapter_version": live, "live": version_label(live)}
+
+    @user_errors
+    def import_votes(file: FileData, admin_token: str = "", request: gr.Request = None,
+                     profile: gr.OAuthProfile | None = None) -> dict:
+        """Admins: import a Pick-a-Pic Parquet file (upload it with gradio_client.handle_file); all rows or none."""
+        actor = actor_of(None, request, profile, admin_token)
+        studio.access.require_admin(actor, "import")  # before looking at the file
+        return {"imported": studio.import_file(uploaded_file(file), actor=actor)}
+
+    gr.api(vote, api_name="vote")
+    gr.api(status, api_name="status", concurrency_limit=None)
+    gr.api(whoami, api_name="whoami", concurrency_limit=None)
+    for fn in (train_now, update_settings, make_live, rollback, import_votes):
+        gr.api(fn, api_name=fn.__name__)

@@ -1,13 +1,17 @@
-"""Helpers of the app tests: stand-in adapters, free ports, and the studio as a subprocess.
+"""Helpers of the app tests: stand-in adapters and votes, free ports, the studio as a subprocess, and a raw
+browser session.
 
 A stand-in adapter is a LoRA with random `lora_B` weights, registered in the repository the way the worker does
-it, so tests of make-live, roll-back, compare and hot-swap need no training run.
+it, so tests of make-live, roll-back, compare and hot-swap need no training run. `RawSession` speaks Gradio's HTTP
+queue directly, private events included, as a hand-written client could: the server must not trust it.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -17,12 +21,14 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import httpx
 import torch
 from diffusers.utils import convert_state_dict_to_diffusers
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 
 from alignment.sampler import save_lora_bytes
+from tests.storage.helpers import generation
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
@@ -101,3 +107,38 @@ def stop_studio(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=20)
+
+
+def stored_votes(repo, votes: list[tuple[str, str]], prompt: str = "a large red circle on a blue background") -> None:
+    """One stand-in pair per (annotator, choice), voted on, without running the sampler."""
+    for i, (annotator, choice) in enumerate(votes):
+        pair = repo.create_pair(prompt, generation(seed=2 * i), generation(seed=2 * i + 1, color=(0, 0, 255)))
+        repo.record_vote(pair.id, annotator, choice)
+
+
+class RawSession:
+    """One page session over Gradio's HTTP queue (what the page's JavaScript sends), private events included."""
+
+    def __init__(self, url: str, demo, auth: tuple[str, str] | None = None):
+        self.http = httpx.Client(base_url=url.rstrip("/"), timeout=240)
+        self.session_hash = secrets.token_hex(8)
+        self.dependencies = demo.config["dependencies"]
+        if auth is not None:
+            self.http.post("/login", data={"username": auth[0], "password": auth[1]}).raise_for_status()
+
+    def call(self, api_name: str, data: list) -> dict:
+        """Run the event named `api_name` with `data` as its inputs; the final message (output or error)."""
+        index = next(i for i, d in enumerate(self.dependencies) if d.get("api_name") == api_name)
+        self.http.post("/gradio_api/queue/join", json={"data": data, "fn_index": index, "event_data": None,
+                                                       "session_hash": self.session_hash, "trigger_id": None}
+                       ).raise_for_status()
+        with self.http.stream("GET", "/gradio_api/queue/data", params={"session_hash": self.session_hash}) as s:
+            for line in s.iter_lines():
+                if line.startswith("data:"):
+                    message = json.loads(line[5:])
+                    if message.get("msg") == "process_completed":
+                        return message
+        raise RuntimeError(f"no answer to {api_name}")
+
+    def close(self) -> None:
+        self.http.close()

@@ -11,7 +11,7 @@ import pytest
 from app.access import AccessPolicy, Actor, AdminRequiredError, RateLimitedError, RateLimits
 from app.studio import StudioError
 from storage import Repository
-from tests.app.helpers import random_lora_bytes, register_adapter
+from tests.app.helpers import random_lora_bytes, register_adapter, stored_votes
 from tests.storage.helpers import generation
 
 PROMPT = "a large red circle on a blue background"
@@ -29,13 +29,6 @@ def public_studio(swap_studio):
     return swap_studio
 
 
-def stored_pairs(repo, votes: list[tuple[str, str]]) -> None:
-    """One stand-in pair per (annotator, choice), without running the sampler."""
-    for i, (annotator, choice) in enumerate(votes):
-        pair = repo.create_pair(PROMPT, generation(seed=2 * i), generation(seed=2 * i + 1, color=(0, 0, 255)))
-        repo.record_vote(pair.id, annotator, choice)
-
-
 def snapshot(studio) -> dict:
     return {"settings": studio.settings(), "live": studio.repo.live_adapter().version,
             "serving": studio.sampler.adapter_version, "counts": studio.counts(),
@@ -49,7 +42,7 @@ def test_non_admins_are_refused_every_admin_action_and_nothing_changes(public_st
     v1 = register_adapter(studio.repo, random_lora_bytes(embedded.pipe, seed=1))
     v2 = register_adapter(studio.repo, random_lora_bytes(embedded.pipe, seed=2))
     studio.make_live(v2, actor=ALICE)
-    stored_pairs(studio.repo, [("ann", "left")] * 5)
+    stored_votes(studio.repo, [("ann", "left")] * 5)
     path, _ = studio.export(actor=ALICE)
     before = snapshot(studio)
     actions = {
@@ -139,7 +132,7 @@ def test_rate_limits_per_annotator_write_nothing_when_hit(embedded, tmp_path):
 
 def test_training_can_be_limited_to_chosen_annotators(swap_studio):
     studio = swap_studio
-    stored_pairs(studio.repo, [("bob", "left")] * 4 + [("alice", "right")])
+    stored_votes(studio.repo, [("bob", "left")] * 4 + [("alice", "right")])
     assert studio.settings()["train_annotators"] is None
     after = studio.update_settings(actor=ALICE, train_annotators="alice, carol")
     assert after["train_annotators"] == ["alice", "carol"]
@@ -157,7 +150,7 @@ def test_training_can_be_limited_to_chosen_annotators(swap_studio):
 
 
 def test_annotator_table_of_the_data_tab(studio):
-    stored_pairs(studio.repo, [("alice", "left"), ("bob", "skip")])
+    stored_votes(studio.repo, [("alice", "left"), ("bob", "skip")])
     pair = studio.repo.create_pair(PROMPT, generation(seed=90), generation(seed=91, color=(0, 9, 0)))
     for annotator, choice in (("alice", "tie"), ("bob", "tie"), ("carol", "left")):
         studio.repo.record_vote(pair.id, annotator, choice)

@@ -49,14 +49,15 @@ def build(studio: Studio, session: gr.State, status: gr.Markdown, refresh_status
             pair_id = gr.Number(label="Pair", precision=0, interactive=False, elem_id="pair-id", scale=1)
             ack = gr.Markdown("Press **New pair**, then vote with the buttons or the keys 1-5.", elem_id="vote-ack")
 
-    def show_pair(prompt: str, seeds, state: dict, request: gr.Request):
-        view = studio.new_pair(prompt, seeds, annotator=annotator_of(state, request))
+    def show_pair(prompt: str, seeds, state: dict, annotator: str):
+        view = studio.new_pair(prompt, seeds, annotator=annotator)
         return view.left, view.right, view.id, {**state, "pair_id": view.id, "prompt": view.prompt}
 
     @user_errors
-    def make_pair(prompt: str, seeds: str, state: dict, request: gr.Request, progress=gr.Progress()):
+    def make_pair(prompt: str, seeds: str, state: dict, request: gr.Request, profile: gr.OAuthProfile | None,
+                  progress=gr.Progress()):
         progress(0.1, desc="generating two images…")
-        return show_pair(prompt, seeds, state, request)
+        return show_pair(prompt, seeds, state, annotator_of(state, request, profile))
 
     @user_errors
     def record_vote(choice: str, state: dict, request: gr.Request):
@@ -68,7 +69,7 @@ def build(studio: Studio, session: gr.State, status: gr.Markdown, refresh_status
     @user_errors
     def next_pair(state: dict, request: gr.Request, progress=gr.Progress()):
         progress(0.1, desc="generating the next pair…")
-        return show_pair(state.get("prompt") or "", None, state, request)
+        return show_pair(state.get("prompt") or "", None, state, annotator_of(state, request))
 
     pair_outputs = [left, right, pair_id, session]
     new_btn.click(make_pair, [prompt_box, seeds_box, session], pair_outputs, api_name="new_pair",

@@ -67,3 +67,65 @@ def test_browser_secret_is_kept_in_the_data_dir(tmp_path, monkeypatch):
     assert (tmp_path / "data" / "app-secret").stat().st_mode & 0o077 == 0
     monkeypatch.setenv("STUDIO_SECRET", "from-env")
     assert browser_secret(tmp_path / "data") == "from-env"
+
+
+SHARING_VARIABLES = ("STUDIO_AUTH", "STUDIO_AUTH_FILE", "STUDIO_ADMINS", "STUDIO_ADMIN_TOKEN", "STUDIO_ALLOW_MODELS",
+                     "STUDIO_PAIRS_PER_MINUTE", "STUDIO_VOTES_PER_MINUTE", "STUDIO_TRAIN_ANNOTATORS", "SPACE_ID",
+                     "STUDIO_HOST", "STUDIO_MODEL")
+TOKEN = "a-token-of-enough-length"
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    for name in SHARING_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_sharing_flags(clean_env, tmp_path):
+    logins = tmp_path / "logins.txt"
+    logins.write_text("# team\ncarol:pw-c\n\n")
+    config = parse_args(["--auth", "alice:pw-a", "--auth", "bob:pw:b", "--auth-file", str(logins),
+                         "--admins", "alice,carol", "--admin-token", TOKEN, "--pairs-per-minute", "5",
+                         "--votes-per-minute", "0", "--train-annotators", "alice, bob"])
+    assert config.auth == (("alice", "pw-a"), ("bob", "pw:b"), ("carol", "pw-c"))
+    assert config.admins == ("alice", "carol") and config.admin_token == TOKEN
+    assert (config.rate_limits().pairs.limit, config.rate_limits().votes.limit) == (5, 0)
+    assert config.train_annotators == ("alice", "bob") and not config.public and not config.on_spaces
+
+
+def test_sharing_variables(clean_env, tmp_path):
+    logins = tmp_path / "logins.txt"
+    logins.write_text("carol:pw-c\n")
+    for name, value in {"STUDIO_AUTH": "alice:pw-a, bob:pw-b", "STUDIO_AUTH_FILE": str(logins),
+                        "STUDIO_ADMINS": "carol", "STUDIO_ADMIN_TOKEN": TOKEN, "STUDIO_HOST": "0.0.0.0",
+                        "STUDIO_MODEL": "org/model", "STUDIO_ALLOW_MODELS": "embedded,org/model",
+                        "SPACE_ID": "someone/studio"}.items():
+        clean_env.setenv(name, value)
+    config = parse_args([])
+    assert [user for user, _ in config.auth] == ["alice", "bob", "carol"] and config.admins == ("carol",)
+    assert config.on_spaces and config.public and config.allowed_models() == ("embedded", "org/model")
+    assert (config.rate_limits().pairs.limit, config.rate_limits().votes.limit) == (30, 120)  # public defaults
+    assert parse_args(["--auth", "dave:pw-d", "--admins", "dave"]).auth == (("dave", "pw-d"), ("carol", "pw-c"))
+
+
+@pytest.mark.parametrize("argv, env, message", [
+    (["--auth-file", "{bad}"], {}, "bad.txt line 3: expected user:password"),
+    (["--auth", "alice"], {}, "--auth: expected user:password"),
+    ([], {"STUDIO_AUTH": "alice:pw,bob"}, "STUDIO_AUTH: expected user:password"),
+    (["--auth-file", "{missing}"], {}, "cannot read the auth file"),
+    (["--admins", "alice"], {}, "nobody can sign in here"),
+    (["--admin-token", "short"], {}, "at least 16 characters"),
+    (["--host", "0.0.0.0", "--model", "org/model"], {}, "model 'org/model' is not allowed"),
+    (["--model", "org/model"], {"SPACE_ID": "someone/studio"}, "bound to a Space"),
+    (["--votes-per-minute", "-1"], {}, "votes_per_minute must be a whole number >= 0"),
+])
+def test_bad_sharing_settings_stop_the_start(clean_env, capsys, tmp_path, argv, env, message):
+    bad = tmp_path / "bad.txt"
+    bad.write_text("alice:pw\n# ok\nbob\n")
+    argv = [a.format(bad=bad, missing=tmp_path / "missing.txt") for a in argv]
+    for name, value in env.items():
+        clean_env.setenv(name, value)
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(argv)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err

@@ -2,7 +2,9 @@
 
 The entry point (`app.__main__`) fills it from command-line flags and `STUDIO_*` environment variables; tests build
 it directly. Objective settings are kept as plain fields here and turned into the alignment core's `TrainerConfig`
-by `Studio`, so that a bad value is refused at start-up with the same message the Train tab shows.
+by `Studio`, so that a bad value is refused at start-up with the same message the Train tab shows. The sharing
+fields (logins, admins, rate limits, the model allow-list) are checked here too, and turned into the `AccessPolicy`
+and `RateLimits` that `Studio` enforces; "public" means bound to a non-loopback address or on a Space.
 This module knows no Gradio, no model and no database.
 """
 

@@ -38,7 +38,7 @@ def snapshot(studio) -> dict:
 
 def test_non_admins_are_refused_every_admin_action_and_nothing_changes(public_studio, embedded, tmp_path, caplog):
     studio = public_studio
-    caplog.set_level(logging.INFO, logger="app.studio")
+    caplog.set_level(logging.INFO, logger="app")
     v1 = register_adapter(studio.repo, random_lora_bytes(embedded.pipe, seed=1))
     v2 = register_adapter(studio.repo, random_lora_bytes(embedded.pipe, seed=2))
     studio.make_live(v2, actor=ALICE)

@@ -14,6 +14,7 @@ import random
 from collections.abc import Callable
 
 from alignment.embedded.analysis import analyze
+from alignment.embedded.data import parse_caption
 
 Labeler = Callable[[object, object, str], "int | None"]
 
@@ -54,6 +55,31 @@ def lower(image_a, image_b, prompt: str) -> int | None:
 def saturated(image_a, image_b, prompt: str) -> int | None:
     """Prefers the more saturated (vivid) shape colour."""
     return _prefer(analyze(image_a).saturation, analyze(image_b).saturation, tol=0.01)
+
+
+def faithful(labeler: Labeler) -> Labeler:
+    """A person who first wants what they asked for: prefers the image that matches more of the prompt's colour,
+    shape and background (read by `embedded.analysis`), and only between equally faithful images asks `labeler`.
+
+    A bare "larger" labeler is satisfied by a smeared blob of the right area; this one is not, like a person."""
+    def careful(image_a, image_b, prompt):
+        wanted = parse_caption(prompt)
+
+        def matches(image) -> int:
+            r = analyze(image)
+            return sum(getattr(r, k) == wanted[k] for k in ("colour", "shape", "background") if k in wanted)
+
+        ma, mb = matches(image_a), matches(image_b)
+        return labeler(image_a, image_b, prompt) if ma == mb else (0 if ma > mb else 1)
+
+    careful.__name__ = f"faithful_{getattr(labeler, '__name__', 'labeler')}"
+    return careful
+
+
+faithful_larger = faithful(larger)
+faithful_larger.__doc__ = "Prefers the image that shows the prompt (colour, shape, background); then the larger shape."
+faithful_centered = faithful(centered)
+faithful_centered.__doc__ = "Prefers the image that shows the prompt; then the shape nearer the centre."
 
 
 def noisy(labeler: Labeler, accuracy: float, seed: int = 0) -> Labeler:

@@ -81,6 +81,26 @@ def caption_for(colour: str, shape: str, size: str | None = None, background: st
     return text
 
 
+def parse_caption(text: str) -> dict[str, str]:
+    """The attributes a grammar caption asks for ({"colour", "shape", "size", "background"}, those present).
+
+    Reads any word order the grammar produces ("a large red circle on a blue background", with or without size
+    and background); words outside the grammar are ignored, so free text yields whatever attributes it names."""
+    words = text.lower().replace(",", " ").split()
+    out: dict[str, str] = {}
+    for i, w in enumerate(words):
+        if w in SHAPES and "shape" not in out:
+            out["shape"] = w
+            colours = [x for x in words[:i] if x in COLOURS]
+            if colours:
+                out["colour"] = colours[-1]
+        elif w in SIZES and "size" not in out:
+            out["size"] = w
+        elif w == "background" and i > 0 and words[i - 1] in COLOURS:
+            out["background"] = words[i - 1]
+    return out
+
+
 def sample_spec(rng: random.Random, colour: str | None = None, shape: str | None = None,
                 background: str | None = None, size: str | None = None) -> ShapeSpec:
     """Draw the free attributes of an image; fixed ones are kept. Background never equals the shape colour."""

@@ -50,3 +50,24 @@ def test_misbehaving_labelers_get_a_clear_error():
         judge(lambda a, b, p: "left", img(), img(), "p")
     with pytest.raises(LabelerError, match="raised ZeroDivisionError"):
         judge(lambda a, b, p: 1 / 0, img(), img(), "p")
+
+
+def test_parse_caption_reads_every_grammar_form():
+    from alignment.embedded.data import caption_for, parse_caption
+
+    assert parse_caption(caption_for("red", "circle", "large", "blue")) == {
+        "size": "large", "colour": "red", "shape": "circle", "background": "blue"}
+    assert parse_caption("an orange triangle") == {"colour": "orange", "shape": "triangle"}
+    assert parse_caption("a photo of a cat") == {}
+
+
+def test_faithful_prefers_what_was_asked_for_then_defers():
+    from alignment.labelers import faithful_larger
+
+    prompt = "a red circle on a white background"
+    right_small, wrong_big = img(4, colour="red"), img(10, colour="blue")
+    assert larger(right_small, wrong_big, prompt) == 1  # the bare labeler takes the big wrong one
+    assert faithful_larger(right_small, wrong_big, prompt) == 0
+    assert faithful_larger(wrong_big, right_small, prompt) == 1
+    assert faithful_larger(img(4), img(10), prompt) == 1  # both faithful: the larger
+    assert load_labeler("faithful_larger") is faithful_larger

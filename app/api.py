@@ -52,8 +52,8 @@ def register(studio: Studio) -> None:
                         profile: gr.OAuthProfile | None = None) -> dict:
         """Admins: change training settings for the next runs (objective, gamma, beta, lr, train_steps,
         train_every, train_annotators); returns all settings."""
-        if not isinstance(settings, dict):
-            raise gr.Error("settings must be a JSON object, e.g. {\"gamma\": 0.9}")
+        if not isinstance(settings, dict) or "actor" in settings:
+            raise gr.Error("settings must be a JSON object of setting names and values, e.g. {\"gamma\": 0.9}")
         return studio.update_settings(actor=actor_of(None, request, profile, admin_token), **settings)
 
     @user_errors

@@ -75,9 +75,10 @@ def build(studio: Studio, session: gr.State) -> AdminArea:
     # and a clash would rename the public endpoint.
     @user_errors
     def apply(objective_v, gamma_v, beta_v, lr_v, steps_v, every_v, annotators_v, state: dict, request: gr.Request):
-        new = studio.update_settings(actor=actor_of(state, request), objective=objective_v, gamma=gamma_v,
-                                     beta=beta_v, lr=lr_v, train_steps=steps_v, train_every=every_v,
-                                     train_annotators=list(annotators_v or []))
+        changes = {"objective": objective_v, "gamma": gamma_v, "beta": beta_v, "lr": lr_v, "train_steps": steps_v}
+        if studio.worker is not None:  # the worker's own settings (a studio without one shows them empty)
+            changes.update(train_every=every_v, train_annotators=list(annotators_v or []))
+        new = studio.update_settings(actor=actor_of(state, request), **changes)
         return "Settings saved for the next run: " + ", ".join(f"{k} = {v}" for k, v in new.items())
 
     @user_errors

@@ -10,7 +10,9 @@ every run and trains it on all pairs given:
 - `diffusion-dpo`: Wallace et al.'s loss on forward-noised final latents (or VAE-encoded images for imported pairs
   without trajectories), optionally weighted by gamma^k of the timestep's reverse-step index.
 
-accelerate owns device placement, mixed precision and gradient clipping. A run whose loss goes non-finite raises
+accelerate owns device placement, mixed precision and gradient clipping; under `accelerate launch` with several
+processes each trains on its slice of every batch and the LoRA gradients are all-reduced (`alignment.distributed`).
+A run whose loss goes non-finite raises
 `TrainingDivergedError` and produces no adapter. The result is a diffusers-format LoRA file (bytes) that
 `pipe.load_lora_weights` reads. The trainer knows nothing about storage, threads or the UI.
 """
@@ -32,6 +34,7 @@ from peft.utils import get_peft_model_state_dict
 from PIL import Image
 
 from alignment import objective as obj
+from alignment.distributed import Ranks
 from alignment.models import LoadedModel, load_pipeline
 from alignment.sampler import Trajectory, save_lora_bytes
 
@@ -39,6 +42,10 @@ log = logging.getLogger(__name__)
 OBJECTIVES = ("discounted", "trajectory", "diffusion-dpo")
 ADAPTER = "preference"  # not "train": ModuleDict keys must not shadow nn.Module attributes
 DEFAULT_BETA = {"discounted": 10.0, "trajectory": 10.0, "diffusion-dpo": 2500.0}
+
+
+def _whole(items):
+    return items  # the single-process "shard" of a batch
 
 
 class TrainingDivergedError(RuntimeError):
@@ -214,11 +221,14 @@ class Trainer:
         return obj.implied_noise(x_next.to(dev), mean, std).cpu()
 
     # ---- the two loss computations ----------------------------------------------------------------------------
-    def _dense_batch(self, batch: list[TrainingPair], gen: torch.Generator):
+    def _dense_batch(self, batch: list[TrainingPair], gen: torch.Generator, shard=_whole):
+        """The loss on `shard(batch)`; the random draws are made for the whole batch (the same on every process)."""
         cfg, dev = self.config, self.model.device
-        m, b = cfg.steps_per_pair, len(batch)
         # M step indices per pair, drawn once and shared by its w and l trajectories.
-        ks = [obj.sample_step_indices(p.w.num_steps, cfg.effective_gamma, m, generator=gen) for p in batch]
+        ks = [obj.sample_step_indices(p.w.num_steps, cfg.effective_gamma, cfg.steps_per_pair, generator=gen)
+              for p in batch]
+        batch, ks = shard(batch), shard(ks)
+        m, b = cfg.steps_per_pair, len(batch)
         items = [(getattr(p, side), k) for side in ("w", "l") for p, k in zip(batch, ks)]
         x = torch.cat([tr.latents[k].float() for tr, k in items]).to(dev)  # (2*B*M, C, h, w)
         x_next = torch.cat([tr.latents[k + 1].float() for tr, k in items]).to(dev)
@@ -258,13 +268,16 @@ class Trainer:
         lat = self.vae.encode(arr[None].to(self.model.device, self.vae.dtype)).latent_dist.mean
         return (lat * self.vae.config.scaling_factor)[0].float().cpu()
 
-    def _diffusion_dpo_batch(self, batch: list[TrainingPair], gen: torch.Generator):
+    def _diffusion_dpo_batch(self, batch: list[TrainingPair], gen: torch.Generator, shard=_whole):
         cfg, dev = self.config, self.model.device
+        full = len(batch)
+        batch = shard(batch)
         zw = torch.stack([self._clean_latent(p.w, p.w_image) for p in batch])
         zl = torch.stack([self._clean_latent(p.l, p.l_image) for p in batch])
         n_train = self.scheduler.config.num_train_timesteps
-        t = torch.randint(0, n_train, (len(batch),), generator=gen)
-        noise = torch.randn(zw.shape, generator=gen)  # the same noise and t for w and l, as in Diffusion-DPO
+        t = shard(torch.randint(0, n_train, (full,), generator=gen))
+        # the same noise and t for w and l, as in Diffusion-DPO
+        noise = shard(torch.randn((full, *zw.shape[1:]), generator=gen))
         a = self.abar[t].view(-1, 1, 1, 1)
         noisy = torch.cat([a.sqrt() * zw + (1 - a).sqrt() * noise, a.sqrt() * zl + (1 - a).sqrt() * noise]).to(dev)
         tt, target_noise = torch.cat([t, t]).to(dev), torch.cat([noise, noise]).to(dev)
@@ -306,6 +319,12 @@ class Trainer:
         self._fresh_adapter()
         params = self.lora_parameters()
         accel = Accelerator(mixed_precision=cfg.mixed_precision, cpu=self.model.device.type == "cpu")
+        ranks = Ranks(accel)  # one process: every call below is a no-op
+        if cfg.batch_pairs < ranks.count:
+            raise ValueError(f"batch_pairs ({cfg.batch_pairs}) must be at least the number of training processes "
+                             f"({ranks.count})")
+        ranks.broadcast_parameters(params)
+        share = ranks.share(cfg.batch_pairs)
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         opt = accel.prepare(opt)
         rng = random.Random(cfg.seed)
@@ -318,27 +337,33 @@ class Trainer:
             for step in range(cfg.train_steps):
                 batch = [pairs[rng.randrange(len(pairs))] for _ in range(cfg.batch_pairs)]
                 with accel.autocast():
-                    out = step_fn(batch, gen)
-                if not torch.isfinite(out.loss):
-                    raise TrainingDivergedError(f"loss became {out.loss.item()} at step {step}; no adapter saved")
+                    out = step_fn(batch, gen, ranks.shard)
+                # the whole batch's figures: this slice's weighted by its share, summed over the processes
+                stats = ranks.sum(share * torch.stack([out.loss.detach(), out.margin.mean(),
+                                                       out.accuracy.nan_to_num(0.0), out.clipped_fraction]).float())
+                loss = stats[0].item()
+                if not math.isfinite(loss):
+                    raise TrainingDivergedError(f"loss became {loss} at step {step}; no adapter saved")
                 opt.zero_grad(set_to_none=True)
-                accel.backward(out.loss)
+                accel.backward(out.loss * share)
+                ranks.sum_gradients(params)
                 accel.clip_grad_norm_(params, cfg.grad_clip)
                 opt.step()
-                history.append({"step": step, "loss": out.loss.item(), "margin": out.margin.mean().item(),
-                                "accuracy": _finite(out.accuracy), "clipped": _finite(out.clipped_fraction)})
-                if progress is not None:
-                    progress(step + 1, cfg.train_steps)
+                history.append({"step": step, "loss": loss, "margin": stats[1].item(),
+                                "accuracy": _finite(stats[2]), "clipped": _finite(stats[3])})
+                ranks.guarded(progress, step + 1, cfg.train_steps)  # e.g. a lost lease stops every process
         finally:
             self.unet.eval()
         if not all(torch.isfinite(p).all() for p in params):
             raise TrainingDivergedError("LoRA weights became non-finite; no adapter saved")
+        ranks.check_in_sync(params)
         lora = self.export_lora()
         tail = history[-max(1, len(history) // 5):]
         metrics = {"loss_first": history[0]["loss"], "loss": _mean(h["loss"] for h in tail),
                    "margin": _mean(h["margin"] for h in tail), "accuracy": _mean(h["accuracy"] for h in tail),
                    "clipped_fraction": _mean(h["clipped"] for h in tail), "pairs": len(pairs),
-                   "steps": cfg.train_steps, "train_seconds": round(time.perf_counter() - t0, 3)}
+                   "steps": cfg.train_steps, "processes": ranks.count,
+                   "train_seconds": round(time.perf_counter() - t0, 3)}
         return TrainResult(lora, metrics, history)
 
     def export_lora(self) -> bytes:

@@ -8,11 +8,14 @@ reason. Failures are recorded as failed training runs and leave the live adapter
 in this process a lock, across processes and machines the database lease "trainer" (`Repository.acquire_lease`),
 renewed from the progress callback and released when the run ends; a worker that died holds it only until
 `lease_ttl_s` runs out. A run that finds the lease taken returns `{"status": "busy", "holder": ...}` untrained.
+Under `accelerate launch` with several processes this worker runs on the main process only and the others follow
+its runs (`alignment.distributed`).
 
 The worker touches storage and its own trainer, never the app's sampler: samplers follow the database through
 `alignment.live.sync_live_adapter`. The same worker runs as a thread in the app or alone:
 
     python -m alignment.worker --data-dir studio-data [--database-url URL] [--train-every 8] [--once]
+    accelerate launch --multi_gpu --num_processes 4 -m alignment.worker --database-url URL --data-dir /shared
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from alignment.fidelity import FidelityGuard
+from alignment.models import ModelLoadError
 from alignment.sampler import Sampler, SamplerConfig, Trajectory
 from alignment.trainer import Trainer, TrainerConfig, TrainingPair
 
@@ -78,6 +82,12 @@ def to_training_pair(lp, repo) -> TrainingPair:
     return TrainingPair(lp.prompt, None, None, target, _image(repo, w.image_hash), _image(repo, l.image_hash))
 
 
+def load_training_pairs(repo, watermark: int, annotators: list[str] | None) -> tuple[list, list[TrainingPair]]:
+    """The labeled pairs whose vote id is at most `watermark` (and the trainer's view of them)."""
+    labeled = [lp for lp in repo.labeled_pairs(annotators=annotators) if lp.vote_id <= watermark]
+    return labeled, [to_training_pair(lp, repo) for lp in labeled]
+
+
 def _image(repo, h: str) -> Image.Image:
     import io
     return Image.open(io.BytesIO(repo.read_blob(h))).convert("RGB")
@@ -86,8 +96,12 @@ def _image(repo, h: str) -> Image.Image:
 class Worker:
     def __init__(self, repo, model_id: str = "embedded", trainer_config: TrainerConfig | None = None,
                  config: WorkerConfig | None = None, device: str | None = None,
-                 on_change: Callable[[dict], None] | None = None, trainer: Trainer | None = None):
+                 on_change: Callable[[dict], None] | None = None, trainer: Trainer | None = None,
+                 before_train: Callable[[dict], None] | None = None):
+        """`before_train(spec)` runs once a run's pairs are loaded, with `{"watermark", "annotators", "config"}`
+        (`alignment.distributed.announce` starts the other processes' share of the run with it)."""
         self.repo = repo
+        self.before_train = before_train
         self.model_id = model_id
         self.config = config or WorkerConfig()
         self._trainer_config = trainer_config or TrainerConfig()
@@ -190,12 +204,12 @@ class Worker:
         run_id = self.repo.start_training_run({**cfg.to_dict(), "model_id": self.model_id})
         parent = self.repo.live_adapter()
         try:
-            labeled = self.repo.labeled_pairs(annotators=list(self.config.annotators)
-                                              if self.config.annotators else None)
-            labeled = [lp for lp in labeled if lp.vote_id <= watermark]
-            pairs = [to_training_pair(lp, self.repo) for lp in labeled]
+            annotators = list(self.config.annotators) if self.config.annotators else None
+            labeled, pairs = load_training_pairs(self.repo, watermark, annotators)
             trainer = self.trainer()
             trainer.config = cfg
+            if self.before_train is not None:
+                self.before_train({"watermark": watermark, "annotators": annotators, "config": cfg.to_dict()})
             result = trainer.train(pairs, progress=self._on_progress)
             report = self.guard(trainer).check(self._guard_sampler(trainer), self._toggle(trainer))
         except Exception as e:  # a run boundary: any failure is recorded, the live adapter stays as it was
@@ -278,32 +292,76 @@ class Worker:
             self._wake.clear()
 
 
-def main(argv: list[str] | None = None) -> None:
-    from storage import Repository, StorageError
-
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m alignment.worker", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", default="studio-data")
     p.add_argument("--database-url", default=None)
     p.add_argument("--model", default="embedded")
     p.add_argument("--device", default=None)
     p.add_argument("--train-every", type=int, default=8)
     p.add_argument("--interval", type=float, default=None, help="seconds between timed runs")
-    p.add_argument("--objective", default="discounted")
-    p.add_argument("--gamma", type=float, default=0.9)
-    p.add_argument("--train-steps", type=int, default=80)
+    p.add_argument("--min-votes", type=int, default=4, help="never train on fewer preference votes")
+    # Objective settings: left out, TrainerConfig's defaults apply.
+    p.add_argument("--objective", default=None, help="discounted | trajectory | diffusion-dpo")
+    p.add_argument("--gamma", type=float, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--train-steps", type=int, default=None)
+    p.add_argument("--fidelity-prompts", type=int, default=None,
+                   help="held-out prompts the fidelity guard renders (default: all)")
     p.add_argument("--lease-ttl", type=float, default=600.0,
-                   help="seconds a dead worker can block others (the training lease is renewed while alive)")
+                   help="seconds a dead worker can block others; the training lease is renewed from the training "
+                        "steps, so this must exceed the time to load the model and to run the fidelity guard")
     p.add_argument("--once", action="store_true", help="train once now (if there are votes) and exit")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from alignment import distributed
+    from storage import Repository, StorageError, masked_url
+
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    settings = {k: v for k, v in {"objective": args.objective, "gamma": args.gamma, "lr": args.lr,
+                                  "train_steps": args.train_steps}.items() if v is not None}
     try:
-        repo = Repository(args.data_dir, args.database_url)
+        tcfg = TrainerConfig(**settings)
+        wcfg = WorkerConfig(train_every=args.train_every, interval_s=args.interval, min_votes=args.min_votes,
+                            fidelity_prompts=args.fidelity_prompts, lease_ttl_s=args.lease_ttl)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    processes, device, state = distributed.launched_processes(), args.device, None
+    if processes > 1:  # started by `accelerate launch` (or torchrun) with several processes
+        import torch
+        cpu = (device or "").startswith("cpu") or not torch.cuda.is_available()
+        state = distributed.init_processes(cpu=cpu)
+        device = device or ("cpu" if cpu else str(state.device))
+    try:
+        if state is None:
+            repo = Repository(args.data_dir, args.database_url)
+        else:
+            with state.main_process_first():  # rank 0 migrates the database; the others then open it
+                repo = Repository(args.data_dir, args.database_url)
     except StorageError as e:  # e.g. an unreachable database URL: one clear line, not a traceback
         raise SystemExit(f"error: {e}") from None
-    tcfg = TrainerConfig(objective=args.objective, gamma=args.gamma, train_steps=args.train_steps)
-    worker = Worker(repo, args.model, tcfg,
-                    WorkerConfig(train_every=args.train_every, interval_s=args.interval, lease_ttl_s=args.lease_ttl),
-                    device=args.device, on_change=lambda run: log.info("run: %s", run))
+    try:  # loaded before the first run, so a bad --model fails at start and the lease never waits for a load
+        trainer = Trainer(args.model, tcfg, device=device)
+    except ModelLoadError as e:
+        raise SystemExit(f"error: {e}") from None
+    if state is not None and not state.is_main_process:
+        log.info("training process %d of %d follows the main process", state.process_index, processes)
+        distributed.follow(lambda watermark, annotators: load_training_pairs(repo, watermark, annotators)[1], trainer)
+        return
+    worker = Worker(repo, trainer.model.model_id, tcfg, wcfg, device=device, trainer=trainer,
+                    on_change=lambda run: log.info("run: %s", run),
+                    before_train=distributed.announce if state is not None else None)
+    log.info("worker %s watching %s with blobs in %s (%d training process(es))", worker.lease_holder_id,
+             masked_url(repo.engine.url), args.data_dir, processes)
+    if state is not None:
+        run = distributed.lead(worker, once=args.once)
+        if args.once:
+            print(run)
+        return
     if args.once:
         print(worker.run_once())
         return

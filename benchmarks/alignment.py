@@ -125,9 +125,11 @@ def judge_eval(labeler, base: list, aligned: list, cases, seeds: list[int]) -> d
             wins += 1
     rate, lo, hi = paired_win_rate(wins, ties, len(base))
     flat_cases = [c for c in cases for _ in seeds]
-    fb, fa = score(base, flat_cases)["fidelity"], score(aligned, flat_cases)["fidelity"]
+    sb, sa = score(base, flat_cases), score(aligned, flat_cases)
+    fb, fa = sb["fidelity"], sa["fidelity"]
     return {"win_rate": rate, "ci_low": lo, "ci_high": hi, "wins": wins, "ties": ties, "comparisons": len(base),
-            "fidelity_base": fb, "fidelity_aligned": fa, "promoted": fa >= fb - MAX_DROP}
+            "fidelity_base": fb, "fidelity_aligned": fa, "promoted": fa >= fb - MAX_DROP,
+            "attributes": {k: [round(sb[k], 3), round(sa[k], 3)] for k in ("colour", "background", "shape")}}
 
 
 # ---- the grid ---------------------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ class FidelityReport:
 
 
 class FidelityGuard:
-    def __init__(self, embedded: bool, seeds: Sequence[int] = (1000, 1001), max_drop: float = 0.05,
+    def __init__(self, embedded: bool, seeds: Sequence[int] = (1000, 1001, 1002, 1003), max_drop: float = 0.05,
                  scorer: Scorer | None = None, prompts: Sequence[str] | None = None, limit: int | None = None):
         if not 0 <= max_drop < 1:
             raise ValueError(f"max_drop must be in [0, 1), got {max_drop}")

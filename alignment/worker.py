@@ -53,7 +53,7 @@ class WorkerConfig:
     poll_s: float = 1.0
     annotators: tuple[str, ...] | None = None  # train only on these annotators' votes
     fidelity_max_drop: float = 0.05
-    fidelity_seeds: tuple[int, ...] = (1000, 1001)
+    fidelity_seeds: tuple[int, ...] = (1000, 1001, 1002, 1003)  # 16 held-out prompts x 4 = 64 images
     fidelity_prompts: int | None = None  # how many held-out prompts the guard renders (None = all)
     lease_ttl_s: float = 600.0  # a dead worker blocks others this long at most; renewed every third of it
 

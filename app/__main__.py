@@ -118,10 +118,15 @@ def browser_secret(data_dir: Path) -> str:
     path = data_dir / SECRET_FILE
     if not path.is_file():
         data_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_suffix(f".{os.getpid()}.{secrets.token_hex(4)}.tmp")  # one per process: studios may race
         tmp.write_text(secrets.token_urlsafe(24))
         tmp.chmod(0o600)
-        os.replace(tmp, path)
+        try:
+            os.link(tmp, path)  # atomic and never overwrites: the first studio's secret is everyone's
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
     return path.read_text().strip()
 
 

@@ -69,6 +69,17 @@ def test_browser_secret_is_kept_in_the_data_dir(tmp_path, monkeypatch):
     assert browser_secret(tmp_path / "data") == "from-env"
 
 
+def test_studios_starting_together_agree_on_one_secret(tmp_path, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.delenv("STUDIO_SECRET", raising=False)
+    with ThreadPoolExecutor(8) as pool:
+        got = set(pool.map(lambda _: browser_secret(tmp_path / "shared"), range(32)))
+    assert len(got) == 1 and got == {(tmp_path / "shared" / "app-secret").read_text().strip()}
+    assert [p.name for p in (tmp_path / "shared").iterdir()] == ["app-secret"]  # no temp files left
+
+
+
 SHARING_VARIABLES = ("STUDIO_AUTH", "STUDIO_AUTH_FILE", "STUDIO_ADMINS", "STUDIO_ADMIN_TOKEN", "STUDIO_ALLOW_MODELS",
                      "STUDIO_PAIRS_PER_MINUTE", "STUDIO_VOTES_PER_MINUTE", "STUDIO_TRAIN_ANNOTATORS", "SPACE_ID",
                      "STUDIO_HOST", "STUDIO_MODEL")

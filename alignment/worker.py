@@ -307,6 +307,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gamma", type=float, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--train-steps", type=int, default=None)
+    p.add_argument("--rank", type=int, default=None, help="LoRA rank")
+    p.add_argument("--batch-pairs", type=int, default=None, help="pairs per optimiser step")
+    p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default=None,
+                   help="autocast for training on a GPU (bf16 on Ampere or newer, fp16 on a T4)")
     p.add_argument("--fidelity-prompts", type=int, default=None,
                    help="held-out prompts the fidelity guard renders (default: all)")
     p.add_argument("--lease-ttl", type=float, default=600.0,
@@ -323,7 +327,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     settings = {k: v for k, v in {"objective": args.objective, "gamma": args.gamma, "lr": args.lr,
-                                  "train_steps": args.train_steps}.items() if v is not None}
+                                  "train_steps": args.train_steps, "lora_rank": args.rank,
+                                  "batch_pairs": args.batch_pairs,
+                                  "mixed_precision": args.mixed_precision}.items() if v is not None}
     try:
         tcfg = TrainerConfig(**settings)
         wcfg = WorkerConfig(train_every=args.train_every, interval_s=args.interval, min_votes=args.min_votes,

@@ -76,3 +76,13 @@ def test_only_one_run_at_a_time(repo_with_votes):
     worker = make_worker(repo_with_votes)
     with worker._run_lock:
         assert worker.run_once() is None and worker.request_training() is False
+
+
+def test_worker_cli_passes_gpu_training_settings_and_refuses_bad_ones(tmp_path):
+    from alignment.worker import main
+
+    with pytest.raises(SystemExit, match="lora_rank must be at least 1"):
+        main(["--data-dir", str(tmp_path), "--rank", "0"])
+    with pytest.raises(SystemExit):  # argparse: not one of no, fp16, bf16
+        main(["--data-dir", str(tmp_path), "--mixed-precision", "fp8"])
+    assert not any(tmp_path.iterdir())  # refused before touching the data dir

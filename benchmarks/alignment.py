@@ -259,6 +259,34 @@ def plot(results: list[dict], path: Path, variants: list[str] | None = None) -> 
     fig.savefig(path, dpi=110)
 
 
+def tradeoff_plot(results: list[dict], path: Path, labels: int = 128) -> None:
+    """Win rate (pooled seeds) against the fidelity change, one point per (labeler, variant) at `labels` labels;
+    the shaded corner is the target (win rate >= 0.8 with fidelity no more than 5 points below the base)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = defaultdict(list)
+    for r in results:
+        if "error" not in r and r["labels"] == labels:
+            groups[(r["labeler"].split(":")[-1], r["variant"])].append(r)
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    ax.axvspan(-MAX_DROP, 0.2, ymin=0.8, ymax=1.0, color="green", alpha=0.08)
+    markers = dict(zip(sorted({lab for lab, _ in groups}), "osD^v<>"))
+    for (lab, variant), rs in sorted(groups.items()):
+        rate, lo, hi = pooled(rs)
+        drop = sum(r["fidelity_aligned"] - r["fidelity_base"] for r in rs) / len(rs)
+        ax.errorbar(drop, rate, yerr=[[rate - lo], [hi - rate]], marker=markers[lab], capsize=2, ms=6,
+                    label=f"{lab} · {variant} ({len(rs)} seeds)")
+    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("fidelity aligned − base (mean over seeds)")
+    ax.set_ylabel(f"win rate over base after {labels} labels")
+    ax.set_ylim(0.3, 1.0)
+    ax.legend(fontsize=6, loc="lower left", ncol=1)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--labels", type=int, nargs="+", default=[32, 64, 128, 256])
@@ -282,6 +310,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     (out / "table.md").write_text(table(results) + "\n")
     plot(results, out / "win_rate.png")
+    tradeoff_plot(results, out / "tradeoff.png")
     print(table(results))
 
 

@@ -232,7 +232,10 @@ def plot(results: list[dict], path: Path, variants: list[str] | None = None) -> 
     import matplotlib.pyplot as plt
 
     ok = [r for r in results if "error" not in r]
-    labelers = sorted({r["labeler"] for r in ok})
+    counts = defaultdict(set)
+    for r in ok:
+        counts[(r["labeler"], r["variant"])].add(r["labels"])
+    labelers = sorted({lab for (lab, _), ns in counts.items() if len(ns) > 1}) or sorted({r["labeler"] for r in ok})
     fig, axes = plt.subplots(1, len(labelers), figsize=(5 * len(labelers), 4), squeeze=False)
     for ax, lab in zip(axes[0], labelers):
         series = defaultdict(lambda: defaultdict(list))
@@ -270,8 +273,10 @@ def tradeoff_plot(results: list[dict], path: Path, labels: int = 128) -> None:
     for r in results:
         if "error" not in r and r["labels"] == labels:
             groups[(r["labeler"].split(":")[-1], r["variant"])].append(r)
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    ax.axvspan(-MAX_DROP, 0.2, ymin=0.8, ymax=1.0, color="green", alpha=0.08)
+    from matplotlib.patches import Rectangle
+
+    fig, ax = plt.subplots(figsize=(12, 5.5))
+    ax.add_patch(Rectangle((-MAX_DROP, 0.8), 1.0, 0.2, color="green", alpha=0.08, lw=0))
     markers = dict(zip(sorted({lab for lab, _ in groups}), "osD^v<>"))
     for (lab, variant), rs in sorted(groups.items()):
         rate, lo, hi = pooled(rs)
@@ -282,7 +287,8 @@ def tradeoff_plot(results: list[dict], path: Path, labels: int = 128) -> None:
     ax.set_xlabel("fidelity aligned − base (mean over seeds)")
     ax.set_ylabel(f"win rate over base after {labels} labels")
     ax.set_ylim(0.3, 1.0)
-    ax.legend(fontsize=6, loc="lower left", ncol=1)
+    ax.set_xlim(min(-0.3, ax.get_xlim()[0]), 0.05)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

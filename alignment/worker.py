@@ -201,6 +201,9 @@ class Worker:
         cfg = self._trainer_config
         watermark = self.repo.last_vote_id()
         self._last_attempt_vote_id, self._last_attempt_time = watermark, time.monotonic()
+        stale = self.repo.interrupt_running_runs("the worker running it stopped before finishing (its lease expired)")
+        if stale:
+            log.warning("closed %d training run(s) left 'running' by a worker that died", stale)
         run_id = self.repo.start_training_run({**cfg.to_dict(), "model_id": self.model_id})
         parent = self.repo.live_adapter()
         try:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -208,6 +208,18 @@ class AdapterMixin:
             row.finished_at = utcnow()
             s.flush()
             return _run_record(row)
+
+    def interrupt_running_runs(self, reason: str) -> int:
+        """Close every run still ``running`` as ``interrupted`` with ``reason``; returns how many.
+
+        For the holder of the training lease only: while it holds the lease nobody else trains, so such a run was
+        left behind by a worker that died (e.g. SIGKILL) and would otherwise show as running forever."""
+        if not isinstance(reason, str) or not reason.strip():
+            raise InvalidMetadataError("reason must be a non-empty string")
+        stmt = (update(TrainingRun).where(TrainingRun.status == "running")
+                .values(status="interrupted", error=reason[:1000], finished_at=utcnow()))
+        with self._write.begin() as s:
+            return s.execute(stmt).rowcount
 
     def list_training_runs(self, limit: int = 50) -> list[TrainingRunRecord]:
         """The most recent runs, newest first."""

@@ -176,6 +176,8 @@ def test_a_worker_killed_mid_run_blocks_another_only_until_its_lease_expires(pg_
     adapter = repo.get_adapter(run.adapter_version)
     assert adapter.status == ("live" if run.status == "succeeded" else "rejected")
     assert repo.lease_holder(LEASE_NAME) is None  # released at the end of the run
+    closed = next(r for r in repo.list_training_runs() if r.id == killed_run.id)
+    assert closed.status == "interrupted" and "stopped" in closed.error  # the dead worker's run does not stay 'running'
     repo.close()
 
 

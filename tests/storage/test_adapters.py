@@ -147,3 +147,17 @@ def test_ab_trial_bad_input_writes_nothing(repo, overrides, error):
     with pytest.raises(error):
         repo.record_ab_trial(**trial)
     assert repo.ab_results() == {"adapter": 0, "base": 0, "tie": 0}
+
+
+def test_runs_left_running_by_a_dead_worker_are_closed_as_interrupted(repo):
+    done = repo.start_training_run({})
+    repo.finish_training_run(done, "failed", error="boom")
+    stale = [repo.start_training_run({}), repo.start_training_run({})]
+    assert repo.interrupt_running_runs("its worker died") == 2
+    runs = {r.id: r for r in repo.list_training_runs()}
+    assert all(runs[i].status == "interrupted" and runs[i].error == "its worker died" and runs[i].finished_at
+               for i in stale)
+    assert (runs[done].status, runs[done].error) == ("failed", "boom")  # finished runs are untouched
+    assert repo.interrupt_running_runs("again") == 0
+    with pytest.raises(InvalidMetadataError):
+        repo.interrupt_running_runs("  ")

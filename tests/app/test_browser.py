@@ -1,7 +1,7 @@
 """The studio in a real browser (Playwright driving Debian's Chromium): label by clicking and by keyboard, see the
 first training run go live, compare base and the adapter, run a blind A/B trial, see bad input refused with a
-clear message, and save a screenshot of each tab to docs/screenshots/ (shown in the README; STUDIO_SCREENSHOTS
-writes them elsewhere).
+clear message, and save a screenshot of each tab: to a temporary folder, or with STUDIO_SCREENSHOTS=docs/screenshots
+to refresh the README's (a plain test run leaves the working tree clean).
 
 The tests are the steps of one browser session on one studio process, in file order: a training run is too
 expensive to repeat per test.
@@ -11,18 +11,19 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from pathlib import Path
 
 import pytest
 from playwright import sync_api as playwright
 
 from storage import Repository
-from tests.app.helpers import CHROMIUM, CHROMIUM_ARGS, REPO_ROOT, free_port, start_studio, stop_studio
+from tests.app.helpers import CHROMIUM, CHROMIUM_ARGS, free_port, start_studio, stop_studio
 
 pytestmark = pytest.mark.browser
 expect = playwright.expect
 
-SHOTS = Path(os.environ.get("STUDIO_SCREENSHOTS", REPO_ROOT / "docs" / "screenshots"))
+SHOTS = Path(os.environ.get("STUDIO_SCREENSHOTS") or Path(tempfile.gettempdir()) / "alignment-studio-screenshots")
 PROMPT = "a large red circle on a blue background"
 # Playwright timeouts, generous for a loaded 2-core machine (on an idle one the whole file takes ~60 s).
 GENERATION_MS = 120_000  # generation queues behind the training run

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import threading
 
 from PIL import Image
 
@@ -38,3 +39,23 @@ def stop_process(proc) -> None:
     for pipe in (proc.stdout, proc.stderr):
         if pipe is not None:
             pipe.close()
+
+
+def run_threads(target, count: int, timeout: float = 120.0) -> list[BaseException]:
+    """Call `target(i)` for i in range(count) on `count` threads released together; returns what they raised."""
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(count)
+
+    def run(i: int) -> None:
+        try:
+            barrier.wait()
+            target(i)
+        except BaseException as exc:  # noqa: BLE001 - collected and reported by the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=timeout)
+    return errors

@@ -8,13 +8,12 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 from storage import Repository
 
 from .helpers import generation
-from tests.storage.helpers import stop_process
+from tests.storage.helpers import run_threads, stop_process
 
 THREADS = 8
 VOTES_PER_THREAD = 200
@@ -27,25 +26,6 @@ def _make_pairs(repo: Repository, n: int) -> list[int]:
     return [repo.create_pair("one prompt for all", left, right).id for _ in range(n)]
 
 
-def _run_threads(target, count: int) -> list[BaseException]:
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(count)
-
-    def run(t: int) -> None:
-        try:
-            barrier.wait()
-            target(t)
-        except BaseException as exc:  # noqa: BLE001 - collected and reported by the test
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(t,)) for t in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    return errors
-
-
 def test_eight_threads_vote_on_one_file_each_vote_stored_once(file_repo):
     pair_ids = _make_pairs(file_repo, VOTES_PER_THREAD)
     results: dict[int, list] = {}
@@ -55,7 +35,7 @@ def test_eight_threads_vote_on_one_file_each_vote_stored_once(file_repo):
             file_repo.record_vote(pid, f"annotator-{t}", ("left", "right", "tie")[(pid + t) % 3]) for pid in pair_ids
         ]
 
-    assert _run_threads(vote_all, THREADS) == []  # no "database is locked", no other error
+    assert run_threads(vote_all, THREADS) == []  # no "database is locked", no other error
     assert all(created for rs in results.values() for _, created in rs)
     counts = file_repo.counts()
     assert counts["votes"] == THREADS * VOTES_PER_THREAD
@@ -70,7 +50,7 @@ def test_eight_threads_racing_on_the_same_votes_store_each_once(file_repo):
     def vote_all(t: int) -> None:
         results[t] = [file_repo.record_vote(pid, "shared", ("left", "right", "tie")[t % 3]) for pid in pair_ids]
 
-    assert _run_threads(vote_all, THREADS) == []
+    assert run_threads(vote_all, THREADS) == []
     assert file_repo.counts()["votes"] == VOTES_PER_THREAD
     for i in range(VOTES_PER_THREAD):
         answers = [results[t][i] for t in range(THREADS)]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from storage import Repository, make_engine, upgrade_to_head
 from storage.db import alembic_config, current_revision, head_revision
 from storage.models import Base
+from tests.storage.helpers import run_threads
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HEAD = head_revision()
@@ -158,21 +158,8 @@ def test_storage_imports_no_torch_and_no_gradio():
 
 def test_simultaneous_first_starts_migrate_once(tmp_path):
     """Several processes (here: engines, each with its own connections) opening a new data dir at once."""
-    errors, repos = [], []
-    barrier = threading.Barrier(4)
-
-    def start() -> None:
-        try:
-            barrier.wait()
-            repos.append(Repository(tmp_path / "data"))
-        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=start) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    repos = []
+    errors = run_threads(lambda _: repos.append(Repository(tmp_path / "data")), 4, timeout=60)
     assert errors == [] and len(repos) == 4
     assert {current_revision(r.engine) for r in repos} == {HEAD}
     for r in repos:

@@ -8,14 +8,13 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from storage import InvalidLeaseError, Repository
-from tests.storage.helpers import stop_process
+from tests.storage.helpers import run_threads, stop_process
 
 HOLDER_SCRIPT = Path(__file__).with_name("lease_holder.py")
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -167,18 +166,12 @@ def test_threads_with_their_own_repositories_race_and_one_wins(shared_database):
     try:
         for round_ttl in (0.5, 60):
             winners: list[int] = []
-            barrier = threading.Barrier(8)
 
             def contend(i: int, ttl: float = round_ttl) -> None:
-                barrier.wait()
                 if repos[i % 4].acquire_lease("trainer", f"holder-{i}", ttl):
                     winners.append(i)
 
-            threads = [threading.Thread(target=contend, args=(i,)) for i in range(8)]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join(timeout=60)
+            assert run_threads(contend, 8, timeout=60) == []
             assert len(winners) == 1
             assert repos[0].lease_holder("trainer")[0] == f"holder-{winners[0]}"
             if round_ttl < 1:

@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from sqlalchemy import text
 from storage import DatabaseUnavailableError, InvalidDatabaseUrlError, Repository, make_engine, upgrade_to_head
 from storage.db import connect, current_revision, head_revision
 
-from .helpers import generation
+from .helpers import generation, run_threads
 from .postgres import free_port
 
 VOTER = Path(__file__).with_name("voter.py")
@@ -132,21 +131,8 @@ def test_two_processes_writing_at_once_store_every_vote_once(pg_url, tmp_path):
 
 def test_simultaneous_first_starts_on_one_new_database_migrate_once(pg_url, tmp_path):
     """Two app processes and a worker starting together against an empty PostgreSQL database."""
-    errors, repos = [], []
-    barrier = threading.Barrier(4)
-
-    def start(i: int) -> None:
-        try:
-            barrier.wait()
-            repos.append(Repository(tmp_path / f"data-{i}", pg_url))
-        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=start, args=(i,)) for i in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    repos = []
+    errors = run_threads(lambda i: repos.append(Repository(tmp_path / f"data-{i}", pg_url)), 4, timeout=60)
     try:
         assert errors == [] and len(repos) == 4
         assert {current_revision(r.engine) for r in repos} == {head_revision()}

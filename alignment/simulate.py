@@ -92,25 +92,29 @@ def png(image) -> bytes:
     return buf.getvalue()
 
 
+def judge_against_base(labeler: Labeler, base: list, aligned: list, prompts: list[str]) -> dict:
+    """The labeler's verdict on aligned vs base image pairs (same prompt and seed), the aligned image shown first
+    and second in turn so that a position bias cannot favour either model; ties count half."""
+    wins = ties = 0
+    for n, (im_b, im_a, p) in enumerate(zip(base, aligned, prompts, strict=True)):
+        flip = n % 2 == 1
+        choice = judge(labeler, im_b, im_a, p) if flip else judge(labeler, im_a, im_b, p)
+        if choice is None:
+            ties += 1
+        elif choice == (1 if flip else 0):
+            wins += 1
+    rate, lo, hi = paired_win_rate(wins, ties, len(base))
+    return {"win_rate": rate, "ci_low": lo, "ci_high": hi, "wins": wins, "ties": ties, "comparisons": len(base)}
+
+
 def win_rate(sampler: Sampler, repo, version: int, labeler: Labeler, prompts: list[str], seeds: list[int]) -> dict:
-    """The labeler's verdict on aligned vs base at equal prompt and seed (aligned shown first and second, alternating)."""
-    wins = ties = n = 0
+    """`judge_against_base` on images of the base and of adapter `version` at equal prompts and seeds."""
     with sampler.lock:
         load_version(sampler, repo, None)
-        base = {p: [g.image for g in sampler.generate(p, seeds)] for p in prompts}
+        base = [g.image for p in prompts for g in sampler.generate(p, seeds)]
         load_version(sampler, repo, version)
-        aligned = {p: [g.image for g in sampler.generate(p, seeds)] for p in prompts}
-    for p in prompts:
-        for j, (im_b, im_a) in enumerate(zip(base[p], aligned[p])):
-            flip = (n % 2) == 1  # alternate positions so a position bias cannot favour either model
-            choice = judge(labeler, im_b, im_a, p) if flip else judge(labeler, im_a, im_b, p)
-            if choice is None:
-                ties += 1
-            elif choice == (1 if flip else 0):
-                wins += 1
-            n += 1
-    rate, lo, hi = paired_win_rate(wins, ties, n)
-    return {"win_rate": rate, "ci_low": lo, "ci_high": hi, "wins": wins, "ties": ties, "comparisons": n}
+        aligned = [g.image for p in prompts for g in sampler.generate(p, seeds)]
+    return judge_against_base(labeler, base, aligned, [p for p in prompts for _ in seeds])
 
 
 def simulate(cfg: SimulationConfig, data_dir: str | Path, model: str | LoadedModel = "embedded") -> dict:

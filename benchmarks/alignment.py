@@ -112,23 +112,13 @@ def render_eval(sampler, cases, seeds: list[int]) -> list:
 
 def judge_eval(labeler, base: list, aligned: list, cases, seeds: list[int]) -> dict:
     from alignment.embedded.evaluate import score
-    from alignment.labelers import judge
+    from alignment.simulate import judge_against_base
 
-    prompts = [c.prompt for c in cases for _ in seeds]
-    wins = ties = 0
-    for n, (im_b, im_a, p) in enumerate(zip(base, aligned, prompts)):
-        flip = n % 2 == 1  # alternate positions so a position bias cannot favour either model
-        choice = judge(labeler, im_b, im_a, p) if flip else judge(labeler, im_a, im_b, p)
-        if choice is None:
-            ties += 1
-        elif choice == (1 if flip else 0):
-            wins += 1
-    rate, lo, hi = paired_win_rate(wins, ties, len(base))
+    result = judge_against_base(labeler, base, aligned, [c.prompt for c in cases for _ in seeds])
     flat_cases = [c for c in cases for _ in seeds]
     sb, sa = score(base, flat_cases), score(aligned, flat_cases)
     fb, fa = sb["fidelity"], sa["fidelity"]
-    return {"win_rate": rate, "ci_low": lo, "ci_high": hi, "wins": wins, "ties": ties, "comparisons": len(base),
-            "fidelity_base": fb, "fidelity_aligned": fa, "promoted": fa >= fb - MAX_DROP,
+    return {**result, "fidelity_base": fb, "fidelity_aligned": fa, "promoted": fa >= fb - MAX_DROP,
             "attributes": {k: [round(sb[k], 3), round(sa[k], 3)] for k in ("colour", "background", "shape")}}
 
 

@@ -79,6 +79,10 @@ def evaluate(sampler, seeds: list[int]) -> tuple[dict, list[list[Image.Image]], 
             larger += analyze(large_img).area > analyze(small_img).area
             total += 1
     result["large_bigger_than_small"] = larger / max(1, total)
+    for size in ("small", "large"):  # large shapes hide more background and touch the frame: scored apart
+        rows = [(row, c) for c, row in zip(cases, images) if c.size == size]
+        result[f"fidelity_{size}"] = score([im for row, _ in rows for im in row],
+                                           [c for _, c in rows for _ in seeds])["fidelity"]
     result["images"] = len(cases) * len(seeds)
     return result, images, cases
 

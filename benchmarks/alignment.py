@@ -161,12 +161,13 @@ def run_grid(args) -> list[dict]:
             if args.pools_only:
                 continue
             base_images = render_eval(sampler, cases, eval_seeds)
+            pairs = training_pairs(pool)  # decoded once per pool; every point trains on a prefix
             for variant, n in todo:
                 cfg = variant.trainer_config(seed)
                 trainer.config = cfg
                 t0 = time.perf_counter()
                 try:
-                    result = trainer.train(training_pairs(pool[:n]))
+                    result = trainer.train(pairs[:n])
                 except Exception as e:  # a diverged or impossible point is a result too, not the end of the grid
                     r = {"labeler": lab_name, "variant": variant.spec, "labels": n, "seed": seed,
                          "error": f"{type(e).__name__}: {e}"}

@@ -75,6 +75,11 @@ class TrainerConfig:
     target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
     tie_policy: str = field(default="drop", metadata={"help": "drop ties, or 'half': target 0.5"})
     mixed_precision: str = "no"
+    checkpoint_every: int = field(default=20, metadata={
+        "help": "keep the LoRA weights every N steps too (0 = only the final ones), so that the fidelity guard can "
+                "fall back to the latest earlier state that passes when the final one drifts too far"})
+    gradient_checkpointing: bool = field(default=False, metadata={
+        "help": "recompute UNet activations in the backward pass: less memory, ~30 % more time (large models)"})
     seed: int = 0
 
     def __post_init__(self):
@@ -89,6 +94,8 @@ class TrainerConfig:
         for name in ("steps_per_pair", "train_steps", "batch_pairs", "lora_rank"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
         if not 0 < self.lr < 1:
             raise ValueError(f"lr must be in (0, 1), got {self.lr}")
         if self.weight_decay < 0 or self.grad_clip <= 0:
@@ -145,6 +152,8 @@ class TrainResult:
     lora: bytes
     metrics: dict
     history: list[dict]
+    # (step, LoRA weights on the CPU) every `checkpoint_every` steps, ascending; the last one is the final state
+    checkpoints: list[tuple[int, dict[str, torch.Tensor]]] = field(default_factory=list)
 
 
 class Trainer:
@@ -331,8 +340,11 @@ class Trainer:
         gen = torch.Generator().manual_seed(cfg.seed)
         step_fn = self._diffusion_dpo_batch if cfg.objective == "diffusion-dpo" else self._dense_batch
         history: list[dict] = []
+        checkpoints: list[tuple[int, dict[str, torch.Tensor]]] = []
         t0 = time.perf_counter()
         self.unet.train()
+        if cfg.gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
         try:
             for step in range(cfg.train_steps):
                 batch = [pairs[rng.randrange(len(pairs))] for _ in range(cfg.batch_pairs)]
@@ -351,9 +363,14 @@ class Trainer:
                 opt.step()
                 history.append({"step": step, "loss": loss, "margin": stats[1].item(),
                                 "accuracy": _finite(stats[2]), "clipped": _finite(stats[3])})
+                done = step + 1
+                if done == cfg.train_steps or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0):
+                    checkpoints.append((done, self.lora_state()))
                 ranks.guarded(progress, step + 1, cfg.train_steps)  # e.g. a lost lease stops every process
         finally:
             self.unet.eval()
+            if cfg.gradient_checkpointing:
+                self.unet.disable_gradient_checkpointing()
         if not all(torch.isfinite(p).all() for p in params):
             raise TrainingDivergedError("LoRA weights became non-finite; no adapter saved")
         ranks.check_in_sync(params)
@@ -364,7 +381,21 @@ class Trainer:
                    "clipped_fraction": _mean(h["clipped"] for h in tail), "pairs": len(pairs),
                    "steps": cfg.train_steps, "processes": ranks.count,
                    "train_seconds": round(time.perf_counter() - t0, 3)}
-        return TrainResult(lora, metrics, history)
+        return TrainResult(lora, metrics, history, checkpoints)
+
+    def lora_state(self) -> dict[str, torch.Tensor]:
+        """A CPU copy of the current LoRA weights (for `restore`)."""
+        return {n: p.detach().to("cpu", copy=True) for n, p in self.unet.named_parameters()
+                if "lora_" in n and ADAPTER in n}
+
+    @torch.no_grad()
+    def restore(self, state: dict[str, torch.Tensor]) -> None:
+        """Put LoRA weights saved by `lora_state` (e.g. a checkpoint of the last run) back into the adapter."""
+        params = dict(self.unet.named_parameters())
+        if set(state) - set(params):
+            raise ValueError("the checkpoint does not belong to this trainer's current adapter")
+        for n, w in state.items():
+            params[n].copy_(w)
 
     def export_lora(self) -> bytes:
         state = convert_state_dict_to_diffusers(get_peft_model_state_dict(self.unet, adapter_name=ADAPTER))

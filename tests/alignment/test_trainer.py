@@ -45,6 +45,51 @@ def test_loss_falls_on_a_fixed_batch(labeled_pairs, objective):
     assert full_loss() < first - 1e-3
 
 
+def test_gradient_checkpointing_trains_the_same_adapter(labeled_pairs, monkeypatch):
+    """Recomputing activations in the backward pass changes memory, not the result; it is switched off after."""
+    import torch.utils.checkpoint as ckpt_module
+
+    calls = []
+    real_checkpoint = ckpt_module.checkpoint
+    monkeypatch.setattr(ckpt_module, "checkpoint", lambda *a, **k: calls.append(1) or real_checkpoint(*a, **k))
+    runs = {}
+    for ckpt in (False, True):
+        calls.clear()
+        tr = Trainer(load_pipeline(), TrainerConfig(train_steps=3, batch_pairs=4, gradient_checkpointing=ckpt))
+        result = tr.train(labeled_pairs)
+        runs[ckpt] = result.history, {n: p.detach().clone() for n, p in tr.unet.named_parameters() if "lora_" in n}
+        assert not tr.unet.is_gradient_checkpointing
+        assert bool(calls) == ckpt  # the UNet's blocks really were checkpointed, and only when asked
+    (hist_plain, lora_plain), (hist_ckpt, lora_ckpt) = runs[False], runs[True]
+    assert [h["loss"] for h in hist_ckpt] == pytest.approx([h["loss"] for h in hist_plain], abs=1e-6)
+    assert lora_plain.keys() == lora_ckpt.keys()
+    assert all(torch.allclose(lora_plain[n], lora_ckpt[n], atol=1e-6) for n in lora_plain)
+    assert any(lora_plain[n].abs().sum() > 0 for n in lora_plain if "lora_B" in n)
+
+
+def test_checkpoints_keep_earlier_states_that_restore_brings_back(labeled_pairs):
+    tr = Trainer(load_pipeline(), TrainerConfig(train_steps=5, batch_pairs=4, checkpoint_every=2, lr=3e-3))
+    result = tr.train(labeled_pairs)
+    assert [step for step, _ in result.checkpoints] == [2, 4, 5]  # every 2 steps, and always the final state
+    final = tr.lora_state()
+    assert final.keys() == result.checkpoints[-1][1].keys()
+    assert all(torch.equal(final[n], w) for n, w in result.checkpoints[-1][1].items())
+    early = result.checkpoints[0][1]
+    assert any(not torch.equal(early[n], final[n]) for n in final)  # training moved on after step 2
+    probe = labeled_pairs[0].w.latents[:1].float()
+    emb = torch.zeros(1, 24, tr.unet.config.cross_attention_dim)  # the output must follow the restored weights
+    tr.restore(early)
+    with torch.no_grad():
+        out_early = tr.unet(probe, 500, emb).sample
+    assert all(torch.equal(early[n], w) for n, w in tr.lora_state().items())
+    tr.restore(final)
+    with torch.no_grad():
+        assert not torch.allclose(out_early, tr.unet(probe, 500, emb).sample)
+    with pytest.raises(ValueError, match="does not belong"):
+        tr.restore({"unet.not_a_lora_weight": torch.zeros(1)})
+    assert all(torch.equal(final[n], w) for n, w in tr.lora_state().items())  # a refused restore changes nothing
+
+
 def test_saved_adapter_reproduces_the_trained_unet(labeled_pairs, tmp_path):
     tr = Trainer(load_pipeline(), TrainerConfig(train_steps=4, batch_pairs=4, lr=3e-3))
     result = tr.train(labeled_pairs)
@@ -69,7 +114,7 @@ def test_trajectory_objective_uses_uniform_weights():
 
 @pytest.mark.parametrize("kwargs", [dict(objective="ppo"), dict(gamma=0.0), dict(gamma=1.5), dict(beta=-1.0),
                                     dict(log_ratio_clip=0), dict(train_steps=0), dict(lr=2.0),
-                                    dict(tie_policy="maybe")])
+                                    dict(tie_policy="maybe"), dict(checkpoint_every=-1)])
 def test_invalid_configs_are_refused(kwargs):
     with pytest.raises(ValueError):
         TrainerConfig(**kwargs)

@@ -8,12 +8,15 @@ blobs). Every candidate is rendered next to the base at equal seeds on held-out 
 - drift: mean absolute pixel difference (0..1) from the base image at the same seed, always reported.
 
 A candidate whose fidelity falls more than `max_drop` (default 0.05 = 5 points) below the base's is rejected with a
-reason. The guard renders with the trainer's own pipeline (the LoRA toggled on and off), never the live sampler.
+reason. `select` applies that rule to a run's checkpoints, latest first, and keeps the first that passes: training
+drifts gradually, so when the final weights go too far an earlier state of the same run is often still faithful
+(early stopping on held-out fidelity; the guard's seeds are not the benchmark's evaluation seeds). The guard
+renders with the trainer's own pipeline (the LoRA toggled on and off), never the live sampler.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,3 +85,16 @@ class FidelityGuard:
                                   f"prompt fidelity fell from {base:.3f} to {cand:.3f} "
                                   f"(more than {self.max_drop:.2f} below the base)")
         return FidelityReport(base, cand, drift, True, None)
+
+    def select(self, sampler: Sampler, set_adapter_enabled: Callable[[bool], None],
+               candidates: Iterable[tuple[int, Callable[[], None]]]) -> tuple[int | None, list[FidelityReport]]:
+        """Check `(step, load)` candidates in the order given (latest first); `load()` puts that state into the
+        adapter. Returns the step of the first that passes (None if none does) and the reports of those checked;
+        the adapter is left holding the chosen state, or the last one checked."""
+        reports = []
+        for step, load in candidates:
+            load()
+            reports.append(self.check(sampler, set_adapter_enabled))
+            if reports[-1].passed:
+                return step, reports
+        return None, reports

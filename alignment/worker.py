@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from alignment.fidelity import FidelityGuard
+from alignment.fidelity import FidelityGuard, FidelityReport
 from alignment.models import ModelLoadError
 from alignment.sampler import Sampler, SamplerConfig, Trajectory
 from alignment.trainer import Trainer, TrainerConfig, TrainingPair
@@ -214,7 +214,7 @@ class Worker:
             if self.before_train is not None:
                 self.before_train({"watermark": watermark, "annotators": annotators, "config": cfg.to_dict()})
             result = trainer.train(pairs, progress=self._on_progress)
-            report = self.guard(trainer).check(self._guard_sampler(trainer), self._toggle(trainer))
+            lora, report, chosen = self._guarded_choice(trainer, result)
         except Exception as e:  # a run boundary: any failure is recorded, the live adapter stays as it was
             self._last_error = f"{type(e).__name__}: {e}"
             log.warning("training run %s failed: %s", run_id, self._last_error)
@@ -222,10 +222,10 @@ class Worker:
             self._last_run = {"run_id": run_id, "status": "failed", "error": self._last_error}
             self._notify()
             return self._last_run
-        metrics = {**result.metrics, **report.as_metrics()}
+        metrics = {**result.metrics, **report.as_metrics(), **chosen}
         metrics = {k: v for k, v in metrics.items() if v is not None}
         record = self.repo.register_adapter(
-            result.lora, parent_version=parent.version if parent else None, objective=cfg.objective,
+            lora, parent_version=parent.version if parent else None, objective=cfg.objective,
             hyperparams={**cfg.to_dict(), "last_vote_id": watermark, "model_id": self.model_id},
             votes_used=len(labeled), metrics={**metrics, "loss_curve": [round(h["loss"], 5) for h in result.history]})
         status = "live" if report.passed else "rejected"
@@ -236,6 +236,26 @@ class Worker:
         self._last_run = {"run_id": run_id, "status": status, "version": record.version, "metrics": metrics}
         self._notify()
         return self._last_run
+
+    def _guarded_choice(self, trainer: Trainer, result) -> tuple[bytes, FidelityReport, dict]:
+        """The adapter to register: the final weights if they pass the fidelity guard, else the latest checkpoint of
+        the run that does (early stopping on held-out fidelity); if none passes, the final weights, rejected."""
+        def loader(state):
+            def load():
+                self._heartbeat()  # rendering for the guard takes a while: keep the lease
+                trainer.restore(state)
+            return load
+
+        final_step = result.checkpoints[-1][0]
+        chosen, reports = self.guard(trainer).select(
+            self._guard_sampler(trainer), self._toggle(trainer),
+            [(step, loader(state)) for step, state in reversed(result.checkpoints)])
+        info = {"checkpoint_step": chosen if chosen is not None else final_step,
+                "checkpoints_checked": len(reports), "fidelity_final": reports[0].candidate}
+        if chosen is None:
+            trainer.restore(result.checkpoints[-1][1])
+            return result.lora, reports[0], info
+        return (result.lora if chosen == final_step else trainer.export_lora()), reports[-1], info
 
     # ---- parts ------------------------------------------------------------------------------------------------
     def trainer(self) -> Trainer:
@@ -262,6 +282,10 @@ class Worker:
     def _on_progress(self, step: int, total: int) -> None:
         """Progress for the UI, and the lease heartbeat: renewed every third of its ttl."""
         self._progress = (step, total)
+        self._heartbeat()
+
+    def _heartbeat(self) -> None:
+        """Renew the training lease every third of its ttl; a lost lease stops the run."""
         now = time.monotonic()
         if now - self._lease_renewed_at < self.config.lease_ttl_s / 3:
             return
@@ -314,6 +338,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-pairs", type=int, default=None, help="pairs per optimiser step")
     p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default=None,
                    help="autocast for training on a GPU (bf16 on Ampere or newer, fp16 on a T4)")
+    p.add_argument("--gradient-checkpointing", action="store_true", default=None,
+                   help="recompute UNet activations in the backward pass (SD-sized models on small GPUs)")
     p.add_argument("--fidelity-prompts", type=int, default=None,
                    help="held-out prompts the fidelity guard renders (default: all)")
     p.add_argument("--lease-ttl", type=float, default=600.0,
@@ -332,7 +358,8 @@ def main(argv: list[str] | None = None) -> None:
     settings = {k: v for k, v in {"objective": args.objective, "gamma": args.gamma, "lr": args.lr,
                                   "train_steps": args.train_steps, "lora_rank": args.rank,
                                   "batch_pairs": args.batch_pairs,
-                                  "mixed_precision": args.mixed_precision}.items() if v is not None}
+                                  "mixed_precision": args.mixed_precision,
+                                  "gradient_checkpointing": args.gradient_checkpointing}.items() if v is not None}
     try:
         tcfg = TrainerConfig(**settings)
         wcfg = WorkerConfig(train_every=args.train_every, interval_s=args.interval, min_votes=args.min_votes,

@@ -1,10 +1,14 @@
 """The worker end to end on storage: train on votes, register, promote or reject, keep the live adapter on failure."""
 
-import pytest
+from dataclasses import replace
 
+import pytest
+import torch
+
+from alignment.fidelity import FidelityGuard
 from alignment.live import sync_live_adapter
 from alignment.models import load_pipeline
-from alignment.sampler import Sampler
+from alignment.sampler import Sampler, read_lora
 from alignment.simulate import collect_round
 from alignment.trainer import Trainer, TrainerConfig
 from alignment.worker import Worker, WorkerConfig
@@ -70,6 +74,44 @@ def test_a_reward_hacked_adapter_is_rejected_by_the_fidelity_guard(repo_with_vot
     assert repo_with_votes.live_adapter() is None
     if run["status"] == "rejected":
         assert "fidelity" in repo_with_votes.get_adapter(run["version"]).status_reason
+
+
+def test_an_earlier_checkpoint_goes_live_when_the_final_weights_fail_the_guard(repo_with_votes, monkeypatch):
+    worker = make_worker(repo_with_votes, checkpoint_every=1, lr=3e-3)
+    trainer = worker.trainer()
+    results = []
+    real_train, real_check = trainer.train, FidelityGuard.check
+    monkeypatch.setattr(trainer, "train", lambda *a, **k: results.append(real_train(*a, **k)) or results[-1])
+
+    def check(self, sampler, set_enabled):  # renders for real; fails exactly the final weights
+        final = results[-1].checkpoints[-1][1]
+        at_final = all(torch.equal(final[n], w) for n, w in trainer.lora_state().items())
+        report = real_check(self, sampler, set_enabled)
+        return replace(report, passed=not at_final, reason="fidelity fell" if at_final else None)
+
+    monkeypatch.setattr(FidelityGuard, "check", check)
+    run = worker.run_once()
+    assert run["status"] == "live"
+    assert (run["metrics"]["checkpoint_step"], run["metrics"]["checkpoints_checked"]) == (2, 2)
+    record = repo_with_votes.get_adapter(run["version"])
+    assert record.status == "live" and record.metrics["checkpoint_step"] == 2
+    stored = read_lora(repo_with_votes.read_blob(record.file_hash))
+    for step, expected_equal in ((2, True), (3, False)):  # the file holds step 2's weights, not the final ones
+        trainer.restore(dict(results[-1].checkpoints)[step])
+        exported = read_lora(trainer.export_lora())
+        assert stored.keys() == exported.keys()
+        assert all(torch.equal(stored[k], exported[k]) for k in stored) == expected_equal
+
+
+def test_when_no_checkpoint_passes_the_final_weights_are_recorded_as_rejected(repo_with_votes, monkeypatch):
+    worker = make_worker(repo_with_votes, checkpoint_every=1)
+    real_check = FidelityGuard.check
+    monkeypatch.setattr(FidelityGuard, "check",
+                        lambda self, s, t: replace(real_check(self, s, t), passed=False, reason="fidelity fell"))
+    run = worker.run_once()
+    assert run["status"] == "rejected" and run["metrics"]["checkpoints_checked"] == 3
+    assert run["metrics"]["checkpoint_step"] == 3 and repo_with_votes.live_adapter() is None
+    assert repo_with_votes.get_adapter(run["version"]).status_reason == "fidelity fell"
 
 
 def test_only_one_run_at_a_time(repo_with_votes):

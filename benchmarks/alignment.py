@@ -7,14 +7,19 @@
     python -m benchmarks.alignment --report-only --out runs/alignment      # table.md and win_rate.png again
 
 A *variant* is an objective with optional `TrainerConfig` overrides: `objective[:key=value,...]` (keys: gamma, beta,
-lr, eps, steps, m, rank, targets with '+' between module names).
+lr, eps, steps, m, ckpt, rank, targets with '+' between module names).
 
-Paired design. For each (labeler, seed) one pool of pairs is sampled from the base model with trajectories (seeded
-prompts that avoid the held-out attribute combinations) and labeled once; every variant and label count N then
-trains a fresh LoRA on the first N labeled pairs of that same pool, so differences between variants are not
-differences in data. The pool is cached on disk. Each trained adapter is judged on held-out prompts at seeds from
-10^6 (never used in training): the labeler compares aligned vs base at equal prompt and seed, positions alternating
-(ties count half; 95 % Wilson interval). Prompt fidelity (colour, background, shape accuracy) is scored on the same
+With `--guard`, each point also yields a `VARIANT+guard` point: what the worker would serve. The fidelity guard
+(its own seeds, 1000-1003, not the evaluation seeds) checks the run's checkpoints latest first (every `ckpt` steps,
+default 20) and keeps the first within 5 points of the base; that one is evaluated. If none passes, the studio keeps
+serving the base, which scores 0.5 by construction.
+
+Paired design. For each seed one pool of pairs is sampled from the base model with trajectories and images (seeded
+prompts that avoid the held-out attribute combinations) and cached on disk; each labeler judges that same pool once,
+and every variant and label count N then trains a fresh LoRA on the first N labeled pairs, so differences between
+variants (and between labelers) are not differences in data. Each trained adapter is judged on held-out prompts at
+seeds from 10^6 (never used in training): the labeler compares aligned vs base at equal prompt and seed, positions
+alternating (ties count half; 95 % Wilson interval). Prompt fidelity (colour, background, shape accuracy) is scored on the same
 eval images, base vs aligned, and the fidelity guard's rule is applied to it: an adapter is "promoted" only if its
 fidelity is no more than 5 points below the base's. Results are appended to results.jsonl as they finish;
 finished points are skipped on a re-run. This is off-policy (one round from the base); the studio's on-policy
@@ -24,6 +29,7 @@ rounds are `python -m alignment.simulate --rounds R`.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import random
 import time
@@ -36,8 +42,10 @@ from alignment.trainer import TrainerConfig
 
 EVAL_SEED_BASE = 1_000_000
 MAX_DROP = 0.05
+GUARDED = "+guard"
 OVERRIDES = {"gamma": ("gamma", float), "beta": ("beta", float), "lr": ("lr", float),
              "eps": ("log_ratio_clip", float), "steps": ("train_steps", int), "m": ("steps_per_pair", int),
+             "ckpt": ("checkpoint_every", int),
              "rank": ("lora_rank", int), "targets": ("target_modules", lambda s: tuple(s.split("+")))}
 
 
@@ -67,30 +75,49 @@ def labeler_spec(name: str) -> str:
 
 
 # ---- the pool ---------------------------------------------------------------------------------------------------
-def build_pool(sampler, labeler, seed: int, n: int) -> list[dict]:
-    """n labeled pairs sampled from the base: {prompt, w, l (trajectory bytes), target}."""
-    from alignment.labelers import judge
+def sample_pool(sampler, seed: int, n: int) -> list[dict]:
+    """n pairs sampled from the base: {prompt, a, b (trajectory bytes), image_a, image_b (PNG bytes)}. Unlabeled,
+    so that every labeler judges the same pairs (one sampling per seed, however many labelers)."""
     from alignment.simulate import training_prompts
 
     rng = random.Random(seed)
     pool = []
     for i, prompt in enumerate(training_prompts(rng, n)):
         a, b = sampler.generate_pair(prompt, (seed * 100_000 + 2 * i, seed * 100_000 + 2 * i + 1))
-        choice = judge(labeler, a.image, b.image, prompt)
-        w, l = (b, a) if choice == 1 else (a, b)
-        pool.append({"prompt": prompt, "w": w.trajectory.to_bytes(), "l": l.trajectory.to_bytes(),
-                     "target": 0.5 if choice is None else 1.0})
+        pool.append({"prompt": prompt, "a": a.trajectory.to_bytes(), "b": b.trajectory.to_bytes(),
+                     "image_a": png_bytes(a.image), "image_b": png_bytes(b.image)})
     return pool
 
 
-def load_or_build_pool(path: Path, sampler, labeler, seed: int, n: int) -> list[dict]:
+def label_pool(pool: list[dict], labeler) -> list[dict]:
+    """The labeler's verdict on each pair: {prompt, w, l (trajectory bytes), target (1, or 0.5 for a tie)}."""
+    from PIL import Image
+
+    from alignment.labelers import judge
+
+    out = []
+    for p in pool:
+        image_a, image_b = (Image.open(io.BytesIO(p[k])).convert("RGB") for k in ("image_a", "image_b"))
+        choice = judge(labeler, image_a, image_b, p["prompt"])
+        w, l = (p["b"], p["a"]) if choice == 1 else (p["a"], p["b"])
+        out.append({"prompt": p["prompt"], "w": w, "l": l, "target": 0.5 if choice is None else 1.0})
+    return out
+
+
+def png_bytes(image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def load_or_sample_pool(path: Path, sampler, seed: int, n: int) -> list[dict]:
     import torch
 
     if path.exists():
         pool = torch.load(path, weights_only=True)
         if len(pool) >= n:
             return pool
-    pool = build_pool(sampler, labeler, seed, n)
+    pool = sample_pool(sampler, seed, n)
     tmp = path.with_suffix(".tmp")
     torch.save(pool, tmp)
     tmp.replace(path)
@@ -122,6 +149,28 @@ def judge_eval(labeler, base: list, aligned: list, cases, seeds: list[int]) -> d
             "attributes": {k: [round(sb[k], 3), round(sa[k], 3)] for k in ("colour", "background", "shape")}}
 
 
+def guarded_point(final: dict, guard, sampler, trainer, result, base_images, labeler, cases, seeds) -> dict:
+    """The point for what the worker would serve after this run (see `--guard`)."""
+    def toggle(on: bool) -> None:
+        (trainer.unet.enable_adapters if on else trainer.unet.disable_adapters)()
+
+    final_step = result.checkpoints[-1][0]
+    chosen, reports = guard.select(sampler, toggle, [(step, lambda w=w: trainer.restore(w))
+                                                     for step, w in reversed(result.checkpoints)])
+    if chosen is None:  # nothing promoted: the base stays live
+        aligned = base_images
+    elif chosen == final_step:
+        aligned = None
+    else:
+        trainer.unet.enable_adapters()
+        aligned = render_eval(sampler, cases, seeds)
+    trainer.unet.disable_adapters()
+    judged = {} if aligned is None else judge_eval(labeler, base_images, aligned, cases, seeds)
+    return {**final, **judged, "variant": final["variant"] + GUARDED, "checkpoint_step": chosen,
+            "guard_fidelity": [None if rep.candidate is None else round(rep.candidate, 3) for rep in reports],
+            "guard_fidelity_base": reports[0].base}
+
+
 # ---- the grid ---------------------------------------------------------------------------------------------------
 def point_key(r: dict) -> tuple:
     return r["labeler"], r["variant"], r["labels"], r["seed"]
@@ -129,6 +178,7 @@ def point_key(r: dict) -> tuple:
 
 def run_grid(args) -> list[dict]:
     from alignment.embedded.evaluate import held_out_cases
+    from alignment.fidelity import FidelityGuard
     from alignment.labelers import load_labeler
     from alignment.models import load_pipeline
     from alignment.sampler import Sampler, SamplerConfig
@@ -146,21 +196,27 @@ def run_grid(args) -> list[dict]:
     trainer = Trainer(loaded)
     sampler = Sampler(loaded, SamplerConfig.from_defaults(loaded.sampler_defaults), fuse=False)
     cases = held_out_cases(sizes=(None,))[: args.eval_prompts]
+    guard = FidelityGuard(embedded=loaded.is_embedded, max_drop=MAX_DROP)
+    base_cache: dict[int, list] = {}
     for lab_name in map(labeler_spec, args.labelers):
         labeler = load_labeler(lab_name)
         for seed in args.seeds:
             todo = [(v, n) for v in variants for n in args.labels
-                    if (lab_name, v.spec, n, seed) not in finished]
+                    if (lab_name, v.spec, n, seed) not in finished
+                    or (args.guard and (lab_name, v.spec + GUARDED, n, seed) not in finished)]
             if not todo:
                 continue
             eval_seeds = [EVAL_SEED_BASE + seed * 1000 + j for j in range(args.eval_seeds)]
             if getattr(trainer.unet, "peft_config", None):
                 trainer.unet.disable_adapters()  # base images come from the base
-            pool_file = out / "pools" / f"{lab_name.replace(':', '.')}-{seed}.pt"
-            pool = load_or_build_pool(pool_file, sampler, labeler, seed, max(args.pool, *args.labels))
+            samples = load_or_sample_pool(out / "pools" / f"seed-{seed}.pt", sampler, seed,
+                                          max(args.pool, *args.labels))
             if args.pools_only:
                 continue
-            base_images = render_eval(sampler, cases, eval_seeds)
+            pool = label_pool(samples, labeler)
+            if seed not in base_cache:
+                base_cache[seed] = render_eval(sampler, cases, eval_seeds)
+            base_images = base_cache[seed]
             pairs = training_pairs(pool)  # decoded once per pool; every point trains on a prefix
             for variant, n in todo:
                 cfg = variant.trainer_config(seed)
@@ -177,16 +233,24 @@ def run_grid(args) -> list[dict]:
                     aligned = render_eval(sampler, cases, eval_seeds)
                     trainer.unet.disable_adapters()
                     r = {"labeler": lab_name, "variant": variant.spec, "labels": n, "seed": seed,
-                         "objective": cfg.objective, "gamma": cfg.effective_gamma, "beta": cfg.effective_beta,
+                         "device": loaded.device.type, "objective": cfg.objective, "gamma": cfg.effective_gamma,
+                         "beta": cfg.effective_beta,
                          "lr": cfg.lr, "eps": cfg.log_ratio_clip, "train_seconds": round(train_s, 1),
                          "ties_in_pool": sum(p["target"] == 0.5 for p in pool[:n]),
                          "train_accuracy": round(result.metrics["accuracy"], 3),
                          "clipped_fraction": round(result.metrics["clipped_fraction"], 3),
                          **judge_eval(labeler, base_images, aligned, cases, eval_seeds)}
-                print(json.dumps(r), flush=True)
-                with results_file.open("a") as f:
-                    f.write(json.dumps(r) + "\n")
-                done.append(r)
+                records = [r]
+                if args.guard and "error" not in r:
+                    records.append(guarded_point(r, guard, sampler, trainer, result, base_images, labeler, cases,
+                                                 eval_seeds))
+                for rec in records:
+                    if point_key(rec) in finished:  # re-run only for its guarded twin
+                        continue
+                    print(json.dumps(rec), flush=True)
+                    with results_file.open("a") as f:
+                        f.write(json.dumps(rec) + "\n")
+                    done.append(rec)
     return done
 
 
@@ -296,6 +360,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", default="embedded")
     p.add_argument("--out", default="runs/alignment")
     p.add_argument("--report-only", action="store_true", help="only rebuild table.md and the plot")
+    p.add_argument("--guard", action="store_true",
+                   help="also evaluate what the worker would serve: the latest checkpoint the fidelity guard passes")
     p.add_argument("--pools-only", action="store_true", help="only sample and label the pools (e.g. ahead of time)")
     a = p.parse_args(argv)
     if min(a.labels) < 2:

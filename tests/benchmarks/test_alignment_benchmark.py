@@ -51,3 +51,23 @@ def test_judge_eval_counts_wins_with_alternating_positions_and_scores_fidelity()
     assert (r["wins"], r["ties"], r["comparisons"]) == (3, 0, 4)
     assert r["win_rate"] == 0.75 and 0 <= r["ci_low"] < 0.75 < r["ci_high"] <= 1
     assert 0 <= r["fidelity_base"] <= 1 and r["promoted"] == (r["fidelity_aligned"] >= r["fidelity_base"] - 0.05)
+
+
+def test_each_labeler_labels_the_same_sampled_pool():
+    from PIL import Image, ImageDraw
+
+    from alignment.labelers import larger, smaller
+    from benchmarks.alignment import label_pool, png_bytes
+
+    def square(size):
+        im = Image.new("RGB", (32, 32), (255, 255, 255))
+        ImageDraw.Draw(im).rectangle([16 - size, 16 - size, 16 + size, 16 + size], fill=(200, 0, 0))
+        return png_bytes(im)
+
+    pool = [{"prompt": "a red square", "a": b"traj-a0", "b": b"traj-b0", "image_a": square(3), "image_b": square(8)},
+            {"prompt": "a red square", "a": b"traj-a1", "b": b"traj-b1", "image_a": square(5), "image_b": square(5)}]
+    big, small = label_pool(pool, larger), label_pool(pool, smaller)
+    assert (big[0]["w"], big[0]["l"], big[0]["target"]) == (b"traj-b0", b"traj-a0", 1.0)
+    assert (small[0]["w"], small[0]["l"], small[0]["target"]) == (b"traj-a0", b"traj-b0", 1.0)
+    assert big[1]["target"] == small[1]["target"] == 0.5  # equal areas: a tie, kept with target 0.5
+    assert pool[0]["a"] == b"traj-a0"  # the sampled pool itself is not changed by labeling

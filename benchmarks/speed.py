@@ -1,6 +1,9 @@
 """Speed benchmark: each figure is a ratio of two things measured side by side in this one run.
 
     python -m benchmarks.speed [--model embedded] [--repeats 10] [--json runs/speed.json]
+    python -m benchmarks.sd15_shaped --out runs/sd15-shaped       # SD 1.5's architecture, random weights
+    python -m benchmarks.speed --model runs/sd15-shaped --batch-pairs 1 --mixed-precision bf16 \
+        --gradient-checkpointing --repeats 5 --json runs/speed-sd15.json          # on a GPU
 
 1. pair latency: `Sampler.generate_pair` (trajectory capture) vs the plain pipeline call with the same batch, seeds
    and settings (interleaved, medians) -> capture overhead;
@@ -8,8 +11,10 @@
 3. hot-swap of a new adapter version vs a full pipeline reload;
 4. sampling with a live adapter (fused, as the sampler keeps it) vs the base, and unfused for reference;
 5. one training step of the discounted objective (batch 8 pairs, M 3);
-6. trainer peak memory (RSS growth while training, in a child process) vs a trainer that keeps a second UNet copy as
-   the reference model.
+6. trainer peak memory (in a child process: peak RSS on a CPU, peak CUDA allocation on a GPU) vs a trainer that
+   keeps a second UNet copy as the reference model.
+
+On a GPU every timed call ends with a device synchronisation, so queued kernels are counted.
 """
 
 from __future__ import annotations
@@ -25,13 +30,17 @@ from pathlib import Path
 import torch
 
 
+def seconds(fn) -> float:
+    """Wall time of fn(), including any GPU work it queued."""
+    t0 = time.perf_counter()
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
 def timed(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return statistics.median(seconds(fn) for _ in range(repeats))
 
 
 def interleaved(fa, fb, repeats: int) -> tuple[float, float]:
@@ -39,8 +48,8 @@ def interleaved(fa, fb, repeats: int) -> tuple[float, float]:
     ta, tb = [], []
     fa(), fb()  # warm-up
     for _ in range(repeats):
-        t0 = time.perf_counter(); fa(); ta.append(time.perf_counter() - t0)  # noqa: E702
-        t0 = time.perf_counter(); fb(); tb.append(time.perf_counter() - t0)  # noqa: E702
+        ta.append(seconds(fa))
+        tb.append(seconds(fb))
     return statistics.median(ta), statistics.median(tb)
 
 
@@ -56,73 +65,84 @@ def random_adapter(model_id: str, seed: int) -> bytes:
     return tr.export_lora()
 
 
-def sampling(model_id: str, repeats: int) -> dict:
+PROMPT = "a large red circle on a blue background"
+
+
+def pair_latency(model_id: str, repeats: int) -> dict:
+    """Section `pair`: Sampler.generate_pair (trajectory capture) vs the plain pipeline call."""
     from alignment.models import load_pipeline
     from alignment.sampler import Sampler
 
     model = load_pipeline(model_id)
     s = Sampler(model)
     c = s.config
-    prompt = "a large red circle on a blue background"
 
     def plain():
-        gens = [torch.Generator().manual_seed(i) for i in (0, 1)]
-        model.pipe([prompt] * 2, negative_prompt=[c.negative_prompt] * 2, height=c.height, width=c.width,
+        gens = [torch.Generator(model.device).manual_seed(i) for i in (0, 1)]
+        model.pipe([PROMPT] * 2, negative_prompt=[c.negative_prompt] * 2, height=c.height, width=c.width,
                    num_inference_steps=c.steps, guidance_scale=c.guidance_scale, eta=c.eta, generator=gens,
                    output_type="pil")
 
-    def captured():
-        s.generate_pair(prompt, (0, 1))
-
-    t_plain, t_capture = interleaved(plain, captured, repeats)
-    out = {"pair_plain_s": t_plain, "pair_capture_s": t_capture, "capture_overhead": t_capture / t_plain - 1,
-           "steps": c.steps, "per_step_ms": 1000 * t_capture / c.steps}
-
-    lora_a, lora_b = random_adapter(model_id, 1), random_adapter(model_id, 2)
-    s.set_adapter(1, lora_a)
-    swaps = []
-    for i in range(repeats):
-        swaps.append(s.set_adapter(2 + i, lora_b if i % 2 == 0 else lora_a))
-    t_reload = timed(lambda: load_pipeline(model_id), max(3, repeats // 3))
-    out.update({"hotswap_s": statistics.median(swaps), "reload_s": t_reload,
-                "hotswap_vs_reload": statistics.median(swaps) / t_reload})
-
-    base = Sampler(load_pipeline(model_id))
-    unfused = Sampler(load_pipeline(model_id), fuse=False)
-    unfused.set_adapter(1, lora_a)
-    t_base, t_live = interleaved(lambda: base.generate_pair(prompt, (0, 1)), captured, repeats)
-    _, t_unfused = interleaved(lambda: base.generate_pair(prompt, (0, 1)),
-                               lambda: unfused.generate_pair(prompt, (0, 1)), repeats)
-    out.update({"adapter_fused_vs_base": t_live / t_base, "adapter_unfused_vs_base": t_unfused / t_base})
-    return out
+    t_plain, t_capture = interleaved(plain, lambda: s.generate_pair(PROMPT, (0, 1)), repeats)
+    return {"pair_plain_s": t_plain, "pair_capture_s": t_capture, "capture_overhead": t_capture / t_plain - 1,
+            "steps": c.steps, "per_step_ms": 1000 * t_capture / c.steps}
 
 
-def train_step(model_id: str, repeats: int) -> dict:
-    from alignment.labelers import larger
+def hotswap(model_id: str, repeats: int) -> dict:
+    """Section `swap`: making a new adapter version live in place vs loading the pipeline again."""
     from alignment.models import load_pipeline
     from alignment.sampler import Sampler
-    from alignment.trainer import Trainer, TrainerConfig, TrainingPair
 
-    model = load_pipeline(model_id)
-    s = Sampler(model)
-    pairs = []
-    for i, p in enumerate(["a red circle", "a large blue square", "a small green triangle", "an orange circle"]):
-        a, b = s.generate_pair(p, (2 * i, 2 * i + 1))
-        w, l = (a, b) if larger(a.image, b.image, p) != 1 else (b, a)
-        pairs.append(TrainingPair(p, w.trajectory, l.trajectory))
-    tr = Trainer(model, TrainerConfig(train_steps=repeats, batch_pairs=8, steps_per_pair=3))
+    s = Sampler(load_pipeline(model_id))
+    lora_a, lora_b = random_adapter(model_id, 1), random_adapter(model_id, 2)
+    s.set_adapter(1, lora_a)
+    swaps = [seconds(lambda i=i: s.set_adapter(2 + i, lora_b if i % 2 == 0 else lora_a)) for i in range(repeats)]
+    del s
+    t_reload = timed(lambda: load_pipeline(model_id), max(3, repeats // 3))
+    return {"hotswap_s": statistics.median(swaps), "reload_s": t_reload,
+            "hotswap_vs_reload": statistics.median(swaps) / t_reload}
+
+
+def live_adapter(model_id: str, repeats: int) -> dict:
+    """Section `adapter`: sampling with a live adapter (fused, as the sampler keeps it; and unfused) vs the base."""
+    from alignment.models import load_pipeline
+    from alignment.sampler import Sampler
+
+    lora = random_adapter(model_id, 1)
+    base, fused, unfused = (Sampler(load_pipeline(model_id)), Sampler(load_pipeline(model_id)),
+                            Sampler(load_pipeline(model_id), fuse=False))
+    fused.set_adapter(1, lora)
+    unfused.set_adapter(1, lora)
+    t_base, t_live = interleaved(lambda: base.generate_pair(PROMPT, (0, 1)),
+                                 lambda: fused.generate_pair(PROMPT, (0, 1)), repeats)
+    t_base2, t_unfused = interleaved(lambda: base.generate_pair(PROMPT, (0, 1)),
+                                     lambda: unfused.generate_pair(PROMPT, (0, 1)), repeats)
+    return {"adapter_fused_vs_base": t_live / t_base, "adapter_unfused_vs_base": t_unfused / t_base2}
+
+
+def train_step(model_id: str, repeats: int, train: dict) -> dict:
+    from alignment.models import load_pipeline
+    from alignment.trainer import Trainer, TrainerConfig
+
+    model = load_pipeline(model_id, dtype="fp32")
+    pairs = synthetic_pairs(model)  # the step's cost does not depend on what the latents hold
+    tr = Trainer(model, TrainerConfig(train_steps=1, steps_per_pair=3, **train))
+    tr.train(pairs)  # warm-up (kernel selection, allocator)
+    tr.config = TrainerConfig(train_steps=repeats, steps_per_pair=3, **train)
     res = tr.train(pairs)
-    return {"train_step_s": res.metrics["train_seconds"] / repeats}
+    return {"train_step_s": res.metrics["train_seconds"] / repeats, **{f"train_{k}": v for k, v in train.items()}}
 
 
 MEMORY_CHILD = r"""
-import copy, resource, sys, torch
+import copy, json, resource, sys, torch
 sys.path.insert(0, ".")
 from alignment.models import load_pipeline
 from alignment.trainer import Trainer, TrainerConfig
 from benchmarks.speed import synthetic_pairs
-model = load_pipeline(sys.argv[1]); tr = Trainer(model, TrainerConfig(train_steps=3, batch_pairs=8))
+model = load_pipeline(sys.argv[1], dtype="fp32")
+tr = Trainer(model, TrainerConfig(train_steps=int(sys.argv[4]), **json.loads(sys.argv[3])))
 pairs = synthetic_pairs(model)
+cuda = model.device.type == "cuda"
 if sys.argv[2] == "copy":  # the reference is a second UNet kept in memory
     ref = copy.deepcopy(tr.unet).requires_grad_(False)  # copied before the LoRA is added: the base
     real = tr.unet
@@ -130,9 +150,11 @@ if sys.argv[2] == "copy":  # the reference is a second UNet kept in memory
     def enable(): tr.unet = real
     for m in (real, ref):
         m.disable_adapters, m.enable_adapters = disable, enable
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def peak_kb():
+    return torch.cuda.max_memory_allocated() // 1024 if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = peak_kb()
 tr.train(pairs)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(peak_kb() - before, peak_kb())
 """
 
 
@@ -155,11 +177,13 @@ def synthetic_pairs(model, n: int = 4):
     return [TrainingPair("a red circle", traj(2 * i), traj(2 * i + 1)) for i in range(n)]
 
 
-def memory(model_id: str) -> dict:
-    out = {}
+def memory(model_id: str, train: dict, steps: int = 3) -> dict:
+    out = {"memory_measure": "peak CUDA allocation" if torch.cuda.is_available() else "peak RSS"}
     for mode in ("shared", "copy"):
-        res = subprocess.run([sys.executable, "-c", MEMORY_CHILD, model_id, mode], capture_output=True, text=True,
-                             cwd=Path(__file__).resolve().parent.parent, check=True)
+        res = subprocess.run([sys.executable, "-c", MEMORY_CHILD, model_id, mode, json.dumps(train), str(steps)],
+                             capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+        if res.returncode:
+            raise SystemExit(f"memory child ({mode}) failed:\n{res.stderr[-3000:]}")
         growth_kb, peak_kb = map(int, res.stdout.split()[-2:])
         out[f"trainer_{mode}_peak_mb"] = peak_kb / 1024
         out[f"trainer_{mode}_growth_mb"] = growth_kb / 1024
@@ -167,16 +191,31 @@ def memory(model_id: str) -> dict:
     return out
 
 
+SECTIONS = {"pair": lambda model, repeats, train: pair_latency(model, repeats),
+            "swap": lambda model, repeats, train: hotswap(model, repeats),
+            "adapter": lambda model, repeats, train: live_adapter(model, repeats),
+            "train": lambda model, repeats, train: train_step(model, max(3, repeats // 2), train),
+            "memory": lambda model, repeats, train: memory(model, train, steps=max(2, repeats // 2))}
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="embedded")
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--json", type=Path)
+    p.add_argument("--batch-pairs", type=int, default=8, help="pairs per training step (train step and memory)")
+    p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
+    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--sections", nargs="+", choices=list(SECTIONS), default=list(SECTIONS),
+                   help="what to measure (default: all); e.g. only swap and memory for a large model on a CPU")
     a = p.parse_args(argv)
-    result = {"torch_threads": torch.get_num_threads()}
-    result.update(sampling(a.model, a.repeats))
-    result.update(train_step(a.model, max(3, a.repeats // 2)))
-    result.update(memory(a.model))
+    train = {"batch_pairs": a.batch_pairs, "mixed_precision": a.mixed_precision,
+             "gradient_checkpointing": a.gradient_checkpointing}
+    result = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+              "torch_threads": torch.get_num_threads(), "model": a.model}
+    for name in a.sections:
+        print(f"measuring {name} ...", flush=True)
+        result.update(SECTIONS[name](a.model, a.repeats, train))
     for k, v in result.items():
         print(f"{k:28s} {v:.4f}" if isinstance(v, float) else f"{k:28s} {v}")
     if a.json:

@@ -9,8 +9,11 @@ Each image gets its own seeded generator: it draws that image's start noise and 
 image is reproducible from (prompt, seed, adapter version) whatever else is in the batch.
 
 `set_adapter` swaps the live LoRA in place (diffusers hotswap: new values copied into the same parameters) without
-reloading the pipeline, and fuses it into the base weights between swaps so that sampling with an adapter costs
-what sampling the base costs. Generation and swaps share one lock: diffusers is not thread-safe.
+reloading the pipeline, and fuses it between swaps so that sampling with an adapter costs what sampling the base
+costs. Fusing writes base + delta into each wrapped layer's weight in one pass from a saved copy of the base weights
+(W = W_base + s * B A, only the adapter's own rank of the hotswap-padded A and B) and switches peft's LoRA path
+off, so a swap never has to unfuse: it hot-swaps A and B and writes the weights once; going back to the base is a
+copy, exact to the bit. Generation and swaps share one lock: diffusers is not thread-safe.
 The sampler knows nothing about storage or the UI.
 """
 
@@ -26,6 +29,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 from safetensors.torch import load as load_safetensors
+from peft.tuners.lora import LoraLayer
 from safetensors.torch import save as save_safetensors
 
 from alignment.models import LoadedModel
@@ -154,7 +158,8 @@ class Sampler:
         self._loaded = False  # an adapter named ADAPTER_NAME exists in the UNet
         self._fused = False
         self._loaded_keys: frozenset[str] = frozenset()
-        self._base_weights: dict[str, torch.Tensor] = {}  # pristine weights of the LoRA-wrapped layers
+        self._rank = 0  # the live adapter's own rank (A and B are zero-padded beyond it for hotswap)
+        self._base_weights: list[tuple[torch.nn.Module, torch.Tensor]] = []  # LoRA-wrapped layers, pristine weights
 
     # ---- generation -------------------------------------------------------------------------------------------
     def generate(self, prompt: str, seeds, config: SamplerConfig | None = None) -> list[Generation]:
@@ -213,18 +218,18 @@ class Sampler:
                 raise AdapterLoadError("the LoRA state dict has no 'unet.'-prefixed keys: it would load nothing")
             with self.lock:
                 t0 = time.perf_counter()
-                self._unfuse()
                 try:
                     if state is None:
+                        self._unfuse()
                         if self._loaded:
                             self.pipe.disable_lora()
                         self.adapter_version = None
-                    else:
+                    else:  # while fused, peft's LoRA path is off: A and B are swapped in place, then fused anew
                         self._load(state, source if isinstance(source, (str, Path)) else state)
                         self.adapter_version = version
                 finally:
                     if self.adapter_version is not None:
-                        self._fuse()  # re-fuse whatever is live, also when loading a new one failed
+                        self._fuse()  # (re)write whatever is live, also when loading a new one failed
                 return time.perf_counter() - t0
 
     def _load(self, state: dict[str, torch.Tensor], source) -> None:
@@ -241,6 +246,8 @@ class Sampler:
             if not self._loaded:
                 self.pipe.enable_lora_hotswap(target_rank=max(self.max_lora_rank, rank))
             elif not can_hotswap:  # different targets or a larger rank: replace the adapter, keep the pipeline
+                self._unfuse()
+                self._base_weights = []  # the new adapter may wrap other layers
                 self.pipe.delete_adapters(ADAPTER_NAME)
             self.pipe.load_lora_weights(str(source) if isinstance(source, Path) else source,
                                         adapter_name=ADAPTER_NAME, hotswap=can_hotswap)
@@ -249,26 +256,40 @@ class Sampler:
         self.pipe.enable_lora()
         self._loaded = True
         self._loaded_keys = keys
+        self._rank = rank
 
     def _fuse(self) -> None:
-        if self.fuse and self._loaded and not self._fused:
-            for name, module in self.pipe.unet.named_modules():
-                base = getattr(module, "base_layer", None)
-                if base is not None and name not in self._base_weights:
-                    self._base_weights[name] = base.weight.detach().clone()
-            self.pipe.fuse_lora(components=["unet"], adapter_names=[ADAPTER_NAME])
-            self._fused = True
+        """Write base + the live adapter's delta into the wrapped layers (also over an older fused delta)."""
+        if not (self.fuse and self._loaded):
+            return
+        if not self._base_weights:
+            self._base_weights = [(m, m.base_layer.weight.detach().clone()) for m in self.pipe.unet.modules()
+                                  if isinstance(m, LoraLayer) and ADAPTER_NAME in m.lora_A]
+        with torch.no_grad():
+            for module, base in self._base_weights:
+                fuse_into(module, base, self._rank)
+        self.pipe.disable_lora()  # the delta is in the weights now; peft's own path would add it a second time
+        self._fused = True
 
     def _unfuse(self) -> None:
         if self._fused:
-            self.pipe.unfuse_lora(components=["unet"])
-            # Unfusing subtracts the delta again, which is exact only up to rounding; restoring the saved base
-            # weights keeps the base bit-identical across any number of swaps.
-            modules = dict(self.pipe.unet.named_modules())
             with torch.no_grad():
-                for name, weight in self._base_weights.items():
-                    modules[name].base_layer.weight.copy_(weight)
+                for module, base in self._base_weights:
+                    module.base_layer.weight.copy_(base)
             self._fused = False
+
+
+def fuse_into(module, base: torch.Tensor, rank: int) -> None:
+    """module.base_layer.weight = base + scaling * B A for the live adapter, in one pass (no delta tensor) for a
+    plain linear LoRA; other layer types (convolutions, DoRA) go through peft's own `get_delta_weight`."""
+    weight = module.base_layer.weight
+    a, b = module.lora_A[ADAPTER_NAME].weight, module.lora_B[ADAPTER_NAME].weight
+    plain_linear = (isinstance(module.base_layer, torch.nn.Linear) and not module.fan_in_fan_out
+                    and not module.use_dora.get(ADAPTER_NAME, False) and a.dtype == weight.dtype)
+    if plain_linear and 0 < rank <= a.shape[0]:
+        torch.addmm(base, b[:, :rank], a[:rank], alpha=float(module.scaling[ADAPTER_NAME]), out=weight)
+    else:
+        torch.add(base, module.get_delta_weight(ADAPTER_NAME).to(weight.dtype), out=weight)
 
 
 def read_lora(lora: str | Path | bytes | dict) -> dict[str, torch.Tensor]:

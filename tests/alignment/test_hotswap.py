@@ -10,9 +10,9 @@ from alignment.sampler import AdapterLoadError, Sampler
 from alignment.trainer import Trainer, TrainerConfig
 
 
-def random_lora(seed: int, scale: float = 0.3) -> bytes:
+def random_lora(seed: int, scale: float = 0.3, **config) -> bytes:
     """A LoRA with random (non-zero) up-projections, exported the way the trainer exports."""
-    tr = Trainer(load_pipeline("embedded"), TrainerConfig(seed=seed))
+    tr = Trainer(load_pipeline("embedded"), TrainerConfig(seed=seed, **config))
     tr._fresh_adapter()
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -41,6 +41,25 @@ def test_swap_matches_a_fresh_pipeline_that_loaded_the_adapter(fresh_sampler, lo
     diff = (swapped.float() - latents(reference).float()).abs()
     assert diff.max() < 0.02 and diff.mean() < 1e-3, (diff.max(), diff.mean())  # fp16 storage, fused vs unfused
     assert fresh_sampler.adapter_version == 2 and not torch.equal(swapped, latents(Sampler(load_pipeline())))
+
+
+def test_adapters_of_other_ranks_and_targets_match_a_fresh_pipeline(fresh_sampler, loras, tmp_path):
+    """A smaller rank is hot-swapped into the padded adapter; other targets (ResNet convolutions too) replace it."""
+    base = latents(fresh_sampler)
+    fresh_sampler.set_adapter(1, loras[0])
+    for version, lora in ((2, random_lora(3, lora_rank=2)),
+                          (3, random_lora(4, scale=0.05, target_modules=("to_q", "to_v", "conv1", "conv2"))),
+                          (4, random_lora(5, lora_rank=8))):
+        fresh_sampler.set_adapter(version, lora)
+        (tmp_path / "pytorch_lora_weights.safetensors").write_bytes(lora)
+        other = load_pipeline("embedded")
+        other.pipe.load_lora_weights(str(tmp_path))
+        diff = (latents(fresh_sampler).float() - latents(Sampler(other, fuse=False)).float()).abs()
+        # fused vs unfused differ by float rounding only (a missing or doubled delta moves the mean by far more)
+        assert diff.max() < 0.05 and diff.mean() < 1e-3, (version, diff.max(), diff.mean())
+        assert not torch.equal(latents(fresh_sampler), base)
+    fresh_sampler.set_adapter(None)
+    assert torch.equal(latents(fresh_sampler), base)
 
 
 def test_swap_back_to_base_and_to_earlier_versions_is_exact(fresh_sampler, loras):

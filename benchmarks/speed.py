@@ -4,6 +4,9 @@
     python -m benchmarks.sd15_shaped --out runs/sd15-shaped       # SD 1.5's architecture, random weights
     python -m benchmarks.speed --model runs/sd15-shaped --batch-pairs 1 --mixed-precision bf16 \
         --gradient-checkpointing --repeats 5 --json runs/speed-sd15.json          # on a GPU
+    python -m benchmarks.sd15_shaped --out runs/sd15-shaped --size 256 --steps 4  # on a CPU: smaller images
+    python -m benchmarks.speed --model runs/sd15-shaped --sections swap memory --batch-pairs 1 \
+        --gradient-checkpointing --repeats 6                                     # (the adapter section: --repeats 2)
 
 1. pair latency: `Sampler.generate_pair` (trajectory capture) vs the plain pipeline call with the same batch, seeds
    and settings (interleaved, medians) -> capture overhead;

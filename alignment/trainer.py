@@ -80,6 +80,10 @@ class TrainerConfig:
                 "fall back to the latest earlier state that passes when the final one drifts too far"})
     gradient_checkpointing: bool = field(default=False, metadata={
         "help": "recompute UNet activations in the backward pass: less memory, ~30 % more time (large models)"})
+    micro_batch: int = field(default=0, metadata={
+        "help": "trajectory steps per UNet call in training (0 = the whole batch at once). With a size, the policy "
+                "is evaluated once without gradients, the loss's derivative by each log-prob is taken, and the "
+                "gradient is accumulated chunk by chunk: activation memory is one chunk's, for one more forward"})
     seed: int = 0
 
     def __post_init__(self):
@@ -94,8 +98,9 @@ class TrainerConfig:
         for name in ("steps_per_pair", "train_steps", "batch_pairs", "lora_rank"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.checkpoint_every < 0:
-            raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
+        if self.checkpoint_every < 0 or self.micro_batch < 0:
+            raise ValueError(f"checkpoint_every and micro_batch must be >= 0, got {self.checkpoint_every} and "
+                             f"{self.micro_batch}")
         if not 0 < self.lr < 1:
             raise ValueError(f"lr must be in (0, 1), got {self.lr}")
         if self.weight_decay < 0 or self.grad_clip <= 0:
@@ -251,23 +256,42 @@ class Trainer:
         etas = torch.tensor([float(tr.settings["eta"]) for tr, _ in items]).repeat_interleave(m)
         t = t.to(dev)
 
-        def logp():
-            eps = self._guided_eps(x, t, cond, uncond, guidance)
-            out = torch.empty(len(x), device=dev)
-            for eta in etas.unique().tolist():  # usually one value; the objective takes a scalar eta
-                sel = (etas == eta).to(dev)
-                out[sel] = obj.ddim_step_log_prob(x_next[sel], x[sel], eps[sel], abar_t[sel], abar_prev[sel], eta)
+        n = len(x)
+        chunks = [slice(i, i + cfg.micro_batch) for i in range(0, n, cfg.micro_batch)] if cfg.micro_batch else []
+
+        def logp(c: slice = slice(None)) -> torch.Tensor:
+            eps = self._guided_eps(x[c], t[c], cond[c], uncond[c], guidance[c])
+            out = torch.empty(len(eps), device=dev)
+            e = etas[c]
+            for eta in e.unique().tolist():  # usually one value; the objective takes a scalar eta
+                sel = (e == eta).to(dev)
+                out[sel] = obj.ddim_step_log_prob(x_next[c][sel], x[c][sel], eps[sel], abar_t[c][sel],
+                                                  abar_prev[c][sel], eta)
             return out
+
+        def all_logp() -> torch.Tensor:
+            return torch.cat([logp(c) for c in chunks]) if chunks else logp()
+
+        def loss(pol: torch.Tensor) -> obj.DPOOutput:
+            pol, r = pol.view(2, b, m), ref.view(2, b, m)
+            target = torch.tensor([p.target for p in batch], device=dev)
+            return obj.dense_dpo_loss(pol[0], r[0], pol[1], r[1], beta=cfg.effective_beta,
+                                      log_ratio_clip=cfg.log_ratio_clip, target=target)
 
         with torch.no_grad():
             self.unet.disable_adapters()
-            ref = logp()
+            ref = all_logp()
             self.unet.enable_adapters()
-        pol = logp()
-        pol, ref = pol.view(2, b, m), ref.view(2, b, m)
-        target = torch.tensor([p.target for p in batch], device=dev)
-        return obj.dense_dpo_loss(pol[0], ref[0], pol[1], ref[1], beta=cfg.effective_beta,
-                                  log_ratio_clip=cfg.log_ratio_clip, target=target)
+        if not chunks:
+            out = loss(logp())
+            return out, [out.loss]
+        # The loss depends on the weights only through the log-probs: dL/dtheta = sum_i dL/dlogp_i * dlogp_i/dtheta.
+        # Take dL/dlogp at the current weights, then back-propagate one chunk's sum(dL/dlogp * logp) at a time.
+        with torch.no_grad():
+            pol = all_logp().requires_grad_(True)
+        out = loss(pol)
+        (dl_dlogp,) = torch.autograd.grad(out.loss, pol)
+        return out, ((logp(c) * dl_dlogp[c]).sum() for c in chunks)
 
     @torch.no_grad()
     def _clean_latent(self, traj: Trajectory | None, image: Image.Image | None) -> torch.Tensor:
@@ -305,8 +329,9 @@ class Trainer:
         k = batch[0].w.num_steps if batch[0].w is not None else 20
         weight = obj.timestep_discount(t, n_train, k, cfg.effective_gamma).to(dev)
         target = torch.tensor([p.target for p in batch], device=dev)
-        return obj.diffusion_dpo_loss(pol[:b], ref[:b], pol[b:], ref[b:], beta=cfg.effective_beta, weight=weight,
-                                      target=target)
+        out = obj.diffusion_dpo_loss(pol[:b], ref[:b], pol[b:], ref[b:], beta=cfg.effective_beta, weight=weight,
+                                     target=target)
+        return out, [out.loss]
 
     # ---- the run ----------------------------------------------------------------------------------------------
     def prepare_pairs(self, pairs: list[TrainingPair]) -> list[TrainingPair]:
@@ -349,15 +374,18 @@ class Trainer:
             for step in range(cfg.train_steps):
                 batch = [pairs[rng.randrange(len(pairs))] for _ in range(cfg.batch_pairs)]
                 with accel.autocast():
-                    out = step_fn(batch, gen, ranks.shard)
-                # the whole batch's figures: this slice's weighted by its share, summed over the processes
-                stats = ranks.sum(share * torch.stack([out.loss.detach(), out.margin.mean(),
-                                                       out.accuracy.nan_to_num(0.0), out.clipped_fraction]).float())
-                loss = stats[0].item()
-                if not math.isfinite(loss):
-                    raise TrainingDivergedError(f"loss became {loss} at step {step}; no adapter saved")
-                opt.zero_grad(set_to_none=True)
-                accel.backward(out.loss * share)
+                    # `parts`: tensors whose gradients add up to the loss's (the loss itself, or micro-batches)
+                    out, parts = step_fn(batch, gen, ranks.shard)
+                    # the whole batch's figures: this slice's weighted by its share, summed over the processes
+                    stats = ranks.sum(share * torch.stack([out.loss.detach(), out.margin.mean(),
+                                                           out.accuracy.nan_to_num(0.0),
+                                                           out.clipped_fraction]).float())
+                    loss = stats[0].item()
+                    if not math.isfinite(loss):
+                        raise TrainingDivergedError(f"loss became {loss} at step {step}; no adapter saved")
+                    opt.zero_grad(set_to_none=True)
+                    for part in parts:
+                        accel.backward(part * share)
                 ranks.sum_gradients(params)
                 accel.clip_grad_norm_(params, cfg.grad_clip)
                 opt.step()

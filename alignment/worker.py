@@ -340,6 +340,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="autocast for training on a GPU (bf16 on Ampere or newer, fp16 on a T4)")
     p.add_argument("--gradient-checkpointing", action="store_true", default=None,
                    help="recompute UNet activations in the backward pass (SD-sized models on small GPUs)")
+    p.add_argument("--micro-batch", type=int, default=None,
+                   help="trajectory steps per UNet call in training (default: the whole batch); less memory")
     p.add_argument("--fidelity-prompts", type=int, default=None,
                    help="held-out prompts the fidelity guard renders (default: all)")
     p.add_argument("--lease-ttl", type=float, default=600.0,
@@ -359,7 +361,8 @@ def main(argv: list[str] | None = None) -> None:
                                   "train_steps": args.train_steps, "lora_rank": args.rank,
                                   "batch_pairs": args.batch_pairs,
                                   "mixed_precision": args.mixed_precision,
-                                  "gradient_checkpointing": args.gradient_checkpointing}.items() if v is not None}
+                                  "gradient_checkpointing": args.gradient_checkpointing,
+                                  "micro_batch": args.micro_batch}.items() if v is not None}
     try:
         tcfg = TrainerConfig(**settings)
         wcfg = WorkerConfig(train_every=args.train_every, interval_s=args.interval, min_votes=args.min_votes,

@@ -6,7 +6,7 @@
         --gradient-checkpointing --repeats 5 --json runs/speed-sd15.json          # on a GPU
     python -m benchmarks.sd15_shaped --out runs/sd15-shaped --size 256 --steps 4  # on a CPU: smaller images
     python -m benchmarks.speed --model runs/sd15-shaped --sections swap memory --batch-pairs 1 \
-        --gradient-checkpointing --repeats 6                                     # (the adapter section: --repeats 2)
+        --gradient-checkpointing --micro-batch 1 --repeats 6                     # (the adapter section: --repeats 2)
 
 1. pair latency: `Sampler.generate_pair` (trajectory capture) vs the plain pipeline call with the same batch, seeds
    and settings (interleaved, medians) -> capture overhead;
@@ -14,8 +14,8 @@
 3. hot-swap of a new adapter version vs a full pipeline reload;
 4. sampling with a live adapter (fused, as the sampler keeps it) vs the base, and unfused for reference;
 5. one training step of the discounted objective (batch 8 pairs, M 3);
-6. trainer peak memory (in a child process: peak RSS on a CPU, peak CUDA allocation on a GPU) vs a trainer that
-   keeps a second UNet copy as the reference model.
+6. trainer peak memory while training (in a child process: peak RSS on a CPU, reset after loading; peak CUDA
+   allocation on a GPU) vs a trainer that keeps a second UNet copy as the reference model.
 
 On a GPU every timed call ends with a device synchronisation, so queued kernels are counted.
 """
@@ -137,7 +137,7 @@ def train_step(model_id: str, repeats: int, train: dict) -> dict:
 
 
 MEMORY_CHILD = r"""
-import copy, json, resource, sys, torch
+import copy, ctypes, gc, json, resource, sys, torch
 sys.path.insert(0, ".")
 from alignment.models import load_pipeline
 from alignment.trainer import Trainer, TrainerConfig
@@ -153,11 +153,23 @@ if sys.argv[2] == "copy":  # the reference is a second UNet kept in memory
     def enable(): tr.unet = real
     for m in (real, ref):
         m.disable_adapters, m.enable_adapters = disable, enable
-def peak_kb():
-    return torch.cuda.max_memory_allocated() // 1024 if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-before = peak_kb()
+def status_kb(key):
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(key + ":"))
+lifetime_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+# Peak while training, not while loading: loading converts fp16 files to fp32 through temporary buffers, a spike
+# that both trainers share and that would hide the difference. Give freed buffers back and reset the peak.
+if cuda:
+    torch.cuda.reset_peak_memory_stats()
+    start_kb = torch.cuda.memory_allocated() // 1024
+else:
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # Linux: reset VmHWM (peak RSS) to the current RSS
+    start_kb = status_kb("VmRSS")
 tr.train(pairs)
-print(peak_kb() - before, peak_kb())
+peak_kb = torch.cuda.max_memory_allocated() // 1024 if cuda else status_kb("VmHWM")
+print(start_kb, peak_kb, max(lifetime_kb, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
 """
 
 
@@ -181,15 +193,18 @@ def synthetic_pairs(model, n: int = 4):
 
 
 def memory(model_id: str, train: dict, steps: int = 3) -> dict:
-    out = {"memory_measure": "peak CUDA allocation" if torch.cuda.is_available() else "peak RSS"}
+    """Peak memory while training (resident set on a CPU, CUDA allocation on a GPU), shared reference vs a copy."""
+    out = {"memory_measure": "peak CUDA allocation while training" if torch.cuda.is_available()
+           else "peak RSS while training (VmHWM reset after loading)"}
     for mode in ("shared", "copy"):
         res = subprocess.run([sys.executable, "-c", MEMORY_CHILD, model_id, mode, json.dumps(train), str(steps)],
                              capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
         if res.returncode:
             raise SystemExit(f"memory child ({mode}) failed:\n{res.stderr[-3000:]}")
-        growth_kb, peak_kb = map(int, res.stdout.split()[-2:])
+        start_kb, peak_kb, lifetime_kb = map(int, res.stdout.split()[-3:])
+        out[f"trainer_{mode}_start_mb"] = start_kb / 1024
         out[f"trainer_{mode}_peak_mb"] = peak_kb / 1024
-        out[f"trainer_{mode}_growth_mb"] = growth_kb / 1024
+        out[f"trainer_{mode}_lifetime_peak_mb"] = lifetime_kb / 1024  # includes the load-time spike
     out["peak_shared_vs_copy"] = out["trainer_shared_peak_mb"] / out["trainer_copy_peak_mb"]
     return out
 
@@ -209,11 +224,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-pairs", type=int, default=8, help="pairs per training step (train step and memory)")
     p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
     p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--micro-batch", type=int, default=0, help="trajectory steps per UNet call in training")
     p.add_argument("--sections", nargs="+", choices=list(SECTIONS), default=list(SECTIONS),
                    help="what to measure (default: all); e.g. only swap and memory for a large model on a CPU")
     a = p.parse_args(argv)
     train = {"batch_pairs": a.batch_pairs, "mixed_precision": a.mixed_precision,
-             "gradient_checkpointing": a.gradient_checkpointing}
+             "gradient_checkpointing": a.gradient_checkpointing, "micro_batch": a.micro_batch}
     result = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
               "torch_threads": torch.get_num_threads(), "model": a.model}
     for name in a.sections:

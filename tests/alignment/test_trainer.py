@@ -1,6 +1,7 @@
 """The LoRA trainer: only LoRA weights move, the loss falls, saved adapters reproduce the trained UNet, bad input."""
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -37,7 +38,7 @@ def test_loss_falls_on_a_fixed_batch(labeled_pairs, objective):
     def full_loss():
         with torch.no_grad():
             step = tr._dense_batch if objective != "diffusion-dpo" else tr._diffusion_dpo_batch
-            return step(pairs, torch.Generator().manual_seed(0)).loss.item()
+            return step(pairs, torch.Generator().manual_seed(0))[0].loss.item()
 
     tr._fresh_adapter()
     first = full_loss()
@@ -65,6 +66,45 @@ def test_gradient_checkpointing_trains_the_same_adapter(labeled_pairs, monkeypat
     assert lora_plain.keys() == lora_ckpt.keys()
     assert all(torch.allclose(lora_plain[n], lora_ckpt[n], atol=1e-6) for n in lora_plain)
     assert any(lora_plain[n].abs().sum() > 0 for n in lora_plain if "lora_B" in n)
+
+
+@pytest.mark.parametrize("micro_batch", [1, 5])
+def test_micro_batches_give_the_whole_batch_gradient(labeled_pairs, micro_batch, monkeypatch):
+    """The chunked gradient (dL/dlogp from a gradient-free pass, then one chunk at a time) is the full gradient,
+    and the UNet never sees more than one chunk at once."""
+    cfg = TrainerConfig(batch_pairs=4, steps_per_pair=3, log_ratio_clip=0.05)
+    tr = Trainer(load_pipeline(), cfg)
+    tr._fresh_adapter()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # move off the start (lora_B = 0) so that every LoRA weight has a gradient
+        for p in tr.lora_parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.02)
+    sizes = []
+    real = tr._guided_eps
+    monkeypatch.setattr(tr, "_guided_eps", lambda x, *a: sizes.append(len(x)) or real(x, *a))
+
+    def gradient(mb):
+        tr.config = dataclasses.replace(cfg, micro_batch=mb)
+        sizes.clear()
+        for p in tr.lora_parameters():
+            p.grad = None
+        out, parts = tr._dense_batch(labeled_pairs[:4], torch.Generator().manual_seed(1))
+        for part in parts:
+            part.backward()
+        return out.loss.item(), torch.cat([p.grad.flatten() for p in tr.lora_parameters()]), max(sizes)
+
+    loss, grad, widest = gradient(0)
+    loss_mb, grad_mb, widest_mb = gradient(micro_batch)
+    assert (widest, widest_mb) == (4 * 2 * 3, micro_batch)  # 4 pairs x (w, l) x M = 3 at once, or one chunk
+    assert loss_mb == pytest.approx(loss, abs=1e-6) and grad.norm() > 0
+    rel = ((grad_mb - grad).norm() / grad.norm()).item()  # float rounding differs with the batch size only
+    assert rel < 1e-5, rel
+
+
+def test_training_with_micro_batches_follows_the_same_losses(labeled_pairs):
+    runs = [Trainer(load_pipeline(), TrainerConfig(train_steps=3, batch_pairs=4, micro_batch=mb, lr=3e-3))
+            .train(labeled_pairs).history for mb in (0, 4)]
+    assert [h["loss"] for h in runs[1]] == pytest.approx([h["loss"] for h in runs[0]], abs=1e-4)
 
 
 def test_checkpoints_keep_earlier_states_that_restore_brings_back(labeled_pairs):
@@ -114,7 +154,8 @@ def test_trajectory_objective_uses_uniform_weights():
 
 @pytest.mark.parametrize("kwargs", [dict(objective="ppo"), dict(gamma=0.0), dict(gamma=1.5), dict(beta=-1.0),
                                     dict(log_ratio_clip=0), dict(train_steps=0), dict(lr=2.0),
-                                    dict(tie_policy="maybe"), dict(checkpoint_every=-1)])
+                                    dict(tie_policy="maybe"), dict(checkpoint_every=-1),
+                                    dict(micro_batch=-2)])
 def test_invalid_configs_are_refused(kwargs):
     with pytest.raises(ValueError):
         TrainerConfig(**kwargs)

@@ -19,9 +19,9 @@ prompts that avoid the held-out attribute combinations) and cached on disk; each
 and every variant and label count N then trains a fresh LoRA on the first N labeled pairs, so differences between
 variants (and between labelers) are not differences in data. Each trained adapter is judged on held-out prompts at
 seeds from 10^6 (never used in training): the labeler compares aligned vs base at equal prompt and seed, positions
-alternating (ties count half; 95 % Wilson interval). Prompt fidelity (colour, background, shape accuracy) is scored on the same
-eval images, base vs aligned, and the fidelity guard's rule is applied to it: an adapter is "promoted" only if its
-fidelity is no more than 5 points below the base's. Results are appended to results.jsonl as they finish;
+alternating (ties count half; 95 % Wilson interval). Prompt fidelity (colour, background, shape accuracy) is scored
+on the same eval images, base vs aligned, and the fidelity guard's rule is applied to it: an adapter is "promoted"
+only if its fidelity is no more than 5 points below the base's. Results are appended to results.jsonl as they finish;
 finished points are skipped on a re-run. This is off-policy (one round from the base); the studio's on-policy
 rounds are `python -m alignment.simulate --rounds R`.
 """

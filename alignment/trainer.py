@@ -65,9 +65,9 @@ class TrainerConfig:
     beta: float | None = field(default=None, metadata={"help": "DPO inverse temperature; None = per objective"})
     log_ratio_clip: float = field(default=1e-2, metadata={"help": "eps: per-step log-ratio clamp"})
     steps_per_pair: int = field(default=3, metadata={"help": "M: step indices sampled per pair and update"})
-    train_steps: int = field(default=80, metadata={"help": "optimiser steps per training run"})
+    train_steps: int = field(default=120, metadata={"help": "optimiser steps per training run"})
     batch_pairs: int = field(default=8, metadata={"help": "pairs per optimiser step"})
-    lr: float = 1e-3
+    lr: float = 3e-4  # with 120 steps and checkpoints every 10: see README, "What the studio serves"
     weight_decay: float = 2e-3
     grad_clip: float = 1.0
     lora_rank: int = 4
@@ -75,7 +75,7 @@ class TrainerConfig:
     target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
     tie_policy: str = field(default="drop", metadata={"help": "drop ties, or 'half': target 0.5"})
     mixed_precision: str = "no"
-    checkpoint_every: int = field(default=20, metadata={
+    checkpoint_every: int = field(default=10, metadata={
         "help": "keep the LoRA weights every N steps too (0 = only the final ones), so that the fidelity guard can "
                 "fall back to the latest earlier state that passes when the final one drifts too far"})
     gradient_checkpointing: bool = field(default=False, metadata={

@@ -11,7 +11,7 @@ lr, eps, steps, m, ckpt, rank, targets with '+' between module names).
 
 With `--guard`, each point also yields a `VARIANT+guard` point: what the worker would serve. The fidelity guard
 (its own seeds, 1000-1003, not the evaluation seeds) checks the run's checkpoints latest first (every `ckpt` steps,
-default 20) and keeps the first within 5 points of the base; that one is evaluated. If none passes, the studio keeps
+default 10) and keeps the first within 5 points of the base; that one is evaluated. If none passes, the studio keeps
 serving the base, which scores 0.5 by construction.
 
 Paired design. For each seed one pool of pairs is sampled from the base model with trajectories and images (seeded
@@ -235,7 +235,8 @@ def run_grid(args) -> list[dict]:
                     r = {"labeler": lab_name, "variant": variant.spec, "labels": n, "seed": seed,
                          "device": loaded.device.type, "objective": cfg.objective, "gamma": cfg.effective_gamma,
                          "beta": cfg.effective_beta,
-                         "lr": cfg.lr, "eps": cfg.log_ratio_clip, "train_seconds": round(train_s, 1),
+                         "lr": cfg.lr, "eps": cfg.log_ratio_clip, "train_steps": cfg.train_steps,
+                         "train_seconds": round(train_s, 1),
                          "ties_in_pool": sum(p["target"] == 0.5 for p in pool[:n]),
                          "train_accuracy": round(result.metrics["accuracy"], 3),
                          "clipped_fraction": round(result.metrics["clipped_fraction"], 3),

@@ -20,9 +20,11 @@ The sampler knows nothing about storage or the UI.
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -37,6 +39,7 @@ from alignment.models import LoadedModel
 MAX_PROMPT_CHARS = 500
 MAX_SEED = 2**63 - 1
 ADAPTER_NAME = "live"
+log = logging.getLogger(__name__)
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 
 
@@ -158,6 +161,7 @@ class Sampler:
         self._loaded = False  # an adapter named ADAPTER_NAME exists in the UNet
         self._fused = False
         self._loaded_keys: frozenset[str] = frozenset()
+        self._live_lora: str | Path | bytes | dict | None = None  # what made `adapter_version` live
         self._rank = 0  # the live adapter's own rank (A and B are zero-padded beyond it for hotswap)
         self._base_weights: list[tuple[torch.nn.Module, torch.Tensor]] = []  # LoRA-wrapped layers, pristine weights
 
@@ -204,18 +208,11 @@ class Sampler:
 
     # ---- adapters ---------------------------------------------------------------------------------------------
     def set_adapter(self, version: int | None, lora: str | Path | bytes | dict | None = None) -> float:
-        """Make `version` live (None = the base model); returns the seconds the swap held the lock."""
+        """Make `version` live (None = the base model); returns the seconds the swap held the lock. If the new
+        adapter cannot be loaded, AdapterLoadError is raised and the previous version stays live."""
         if version is not None and lora is None:
             raise ValueError("an adapter version needs its LoRA weights (a path, bytes or a state dict)")
-        with tempfile.TemporaryDirectory() as tmp:
-            # Bytes go through a file so that diffusers reads the adapter metadata (alpha) from its header.
-            source = lora
-            if isinstance(lora, bytes):
-                source = Path(tmp)
-                (source / LORA_WEIGHT_NAME).write_bytes(lora)
-            state = None if version is None else read_lora(source)
-            if state is not None and not any(k.startswith("unet.") for k in state):
-                raise AdapterLoadError("the LoRA state dict has no 'unet.'-prefixed keys: it would load nothing")
+        with _materialized(None if version is None else lora) as (state, source):
             with self.lock:
                 t0 = time.perf_counter()
                 try:
@@ -225,18 +222,40 @@ class Sampler:
                             self.pipe.disable_lora()
                         self.adapter_version = None
                     else:  # while fused, peft's LoRA path is off: A and B are swapped in place, then fused anew
-                        self._load(state, source if isinstance(source, (str, Path)) else state)
-                        self.adapter_version = version
+                        try:
+                            self._load(state, source)
+                        except Exception:
+                            self._recover()
+                            raise
+                        self.adapter_version, self._live_lora = version, lora
                 finally:
                     if self.adapter_version is not None:
                         self._fuse()  # (re)write whatever is live, also when loading a new one failed
                 return time.perf_counter() - t0
 
+    def _recover(self) -> None:
+        """After a failed load. diffusers deletes the adapter when loading fails half-way (and the replace path
+        deleted it already): then load the live version again from its weights, or fall back to the base, so
+        that `adapter_version` always names what the weights hold."""
+        if ADAPTER_NAME in (getattr(self.pipe.unet, "peft_config", None) or {}):
+            return  # nothing was removed: the live adapter and its fused weights are as they were
+        self._unfuse()
+        self._base_weights, self._loaded, self._loaded_keys, self._rank = [], False, frozenset(), 0
+        if self.adapter_version is None:
+            return
+        try:
+            with _materialized(self._live_lora) as (state, source):
+                self._load(state, source)
+        except Exception as e:  # the live version cannot come back either: serve the base rather than mislabel
+            log.warning("could not restore adapter version %s after a failed swap (%s); serving the base model",
+                        self.adapter_version, e)
+            self.adapter_version = None
+
     def _load(self, state: dict[str, torch.Tensor], source) -> None:
         keys = frozenset(k for k in state if k.startswith("unet."))
         if not keys:
             raise AdapterLoadError("the LoRA state dict has no 'unet.'-prefixed keys: it would load nothing")
-        rank = max(v.shape[0] for k, v in state.items() if "lora_A" in k or "lora.down" in k)
+        rank = max(v.shape[0] for k, v in state.items() if k in keys and ("lora_A" in k or "lora.down" in k))
         can_hotswap = self._loaded and rank <= self.max_lora_rank and keys == self._loaded_keys
         foreign = sorted(getattr(self.pipe.unet, "peft_config", None) or ()) if not self._loaded else []
         if foreign:  # diffusers' hotswap must be enabled before the first adapter: fail clearly, change nothing
@@ -268,7 +287,7 @@ class Sampler:
         with torch.no_grad():
             for module, base in self._base_weights:
                 fuse_into(module, base, self._rank)
-        self.pipe.disable_lora()  # the delta is in the weights now; peft's own path would add it a second time
+        self.pipe.unet.disable_lora()  # the delta is in the weights now; peft's own path would add it again
         self._fused = True
 
     def _unfuse(self) -> None:
@@ -290,6 +309,21 @@ def fuse_into(module, base: torch.Tensor, rank: int) -> None:
         torch.addmm(base, b[:, :rank], a[:rank], alpha=float(module.scaling[ADAPTER_NAME]), out=weight)
     else:
         torch.add(base, module.get_delta_weight(ADAPTER_NAME).to(weight.dtype), out=weight)
+
+
+@contextmanager
+def _materialized(lora: str | Path | bytes | dict | None):
+    """(state dict, what `load_lora_weights` reads) for a path, bytes or a state dict; (None, None) for None.
+    Bytes go through a temporary file so that diffusers reads the adapter metadata (alpha) from its header."""
+    with tempfile.TemporaryDirectory() as tmp:
+        source = lora
+        if isinstance(lora, bytes):
+            source = Path(tmp)
+            (source / LORA_WEIGHT_NAME).write_bytes(lora)
+        state = None if lora is None else read_lora(source)
+        if state is not None and not any(k.startswith("unet.") for k in state):
+            raise AdapterLoadError("the LoRA state dict has no 'unet.'-prefixed keys: it would load nothing")
+        yield state, (source if isinstance(source, (str, Path)) else state)
 
 
 def read_lora(lora: str | Path | bytes | dict) -> dict[str, torch.Tensor]:

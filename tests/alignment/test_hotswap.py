@@ -121,6 +121,47 @@ def test_bad_adapter_files_are_refused_and_the_previous_stays(fresh_sampler, lor
 
 
 
+def test_a_hot_swap_failing_half_way_keeps_the_previous_version_and_later_swaps_work(fresh_sampler, loras,
+                                                                                     monkeypatch):
+    """diffusers deletes the adapter when a hot-swap fails inside peft; the sampler loads the live one back."""
+    import peft.utils.hotswap
+
+    base = latents(fresh_sampler)
+    fresh_sampler.set_adapter(1, loras[0])
+    v1 = latents(fresh_sampler)
+    real = peft.utils.hotswap.hotswap_adapter_from_state_dict
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory (simulated)")
+
+    monkeypatch.setattr(peft.utils.hotswap, "hotswap_adapter_from_state_dict", broken)
+    with pytest.raises(AdapterLoadError, match="out of memory"):
+        fresh_sampler.set_adapter(2, loras[1])
+    assert fresh_sampler.adapter_version == 1
+    assert torch.equal(latents(fresh_sampler), v1)  # the weights are what the version says
+    monkeypatch.setattr(peft.utils.hotswap, "hotswap_adapter_from_state_dict", real)
+    fresh_sampler.set_adapter(2, loras[1])  # not stuck: the next swap works
+    assert fresh_sampler.adapter_version == 2 and not torch.equal(latents(fresh_sampler), v1)
+    fresh_sampler.set_adapter(1, loras[0])
+    assert torch.equal(latents(fresh_sampler), v1)
+    fresh_sampler.set_adapter(None)
+    assert torch.equal(latents(fresh_sampler), base)
+
+
+def test_when_the_live_version_cannot_come_back_the_base_is_served_and_named(fresh_sampler, loras, monkeypatch):
+    import peft.utils.hotswap
+
+    base = latents(fresh_sampler)
+    fresh_sampler.set_adapter(1, loras[0])
+    monkeypatch.setattr(peft.utils.hotswap, "hotswap_adapter_from_state_dict",
+                        lambda *a, **k: (_ for _ in ()).throw(RuntimeError("simulated")))
+    fresh_sampler._live_lora = b"lost"  # e.g. the live adapter's file vanished meanwhile
+    with pytest.raises(AdapterLoadError):
+        fresh_sampler.set_adapter(2, loras[1])
+    assert fresh_sampler.adapter_version is None  # never a version label on weights that do not hold it
+    assert torch.equal(latents(fresh_sampler), base)
+
+
 def test_a_pipeline_that_already_holds_adapters_is_refused_clearly(loras, tmp_path):
     (tmp_path / "pytorch_lora_weights.safetensors").write_bytes(loras[0])
     loaded = load_pipeline("embedded")

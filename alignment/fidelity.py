@@ -16,13 +16,17 @@ renders with the trainer's own pipeline (the LoRA toggled on and off), never the
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from alignment.embedded.evaluate import PromptCase, held_out_cases, score
 from alignment.sampler import Sampler
+
+if TYPE_CHECKING:
+    from alignment.trainer import Trainer
 
 Scorer = Callable[[list, list[str]], float]
 # Prompts for models other than the embedded one (fidelity then needs a scorer; drift is measured anyway).
@@ -86,15 +90,18 @@ class FidelityGuard:
                                   f"(more than {self.max_drop:.2f} below the base)")
         return FidelityReport(base, cand, drift, True, None)
 
-    def select(self, sampler: Sampler, set_adapter_enabled: Callable[[bool], None],
-               candidates: Iterable[tuple[int, Callable[[], None]]]) -> tuple[int | None, list[FidelityReport]]:
-        """Check `(step, load)` candidates in the order given (latest first); `load()` puts that state into the
-        adapter. Returns the step of the first that passes (None if none does) and the reports of those checked;
-        the adapter is left holding the chosen state, or the last one checked."""
+    def select(self, sampler: Sampler, trainer: Trainer, checkpoints: Sequence[tuple[int, dict]],
+               before_each: Callable[[], None] | None = None) -> tuple[int | None, list[FidelityReport]]:
+        """Check a run's `(step, LoRA weights)` checkpoints latest first, each restored into `trainer` and rendered
+        through `sampler` (the trainer's pipeline). Returns the step of the first that passes (None if none does)
+        and the reports of those checked; the trainer is left holding the chosen state, or the last one checked.
+        `before_each` runs before every check (the worker renews its lease there)."""
         reports = []
-        for step, load in candidates:
-            load()
-            reports.append(self.check(sampler, set_adapter_enabled))
+        for step, state in reversed(checkpoints):
+            if before_each is not None:
+                before_each()
+            trainer.restore(state)
+            reports.append(self.check(sampler, trainer.set_adapter_enabled))
             if reports[-1].passed:
                 return step, reports
         return None, reports

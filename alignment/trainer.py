@@ -416,6 +416,10 @@ class Trainer:
         return {n: p.detach().to("cpu", copy=True) for n, p in self.unet.named_parameters()
                 if "lora_" in n and ADAPTER in n}
 
+    def set_adapter_enabled(self, on: bool) -> None:
+        """The trained LoRA on, or off (the base model), e.g. for rendering with the trainer's own pipeline."""
+        (self.unet.enable_adapters if on else self.unet.disable_adapters)()
+
     @torch.no_grad()
     def restore(self, state: dict[str, torch.Tensor]) -> None:
         """Put LoRA weights saved by `lora_state` (e.g. a checkpoint of the last run) back into the adapter."""

@@ -240,20 +240,14 @@ class Worker:
     def _guarded_choice(self, trainer: Trainer, result) -> tuple[bytes, FidelityReport, dict]:
         """The adapter to register: the final weights if they pass the fidelity guard, else the latest checkpoint of
         the run that does (early stopping on held-out fidelity); if none passes, the final weights, rejected."""
-        def loader(state):
-            def load():
-                self._heartbeat()  # rendering for the guard takes a while: keep the lease
-                trainer.restore(state)
-            return load
-
-        final_step = result.checkpoints[-1][0]
-        chosen, reports = self.guard(trainer).select(
-            self._guard_sampler(trainer), self._toggle(trainer),
-            [(step, loader(state)) for step, state in reversed(result.checkpoints)])
-        info = {"checkpoint_step": chosen if chosen is not None else final_step,
+        final_step, final_state = result.checkpoints[-1]
+        # rendering for the guard takes a while: keep the lease before each check
+        chosen, reports = self.guard(trainer).select(self._guard_sampler(trainer), trainer, result.checkpoints,
+                                                     before_each=self._heartbeat)
+        info = {"checkpoint_step": final_step if chosen is None else chosen,
                 "checkpoints_checked": len(reports), "fidelity_final": reports[0].candidate}
         if chosen is None:
-            trainer.restore(result.checkpoints[-1][1])
+            trainer.restore(final_state)
             return result.lora, reports[0], info
         return (result.lora if chosen == final_step else trainer.export_lora()), reports[-1], info
 
@@ -272,12 +266,6 @@ class Worker:
     @staticmethod
     def _guard_sampler(trainer: Trainer) -> Sampler:
         return Sampler(trainer.model, SamplerConfig.from_defaults(trainer.model.sampler_defaults), fuse=False)
-
-    @staticmethod
-    def _toggle(trainer: Trainer) -> Callable[[bool], None]:
-        def set_enabled(on: bool) -> None:
-            (trainer.unet.enable_adapters if on else trainer.unet.disable_adapters)()
-        return set_enabled
 
     def _on_progress(self, step: int, total: int) -> None:
         """Progress for the UI, and the lease heartbeat: renewed every third of its ttl."""

@@ -151,12 +151,8 @@ def judge_eval(labeler, base: list, aligned: list, cases, seeds: list[int]) -> d
 
 def guarded_point(final: dict, guard, sampler, trainer, result, base_images, labeler, cases, seeds) -> dict:
     """The point for what the worker would serve after this run (see `--guard`)."""
-    def toggle(on: bool) -> None:
-        (trainer.unet.enable_adapters if on else trainer.unet.disable_adapters)()
-
     final_step = result.checkpoints[-1][0]
-    chosen, reports = guard.select(sampler, toggle, [(step, lambda w=w: trainer.restore(w))
-                                                     for step, w in reversed(result.checkpoints)])
+    chosen, reports = guard.select(sampler, trainer, result.checkpoints)
     if chosen is None:  # nothing promoted: the base stays live
         aligned = base_images
     elif chosen == final_step:

@@ -56,16 +56,21 @@ def interleaved(fa, fb, repeats: int) -> tuple[float, float]:
     return statistics.median(ta), statistics.median(tb)
 
 
-def random_adapter(model_id: str, seed: int) -> bytes:
+def random_adapters(model_id: str, n: int) -> list[bytes]:
+    """n adapters with random weights (seeds 1..n), from one trainer (one model load, however large the model)."""
     from alignment.models import load_pipeline
     from alignment.trainer import Trainer, TrainerConfig
 
-    tr = Trainer(load_pipeline(model_id), TrainerConfig(seed=seed))
-    tr._fresh_adapter()
-    with torch.no_grad():
-        for p in tr.lora_parameters():
-            p.normal_(0, 0.05)
-    return tr.export_lora()
+    tr = Trainer(load_pipeline(model_id))
+    out = []
+    for seed in range(1, n + 1):
+        tr.config = TrainerConfig(seed=seed)
+        tr._fresh_adapter()
+        with torch.no_grad():
+            for p in tr.lora_parameters():
+                p.normal_(0, 0.05)
+        out.append(tr.export_lora())
+    return out
 
 
 PROMPT = "a large red circle on a blue background"
@@ -97,7 +102,7 @@ def hotswap(model_id: str, repeats: int) -> dict:
     from alignment.sampler import Sampler
 
     s = Sampler(load_pipeline(model_id))
-    lora_a, lora_b = random_adapter(model_id, 1), random_adapter(model_id, 2)
+    lora_a, lora_b = random_adapters(model_id, 2)
     s.set_adapter(1, lora_a)
     swaps = [seconds(lambda i=i: s.set_adapter(2 + i, lora_b if i % 2 == 0 else lora_a)) for i in range(repeats)]
     del s
@@ -111,7 +116,7 @@ def live_adapter(model_id: str, repeats: int) -> dict:
     from alignment.models import load_pipeline
     from alignment.sampler import Sampler
 
-    lora = random_adapter(model_id, 1)
+    (lora,) = random_adapters(model_id, 1)
     base, fused, unfused = (Sampler(load_pipeline(model_id)), Sampler(load_pipeline(model_id)),
                             Sampler(load_pipeline(model_id), fuse=False))
     fused.set_adapter(1, lora)

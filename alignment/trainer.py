@@ -79,7 +79,7 @@ class TrainerConfig:
         "help": "keep the LoRA weights every N steps too (0 = only the final ones), so that the fidelity guard can "
                 "fall back to the latest earlier state that passes when the final one drifts too far"})
     gradient_checkpointing: bool = field(default=False, metadata={
-        "help": "recompute UNet activations in the backward pass: less memory, ~30 % more time (large models)"})
+        "help": "recompute UNet activations in the backward pass: less memory, more time (large models)"})
     micro_batch: int = field(default=0, metadata={
         "help": "trajectory steps per UNet call in training (0 = the whole batch at once). With a size, the policy "
                 "is evaluated once without gradients, the loss's derivative by each log-prob is taken, and the "

@@ -105,10 +105,15 @@ def hotswap(model_id: str, repeats: int) -> dict:
     lora_a, lora_b = random_adapters(model_id, 2)
     s.set_adapter(1, lora_a)
     swaps = [seconds(lambda i=i: s.set_adapter(2 + i, lora_b if i % 2 == 0 else lora_a)) for i in range(repeats)]
+    # the part of a swap that rewrites the fused weights (base + delta), timed alone
+    fuse_pass = statistics.median(seconds(s._fuse) for _ in range(repeats))
+    layers = s._base_weights
+    fused_mb = sum(w.numel() * w.element_size() for _, w in layers) / 2**20
     del s
     t_reload = timed(lambda: load_pipeline(model_id), max(3, repeats // 3))
     return {"hotswap_s": statistics.median(swaps), "reload_s": t_reload,
-            "hotswap_vs_reload": statistics.median(swaps) / t_reload}
+            "hotswap_vs_reload": statistics.median(swaps) / t_reload, "fuse_pass_s": fuse_pass,
+            "lora_layers": len(layers), "fused_weights_mb": fused_mb}
 
 
 def live_adapter(model_id: str, repeats: int) -> dict:

@@ -14,7 +14,13 @@ costs. Fusing writes base + delta into each wrapped layer's weight in one pass f
 (W = W_base + s * B A, only the adapter's own rank of the hotswap-padded A and B) and switches peft's LoRA path
 off, so a swap never has to unfuse: it hot-swaps A and B and writes the weights once; going back to the base is a
 copy, exact to the bit. Generation and swaps share one lock: diffusers is not thread-safe.
-The sampler knows nothing about storage or the UI.
+
+A swap need not stop generation for long. `prepare(version, lora)` does its heavy part beside generation: while the
+live adapter is fused, peft's LoRA path is off, so generation never reads A and B; prepare hot-swaps the new A and B
+in and writes the new fused weights into spare buffers (one extra copy of the wrapped layers' weights). The
+`set_adapter` that follows only swaps each wrapped layer's weight tensor for its spare under the lock (a pointer
+swap per layer). Lock order: `lock`, then `_swap_lock`; prepare takes only `_swap_lock`, so it can never deadlock
+with a caller that holds `lock`. The sampler knows nothing about storage or the UI.
 """
 
 from __future__ import annotations
@@ -164,6 +170,10 @@ class Sampler:
         self._live_lora: str | Path | bytes | dict | None = None  # what made `adapter_version` live
         self._rank = 0  # the live adapter's own rank (A and B are zero-padded beyond it for hotswap)
         self._base_weights: list[tuple[torch.nn.Module, torch.Tensor]] = []  # LoRA-wrapped layers, pristine weights
+        # A and B, the spares and `_prepared` change only under _swap_lock (taken after `lock`, never before it)
+        self._swap_lock = threading.Lock()
+        self._spares: list[torch.Tensor] = []  # one per wrapped layer: where `prepare` writes the next fused weights
+        self._prepared: _Prepared | None = None
 
     # ---- generation -------------------------------------------------------------------------------------------
     def generate(self, prompt: str, seeds, config: SamplerConfig | None = None) -> list[Generation]:
@@ -209,12 +219,21 @@ class Sampler:
     # ---- adapters ---------------------------------------------------------------------------------------------
     def set_adapter(self, version: int | None, lora: str | Path | bytes | dict | None = None) -> float:
         """Make `version` live (None = the base model); returns the seconds the swap held the lock. If the new
-        adapter cannot be loaded, AdapterLoadError is raised and the previous version stays live."""
+        adapter cannot be loaded, AdapterLoadError is raised and the previous version stays live. After
+        `prepare(version, lora)` this only commits what prepare wrote (a pointer swap per wrapped layer)."""
         if version is not None and lora is None:
             raise ValueError("an adapter version needs its LoRA weights (a path, bytes or a state dict)")
-        with _materialized(None if version is None else lora) as (state, source):
-            with self.lock:
+        with self.lock, self._swap_lock:
+            if version is not None and self._is_prepared(version, lora):
                 t0 = time.perf_counter()
+                self._commit()
+                return time.perf_counter() - t0
+        with _materialized(None if version is None else lora) as (state, source):
+            with self.lock, self._swap_lock:
+                t0 = time.perf_counter()
+                self._prepared = None  # whatever happens below rewrites A and B
+                if self._loaded and not self._adapter_present():
+                    self._recover()  # an earlier prepare failed inside diffusers, which then deleted the adapter
                 try:
                     if state is None:
                         self._unfuse()
@@ -227,11 +246,79 @@ class Sampler:
                         except Exception:
                             self._recover()
                             raise
-                        self.adapter_version, self._live_lora = version, lora
+                        self.adapter_version, self._live_lora, self._rank = version, lora, lora_rank(state)
+                        self._fuse()
                 finally:
-                    if self.adapter_version is not None:
-                        self._fuse()  # (re)write whatever is live, also when loading a new one failed
+                    if self.adapter_version is not None and not self._fused:
+                        self._fuse()  # the live version was loaded back after a failure
                 return time.perf_counter() - t0
+
+    def prepare(self, version: int, lora: str | Path | bytes | dict) -> bool:
+        """Do the heavy part of a swap to `version` beside generation (see the module docstring); True when the
+        next `set_adapter(version, lora)` will only commit. False when this swap cannot be prepared (no adapter
+        fused yet, fusing off, other target layers, a rank above `max_lora_rank`, keys outside the UNet): then
+        `set_adapter` does all of it under the lock. A failure raises AdapterLoadError and changes nothing that
+        generation reads. Takes only `_swap_lock`: callable with or without `lock` held."""
+        if version is None:
+            raise ValueError("prepare makes an adapter version ready; the base needs no preparing")
+        with _materialized(lora) as (state, source), self._swap_lock:
+            if self._is_prepared(version, lora):
+                return True
+            if not self._can_prepare(state):
+                return False
+            self._prepared = None
+            rank = lora_rank(state)
+            try:
+                self._load(state, source, enable=False)  # only A and B: the live fused weights do not change
+                spares = self._spares or [torch.empty_like(base) for _, base in self._base_weights]
+                with torch.no_grad():
+                    for (module, base), spare in zip(self._base_weights, spares):
+                        fuse_into(module, base, rank, out=spare)
+            except AdapterLoadError:
+                raise
+            except Exception as e:  # e.g. out of memory for the spare buffers
+                raise AdapterLoadError(f"could not prepare adapter version {version}: {e}") from e
+            self._spares = spares
+            self._prepared = _Prepared(version, lora, _stamp(lora), rank)
+            return True
+
+    def _is_prepared(self, version: int, lora) -> bool:
+        p = self._prepared
+        if p is None or p.version != version:
+            return False
+        if isinstance(lora, dict):
+            same = lora is p.lora
+        elif isinstance(lora, bytes):
+            same = isinstance(p.lora, bytes) and lora == p.lora
+        else:
+            try:
+                same = isinstance(p.lora, (str, Path)) and Path(lora) == Path(p.lora) and _stamp(lora) == p.stamp
+            except OSError:  # the file went away: load_lora reports it properly
+                same = False
+        return same
+
+    def _can_prepare(self, state: dict[str, torch.Tensor]) -> bool:
+        """A hot-swap of A and B that generation cannot see: fusing on (so peft's LoRA path is off, also while the
+        base is served), the same UNet layers as the loaded adapter and nothing outside the UNet (a text-encoder
+        LoRA stays active), a rank that fits the padding, and no offloading hooks that loading would re-install."""
+        unet_keys = frozenset(k for k in state if k.startswith("unet."))
+        return (self.fuse and self._loaded and bool(self._base_weights) and self._adapter_present()
+                and len(unet_keys) == len(state) and unet_keys == self._loaded_keys
+                and lora_rank(state) <= self.max_lora_rank and getattr(self.pipe.unet, "_hf_hook", None) is None)
+
+    def _commit(self) -> None:
+        """Under both locks: the prepared fused weights become the live ones, the old ones the next spares."""
+        p, old = self._prepared, []
+        for (module, _), spare in zip(self._base_weights, self._spares):
+            weight = module.base_layer.weight
+            old.append(weight.data)
+            weight.data = spare
+        self._spares = old
+        self._fused = True
+        self.adapter_version, self._live_lora, self._rank, self._prepared = p.version, p.lora, p.rank, None
+
+    def _adapter_present(self) -> bool:
+        return ADAPTER_NAME in (getattr(self.pipe.unet, "peft_config", None) or {})
 
     def _recover(self) -> None:
         """After a failed load. diffusers deletes the adapter when loading fails half-way (and the replace path
@@ -240,22 +327,25 @@ class Sampler:
         if ADAPTER_NAME in (getattr(self.pipe.unet, "peft_config", None) or {}):
             return  # nothing was removed: the live adapter and its fused weights are as they were
         self._unfuse()
-        self._base_weights, self._loaded, self._loaded_keys, self._rank = [], False, frozenset(), 0
+        self._base_weights, self._spares, self._prepared = [], [], None
+        self._loaded, self._loaded_keys, self._rank = False, frozenset(), 0
         if self.adapter_version is None:
             return
         try:
             with _materialized(self._live_lora) as (state, source):
                 self._load(state, source)
+                self._rank = lora_rank(state)
         except Exception as e:  # the live version cannot come back either: serve the base rather than mislabel
             log.warning("could not restore adapter version %s after a failed swap (%s); serving the base model",
                         self.adapter_version, e)
             self.adapter_version = None
 
-    def _load(self, state: dict[str, torch.Tensor], source) -> None:
+    def _load(self, state: dict[str, torch.Tensor], source, enable: bool = True) -> None:
+        """Load or hot-swap the adapter's A and B (enable: switch peft's LoRA path on; `_fuse` switches it off)."""
         keys = frozenset(k for k in state if k.startswith("unet."))
         if not keys:
             raise AdapterLoadError("the LoRA state dict has no 'unet.'-prefixed keys: it would load nothing")
-        rank = max(v.shape[0] for k, v in state.items() if k in keys and ("lora_A" in k or "lora.down" in k))
+        rank = lora_rank(state)
         can_hotswap = self._loaded and rank <= self.max_lora_rank and keys == self._loaded_keys
         foreign = sorted(getattr(self.pipe.unet, "peft_config", None) or ()) if not self._loaded else []
         if foreign:  # diffusers' hotswap must be enabled before the first adapter: fail clearly, change nothing
@@ -266,16 +356,16 @@ class Sampler:
                 self.pipe.enable_lora_hotswap(target_rank=max(self.max_lora_rank, rank))
             elif not can_hotswap:  # different targets or a larger rank: replace the adapter, keep the pipeline
                 self._unfuse()
-                self._base_weights = []  # the new adapter may wrap other layers
+                self._base_weights, self._spares = [], []  # the new adapter may wrap other layers
                 self.pipe.delete_adapters(ADAPTER_NAME)
             self.pipe.load_lora_weights(str(source) if isinstance(source, Path) else source,
                                         adapter_name=ADAPTER_NAME, hotswap=can_hotswap)
         except (ValueError, RuntimeError, KeyError) as e:
             raise AdapterLoadError(f"could not load the adapter: {e}") from e
-        self.pipe.enable_lora()
+        if enable:
+            self.pipe.enable_lora()
         self._loaded = True
         self._loaded_keys = keys
-        self._rank = rank
 
     def _fuse(self) -> None:
         """Write base + the live adapter's delta into the wrapped layers (also over an older fused delta)."""
@@ -298,10 +388,11 @@ class Sampler:
             self._fused = False
 
 
-def fuse_into(module, base: torch.Tensor, rank: int) -> None:
-    """module.base_layer.weight = base + scaling * B A for the live adapter, in one pass (no delta tensor) for a
-    plain linear LoRA; other layer types (convolutions, DoRA) go through peft's own `get_delta_weight`."""
-    weight = module.base_layer.weight
+def fuse_into(module, base: torch.Tensor, rank: int, out: torch.Tensor | None = None) -> None:
+    """out (default: module.base_layer.weight) = base + scaling * B A for the adapter's A and B, in one pass (no
+    delta tensor) for a plain linear LoRA; other layer types (convolutions, DoRA) go through peft's own
+    `get_delta_weight`."""
+    weight = module.base_layer.weight if out is None else out
     a, b = module.lora_A[ADAPTER_NAME].weight, module.lora_B[ADAPTER_NAME].weight
     plain_linear = (isinstance(module.base_layer, torch.nn.Linear) and not module.fan_in_fan_out
                     and not module.use_dora.get(ADAPTER_NAME, False) and a.dtype == weight.dtype)
@@ -309,6 +400,31 @@ def fuse_into(module, base: torch.Tensor, rank: int) -> None:
         torch.addmm(base, b[:, :rank], a[:rank], alpha=float(module.scaling[ADAPTER_NAME]), out=weight)
     else:
         torch.add(base, module.get_delta_weight(ADAPTER_NAME).to(weight.dtype), out=weight)
+
+
+def lora_rank(state: dict[str, torch.Tensor]) -> int:
+    """The largest rank among a diffusers-format LoRA state dict's UNet down-projections."""
+    return max((v.shape[0] for k, v in state.items()
+                if k.startswith("unet.") and ("lora_A" in k or "lora.down" in k)), default=0)
+
+
+@dataclass
+class _Prepared:
+    """A swap that `Sampler.prepare` has done all but the commit of."""
+
+    version: int
+    lora: str | Path | bytes | dict
+    stamp: tuple | None  # a file's (size, mtime) when prepared from a path: a rewritten file is not the same adapter
+    rank: int
+
+
+def _stamp(lora) -> tuple | None:
+    if not isinstance(lora, (str, Path)):
+        return None
+    path = Path(lora)
+    path = path / LORA_WEIGHT_NAME if path.is_dir() else path
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
 
 
 @contextmanager

@@ -147,8 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ModelLoadError, StudioError, StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if gr.NO_RELOAD and studio.worker is not None:  # reload mode re-runs this module: one worker only
-        studio.worker.start()
+    if gr.NO_RELOAD:  # reload mode re-runs this module: one worker and one follower only
+        studio.start()
     signal.signal(signal.SIGTERM, stop_on_sigterm)  # `docker stop`: shut down like Ctrl-C, worker included
     demo = build_ui(studio, browser_secret=browser_secret(config.data_dir))
     logging.getLogger("app").info("%s; rate limits per annotator: %s pairs/min, %s votes/min; %d password logins",

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from alignment.live import load_version, sync_live_adapter
+from alignment.live import LiveFollower, load_version, sync_live_adapter
 from alignment.models import load_pipeline
 from alignment.objective import paired_win_rate
 from alignment.sampler import Sampler, validate_prompt
@@ -101,6 +101,7 @@ class Studio(AdminMixin):
         self.sampler = sampler
         self.repo = repo
         self.worker = worker
+        self.follower = LiveFollower(sampler, repo)  # started with the server: new adapters go live beside requests
         self.access = access or AccessPolicy()
         self.limits = limits or RateLimits.off()
         self.trainer_config = trainer_config or (worker.trainer_config if worker is not None else TrainerConfig())
@@ -133,7 +134,14 @@ class Studio(AdminMixin):
             return grammar_prompts(seed=0, n=24)
         return list(BUILTIN_PROMPTS)
 
+    def start(self) -> None:
+        """Start the background threads: the follower of the live adapter, and the worker when there is one."""
+        self.follower.start()
+        if self.worker is not None:
+            self.worker.start()
+
     def close(self) -> None:
+        self.follower.stop()
         if self.worker is not None:
             self.worker.stop()
         shutil.rmtree(self.export_dir, ignore_errors=True)

@@ -10,9 +10,9 @@ A *variant* is an objective with optional `TrainerConfig` overrides: `objective[
 lr, eps, steps, m, ckpt, rank, targets with '+' between module names).
 
 With `--guard`, each point also yields a `VARIANT+guard` point: what the worker would serve. The fidelity guard
-(its own seeds, 1000-1003, not the evaluation seeds) checks the run's checkpoints latest first (every `ckpt` steps,
-default 10) and keeps the first within 5 points of the base; that one is evaluated. If none passes, the studio keeps
-serving the base, which scores 0.5 by construction.
+(its own seeds from 1000, `--guard-seeds` per prompt, not the evaluation seeds) checks the run's checkpoints latest
+first (every `ckpt` steps, default 10) and keeps the first within 5 points of the base; that one is evaluated. If
+none passes, the studio keeps serving the base, which scores 0.5 by construction.
 
 Paired design. For each seed one pool of pairs is sampled from the base model with trajectories and images (seeded
 prompts that avoid the held-out attribute combinations) and cached on disk; each labeler judges that same pool once,
@@ -41,6 +41,7 @@ from alignment.objective import paired_win_rate
 from alignment.trainer import TrainerConfig
 
 EVAL_SEED_BASE = 1_000_000
+GUARD_SEED_BASE = 1000  # the worker's fidelity seeds start here too
 MAX_DROP = 0.05
 GUARDED = "+guard"
 OVERRIDES = {"gamma": ("gamma", float), "beta": ("beta", float), "lr": ("lr", float),
@@ -164,7 +165,7 @@ def guarded_point(final: dict, guard, sampler, trainer, result, base_images, lab
     judged = {} if aligned is None else judge_eval(labeler, base_images, aligned, cases, seeds)
     return {**final, **judged, "variant": final["variant"] + GUARDED, "checkpoint_step": chosen,
             "guard_fidelity": [None if rep.candidate is None else round(rep.candidate, 3) for rep in reports],
-            "guard_fidelity_base": reports[0].base}
+            "guard_fidelity_base": reports[0].base, "guard_images": len(guard.prompts) * len(guard.seeds)}
 
 
 # ---- the grid ---------------------------------------------------------------------------------------------------
@@ -192,7 +193,8 @@ def run_grid(args) -> list[dict]:
     trainer = Trainer(loaded)
     sampler = Sampler(loaded, SamplerConfig.from_defaults(loaded.sampler_defaults), fuse=False)
     cases = held_out_cases(sizes=(None,))[: args.eval_prompts]
-    guard = FidelityGuard(embedded=loaded.is_embedded, max_drop=MAX_DROP)
+    guard = FidelityGuard(embedded=loaded.is_embedded, max_drop=MAX_DROP,
+                          seeds=range(GUARD_SEED_BASE, GUARD_SEED_BASE + args.guard_seeds))
     base_cache: dict[int, list] = {}
     for lab_name in map(labeler_spec, args.labelers):
         labeler = load_labeler(lab_name)
@@ -359,6 +361,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--report-only", action="store_true", help="only rebuild table.md and the plot")
     p.add_argument("--guard", action="store_true",
                    help="also evaluate what the worker would serve: the latest checkpoint the fidelity guard passes")
+    p.add_argument("--guard-seeds", type=int, default=4,
+                   help="seeds per held-out prompt the guard renders (16 prompts; the worker's default is 4)")
     p.add_argument("--pools-only", action="store_true", help="only sample and label the pools (e.g. ahead of time)")
     a = p.parse_args(argv)
     if min(a.labels) < 2:

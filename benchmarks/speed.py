@@ -11,7 +11,8 @@
 1. pair latency: `Sampler.generate_pair` (trajectory capture) vs the plain pipeline call with the same batch, seeds
    and settings (interleaved, medians) -> capture overhead;
 2. per-step cost of a pair;
-3. hot-swap of a new adapter version vs a full pipeline reload;
+3. hot-swap of a new adapter version vs a full pipeline reload: the whole swap under the lock, and prepared beside
+   generation, where generation waits only for the commit;
 4. sampling with a live adapter (fused, as the sampler keeps it) vs the base, and unfused for reference;
 5. one training step of the discounted objective (batch 8 pairs, M 3);
 6. trainer peak memory while training (in a child process: peak RSS on a CPU, reset after loading; peak CUDA
@@ -97,22 +98,32 @@ def pair_latency(model_id: str, repeats: int) -> dict:
 
 
 def hotswap(model_id: str, repeats: int) -> dict:
-    """Section `swap`: making a new adapter version live in place vs loading the pipeline again."""
+    """Section `swap`: making a new adapter version live in place vs loading the pipeline again. Two ways: the
+    whole swap under the sampler's lock (`set_adapter` alone), and `prepare` beside generation followed by the
+    `set_adapter` that only commits (how the studio's follower swaps): generation waits only for the commit."""
     from alignment.models import load_pipeline
     from alignment.sampler import Sampler
 
     s = Sampler(load_pipeline(model_id))
     lora_a, lora_b = random_adapters(model_id, 2)
     s.set_adapter(1, lora_a)
-    swaps = [seconds(lambda i=i: s.set_adapter(2 + i, lora_b if i % 2 == 0 else lora_a)) for i in range(repeats)]
-    # the part of a swap that rewrites the fused weights (base + delta), timed alone
+    swaps, prepares, commits = [], [], []
+    for i in range(repeats):
+        lora = lora_b if i % 2 == 0 else lora_a
+        swaps.append(seconds(lambda: s.set_adapter(100 + i, lora)))  # the whole swap, lock held throughout
+        prepares.append(seconds(lambda: s.prepare(200 + i, lora)))
+        commits.append(s.set_adapter(200 + i, lora))  # the seconds set_adapter held the lock
+    assert s.adapter_version == 200 + repeats - 1 and s._prepared is None
+    # the part of a whole swap that rewrites the fused weights (base + delta), timed alone
     fuse_pass = statistics.median(seconds(s._fuse) for _ in range(repeats))
     layers = s._base_weights
     fused_mb = sum(w.numel() * w.element_size() for _, w in layers) / 2**20
     del s
     t_reload = timed(lambda: load_pipeline(model_id), max(3, repeats // 3))
-    return {"hotswap_s": statistics.median(swaps), "reload_s": t_reload,
-            "hotswap_vs_reload": statistics.median(swaps) / t_reload, "fuse_pass_s": fuse_pass,
+    swap, prepare, commit = (statistics.median(x) for x in (swaps, prepares, commits))
+    return {"hotswap_s": swap, "reload_s": t_reload, "hotswap_vs_reload": swap / t_reload,
+            "prepare_s": prepare, "commit_s": commit, "commit_vs_reload": commit / t_reload,
+            "prepared_total_vs_reload": (prepare + commit) / t_reload, "fuse_pass_s": fuse_pass,
             "lora_layers": len(layers), "fused_weights_mb": fused_mb}
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from alignment.models import load_pipeline
-from alignment.sampler import AdapterLoadError, Sampler
+from alignment.sampler import AdapterLoadError, Sampler, read_lora
 from alignment.trainer import Trainer, TrainerConfig
 
 
@@ -100,8 +100,11 @@ def test_generation_threads_during_repeated_swaps_never_fail_or_mix(fresh_sample
     threads = [threading.Thread(target=generate) for _ in range(3)]
     for t in threads:
         t.start()
-    for i in range(6):
-        fresh_sampler.set_adapter((None, 1, 2)[i % 3], (None, loras[0], loras[1])[i % 3])
+    for i in range(9):
+        version, lora = (None, 1, 2)[i % 3], (None, loras[0], loras[1])[i % 3]
+        if version is not None and i >= 3:
+            fresh_sampler.prepare(version, lora)  # A, B and the spare weights change while the threads generate
+        fresh_sampler.set_adapter(version, lora)
     for t in threads:
         t.join()
     assert not errors and len(results) == 12
@@ -172,3 +175,111 @@ def test_a_pipeline_that_already_holds_adapters_is_refused_clearly(loras, tmp_pa
         sampler.set_adapter(1, loras[1])
     assert sampler.adapter_version is None
     assert torch.equal(latents(sampler), before)  # nothing changed
+
+
+# ---- prepare: the heavy part of a swap beside generation, then a commit under the lock ---------------------------
+
+def test_a_prepared_swap_gives_the_same_weights_as_a_plain_swap(fresh_sampler, loras, tmp_path):
+    plain = Sampler(load_pipeline("embedded"))
+    for s in (plain, fresh_sampler):
+        s.set_adapter(1, loras[0])
+    plain.set_adapter(2, loras[1])
+    (tmp_path / "pytorch_lora_weights.safetensors").write_bytes(loras[1])
+    for lora in (loras[1], tmp_path, read_lora(loras[1])):  # bytes, a folder, a state dict
+        fresh_sampler.set_adapter(1, loras[0])
+        assert fresh_sampler.prepare(2, lora) is True
+        assert fresh_sampler.adapter_version == 1  # prepared, not live yet
+        fresh_sampler.set_adapter(2, lora)
+        assert fresh_sampler.adapter_version == 2 and fresh_sampler._prepared is None
+        assert torch.equal(latents(fresh_sampler), latents(plain))
+
+
+def test_prepare_runs_while_another_thread_holds_the_lock_and_generation_still_sees_the_live_version(
+        fresh_sampler, loras):
+    base = latents(fresh_sampler)
+    fresh_sampler.set_adapter(1, loras[0])
+    v1 = latents(fresh_sampler)
+    held, release, done = threading.Event(), threading.Event(), []
+
+    def hold_the_lock():
+        with fresh_sampler.lock:  # as a long generation would
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold_the_lock)
+    holder.start()
+    held.wait(30)
+    preparer = threading.Thread(target=lambda: done.append(fresh_sampler.prepare(2, loras[1])))
+    preparer.start()
+    preparer.join(60)
+    finished_while_held = not preparer.is_alive()
+    release.set()
+    holder.join()
+    assert finished_while_held and done == [True]
+    assert fresh_sampler.adapter_version == 1 and torch.equal(latents(fresh_sampler), v1)  # the live weights held
+    fresh_sampler.set_adapter(2, loras[1])
+    v2 = latents(fresh_sampler)
+    assert not torch.equal(v2, v1)
+    fresh_sampler.set_adapter(None)  # the base is still bit-exact after the weight tensors were swapped around
+    assert torch.equal(latents(fresh_sampler), base)
+    assert fresh_sampler.prepare(1, loras[0])  # from the base too
+    assert torch.equal(latents(fresh_sampler), base)
+    fresh_sampler.set_adapter(1, loras[0])
+    assert torch.equal(latents(fresh_sampler), v1)
+
+
+def test_a_stale_preparation_is_never_committed(fresh_sampler, loras):
+    fresh_sampler.set_adapter(1, loras[0])
+    v1 = latents(fresh_sampler)
+    lora3 = random_lora(3)
+    fresh_sampler.prepare(2, loras[1])
+    fresh_sampler.set_adapter(2, lora3)  # same version number, other weights: a full swap, not the prepared one
+    v2_lora3 = latents(fresh_sampler)
+    fresh_sampler.prepare(3, loras[1])
+    fresh_sampler.set_adapter(1, loras[0])  # another swap in between replaces A and B
+    assert torch.equal(latents(fresh_sampler), v1)
+    fresh_sampler.set_adapter(3, loras[1])
+    fresh_sampler.set_adapter(4, lora3)
+    assert torch.equal(latents(fresh_sampler), v2_lora3)
+
+
+def test_prepare_declines_what_it_cannot_do_beside_generation(loras):
+    unfused = Sampler(load_pipeline("embedded"), fuse=False)
+    unfused.set_adapter(1, loras[0])
+    assert unfused.prepare(2, loras[1]) is False  # peft's LoRA path is live: A and B change only under the lock
+    fused = Sampler(load_pipeline("embedded"))
+    assert fused.prepare(1, loras[0]) is False  # nothing loaded yet
+    fused.set_adapter(1, loras[0])
+    assert fused.prepare(2, random_lora(4, target_modules=("to_q", "to_v"))) is False  # other layers
+    assert fused.prepare(2, random_lora(5, lora_rank=80)) is False  # above max_lora_rank's padding
+    assert fused.adapter_version == 1 and fused._prepared is None
+    with pytest.raises(ValueError):
+        fused.prepare(None, loras[0])
+
+
+@pytest.mark.parametrize("where", ["hotswap", "fuse"])
+def test_a_failing_preparation_leaves_the_live_version_serving(fresh_sampler, loras, monkeypatch, where):
+    import peft.utils.hotswap
+
+    import alignment.sampler
+
+    fresh_sampler.set_adapter(1, loras[0])
+    v1 = latents(fresh_sampler)
+    target = (peft.utils.hotswap, "hotswap_adapter_from_state_dict") if where == "hotswap" else \
+        (alignment.sampler, "fuse_into")
+    real = getattr(*target)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory (simulated)")
+
+    monkeypatch.setattr(*target, broken)
+    with pytest.raises(AdapterLoadError, match="out of memory"):
+        fresh_sampler.prepare(2, loras[1])
+    monkeypatch.setattr(*target, real)
+    assert fresh_sampler.adapter_version == 1 and fresh_sampler._prepared is None
+    assert torch.equal(latents(fresh_sampler), v1)
+    fresh_sampler.set_adapter(2, loras[1])  # not stuck, and not the half-prepared weights under label 1
+    v2 = latents(fresh_sampler)
+    assert fresh_sampler.adapter_version == 2 and not torch.equal(v2, v1)
+    fresh_sampler.set_adapter(1, loras[0])
+    assert torch.equal(latents(fresh_sampler), v1)

@@ -38,30 +38,8 @@ def load_version(sampler: Sampler, repo, version: int | None) -> float:
     return sampler.set_adapter(record.version, repo.read_blob(record.file_hash))
 
 
-def follow_live_adapter(sampler: Sampler, repo) -> bool:
-    """One step of `LiveFollower`: bring `sampler` to the live version, preparing beside generation when it can;
-    True when it swapped. A request's `sync_live_adapter` that comes in between finds the work prepared."""
-    live = repo.live_adapter()
-    if live is None or live.version == sampler.adapter_version:
-        if live is None and sampler.adapter_version is not None:
-            with sampler.lock:
-                return sync_live_adapter(sampler, repo)
-        return False
-    data = repo.read_blob(live.file_hash)
-    try:
-        sampler.prepare(live.version, data)
-    except AdapterLoadError as e:  # the swap under the lock below tries again and reports it
-        log.warning("could not prepare adapter version %s beside generation: %s", live.version, e)
-    with sampler.lock:
-        if sampler.adapter_version == live.version:  # a request swapped meanwhile
-            return False
-        sampler.set_adapter(live.version, data)  # a commit when prepared; the whole swap otherwise
-    log.info("adapter version %s is live in the sampler", live.version)
-    return True
-
-
 class LiveFollower:
-    """A daemon thread that runs `follow_live_adapter` every `interval_s` seconds until `stop()`."""
+    """A daemon thread that keeps `sampler` on the live adapter: every `interval_s` seconds `follow_once`."""
 
     def __init__(self, sampler: Sampler, repo, interval_s: float = 1.0):
         if not interval_s > 0:
@@ -69,9 +47,45 @@ class LiveFollower:
         self.sampler, self.repo, self.interval_s = sampler, repo, interval_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._failed: int | None = None  # a live version that could not be loaded: not retried while it is live
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def follow_once(self) -> bool:
+        """Bring the sampler to the live version, preparing beside generation when it can; True when it swapped.
+        A version that cannot be loaded is logged once and skipped until another version is live (requests that
+        sync themselves still report it)."""
+        live = self.repo.live_adapter()
+        version = live.version if live is not None else None
+        if version == self.sampler.adapter_version or (version is not None and version == self._failed):
+            return False
+        try:
+            if live is not None:
+                data = self.repo.read_blob(live.file_hash)
+                self.sampler.prepare(live.version, data)
+            with self.sampler.lock:
+                now = self.repo.live_adapter()  # an admin may have made another version live meanwhile
+                if live is None or now is None or now.version != live.version:
+                    swapped = sync_live_adapter(self.sampler, self.repo)
+                elif self.sampler.adapter_version == live.version:  # a request swapped meanwhile
+                    swapped = False
+                else:
+                    self.sampler.set_adapter(live.version, data)  # a commit when prepared; the whole swap if not
+                    swapped = True
+        except AdapterLoadError as e:
+            self._failed = version
+            log.error("adapter version %s cannot be loaded (%s); the sampler keeps serving %s", version, e,
+                      "the base" if self.sampler.adapter_version is None else f"v{self.sampler.adapter_version}")
+            return False
+        self._failed = None
+        if swapped:
+            log.info("the sampler now serves %s", "the base" if version is None else f"adapter version {version}")
+        return swapped
 
     def start(self) -> None:
-        if self._thread is not None and self._thread.is_alive():
+        if self.running:
             return
         self._stop.clear()
         self._thread = threading.Thread(target=self._loop, name="live-adapter-follower", daemon=True)
@@ -86,9 +100,9 @@ class LiveFollower:
         delay = self.interval_s
         while not self._stop.is_set():
             try:
-                follow_live_adapter(self.sampler, self.repo)
+                self.follow_once()
                 delay = self.interval_s
-            except Exception:  # storage hiccup or a bad adapter: keep serving what is live, retry less and less often
+            except Exception:  # storage hiccup: keep serving what is live, retry less and less often
                 log.exception("following the live adapter failed; the sampler keeps its current version")
                 delay = min(MAX_RETRY_S, 2 * delay)
             self._stop.wait(delay)

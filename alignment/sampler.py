@@ -247,10 +247,9 @@ class Sampler:
                             self._recover()
                             raise
                         self.adapter_version, self._live_lora, self._rank = version, lora, lora_rank(state)
-                        self._fuse()
                 finally:
-                    if self.adapter_version is not None and not self._fused:
-                        self._fuse()  # the live version was loaded back after a failure
+                    if self.adapter_version is not None:
+                        self._fuse()  # the new version, or the live one that _recover loaded back
                 return time.perf_counter() - t0
 
     def prepare(self, version: int, lora: str | Path | bytes | dict) -> bool:
@@ -286,7 +285,7 @@ class Sampler:
         p = self._prepared
         if p is None or p.version != version:
             return False
-        if isinstance(lora, dict):
+        if isinstance(lora, dict):  # the same dict object (edited in place, it is not told apart)
             same = lora is p.lora
         elif isinstance(lora, bytes):
             same = isinstance(p.lora, bytes) and lora == p.lora
@@ -303,13 +302,14 @@ class Sampler:
         LoRA stays active), a rank that fits the padding, and no offloading hooks that loading would re-install."""
         unet_keys = frozenset(k for k in state if k.startswith("unet."))
         return (self.fuse and self._loaded and bool(self._base_weights) and self._adapter_present()
+                and all(module.disable_adapters for module, _ in self._base_weights)
                 and len(unet_keys) == len(state) and unet_keys == self._loaded_keys
                 and lora_rank(state) <= self.max_lora_rank and getattr(self.pipe.unet, "_hf_hook", None) is None)
 
     def _commit(self) -> None:
         """Under both locks: the prepared fused weights become the live ones, the old ones the next spares."""
         p, old = self._prepared, []
-        for (module, _), spare in zip(self._base_weights, self._spares):
+        for (module, _), spare in zip(self._base_weights, self._spares, strict=True):
             weight = module.base_layer.weight
             old.append(weight.data)
             weight.data = spare
@@ -321,14 +321,14 @@ class Sampler:
         return ADAPTER_NAME in (getattr(self.pipe.unet, "peft_config", None) or {})
 
     def _recover(self) -> None:
-        """After a failed load. diffusers deletes the adapter when loading fails half-way (and the replace path
-        deleted it already): then load the live version again from its weights, or fall back to the base, so
-        that `adapter_version` always names what the weights hold."""
-        if ADAPTER_NAME in (getattr(self.pipe.unet, "peft_config", None) or {}):
-            return  # nothing was removed: the live adapter and its fused weights are as they were
-        self._unfuse()
-        self._base_weights, self._spares, self._prepared = [], [], None
-        self._loaded, self._loaded_keys, self._rank = False, frozenset(), 0
+        """After a failed load, A and B may hold part of the new adapter, and diffusers deletes the adapter when
+        loading fails half-way (the replace path deleted it already). Load the live version's weights back
+        (hot-swapped, or anew when the adapter is gone; the caller fuses them), or fall back to the base, so that
+        `adapter_version` always names what the weights hold."""
+        if not self._adapter_present():
+            self._unfuse()
+            self._base_weights, self._spares, self._prepared = [], [], None
+            self._loaded, self._loaded_keys, self._rank = False, frozenset(), 0
         if self.adapter_version is None:
             return
         try:
@@ -338,6 +338,9 @@ class Sampler:
         except Exception as e:  # the live version cannot come back either: serve the base rather than mislabel
             log.warning("could not restore adapter version %s after a failed swap (%s); serving the base model",
                         self.adapter_version, e)
+            self._unfuse()
+            if self._adapter_present():
+                self.pipe.unet.disable_lora()
             self.adapter_version = None
 
     def _load(self, state: dict[str, torch.Tensor], source, enable: bool = True) -> None:
@@ -346,7 +349,9 @@ class Sampler:
         if not keys:
             raise AdapterLoadError("the LoRA state dict has no 'unet.'-prefixed keys: it would load nothing")
         rank = lora_rank(state)
-        can_hotswap = self._loaded and rank <= self.max_lora_rank and keys == self._loaded_keys
+        # diffusers cannot hot-swap text-encoder LoRA: an adapter with parts outside the UNet is loaded anew
+        can_hotswap = (self._loaded and rank <= self.max_lora_rank and keys == self._loaded_keys
+                       and len(keys) == len(state))
         foreign = sorted(getattr(self.pipe.unet, "peft_config", None) or ()) if not self._loaded else []
         if foreign:  # diffusers' hotswap must be enabled before the first adapter: fail clearly, change nothing
             raise AdapterLoadError(f"the pipeline already holds LoRA adapter(s) {', '.join(foreign)} that this "

@@ -156,7 +156,8 @@ class Studio(AdminMixin):
             raise StudioError(f"the two seeds are equal ({chosen[0]}): a pair needs two different images")
         self.limits.pairs.check(annotator)
         with self.sampler.lock:
-            sync_live_adapter(self.sampler, self.repo)
+            if not self.follower.running:  # the follower swaps beside generation; without it, swap here
+                sync_live_adapter(self.sampler, self.repo)
             left, right = self.sampler.generate_pair(prompt, chosen)
         gens = [NewGeneration(seed=g.seed, model_id=g.trajectory.model_id, adapter_version=g.trajectory.adapter_version,
                               sampler_settings=g.trajectory.settings, image_png=png_bytes(g.image),

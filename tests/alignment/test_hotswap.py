@@ -283,3 +283,22 @@ def test_a_failing_preparation_leaves_the_live_version_serving(fresh_sampler, lo
     assert fresh_sampler.adapter_version == 2 and not torch.equal(v2, v1)
     fresh_sampler.set_adapter(1, loras[0])
     assert torch.equal(latents(fresh_sampler), v1)
+
+
+def test_a_swap_failing_after_the_unet_part_loaded_puts_the_live_weights_back(fresh_sampler, loras, monkeypatch):
+    """The adapter is still there (nothing deleted it) but its A and B hold the new weights: they are reloaded."""
+    fresh_sampler.set_adapter(1, loras[0])
+    v1 = latents(fresh_sampler)
+
+    real, calls = fresh_sampler.pipe.load_lora_into_text_encoder, []
+
+    def broken_once(*args, **kwargs):  # the new adapter's load fails; loading the live one back works
+        calls.append(1)
+        if len(calls) == 1:
+            raise ValueError("text encoder part failed (simulated)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fresh_sampler.pipe, "load_lora_into_text_encoder", broken_once)
+    with pytest.raises(AdapterLoadError, match="simulated"):
+        fresh_sampler.set_adapter(2, loras[1])
+    assert fresh_sampler.adapter_version == 1 and torch.equal(latents(fresh_sampler), v1)

@@ -4,7 +4,8 @@ The worker (a thread here, or a process on another machine) only writes adapters
 owns a sampler calls `sync_live_adapter` before generating, and the swap happens under the sampler's lock between two
 generations. A `LiveFollower` thread does better than waiting for the next request: it polls storage, does the heavy
 part of the swap beside generation (`Sampler.prepare`) and holds the lock only for the commit, so a new adapter goes
-live within a poll interval and a request never waits for more than that commit. The adapter bytes come from the
+live within a poll interval plus the prepare, and generation pauses only for the commit. A request that comes in
+before that commit still syncs (it must not serve a retired version): it then waits for the prepare in progress. The adapter bytes come from the
 content-addressed blob store, which checks their SHA-256 against the hash recorded in the database before they are
 loaded.
 """

@@ -156,8 +156,7 @@ class Studio(AdminMixin):
             raise StudioError(f"the two seeds are equal ({chosen[0]}): a pair needs two different images")
         self.limits.pairs.check(annotator)
         with self.sampler.lock:
-            if not self.follower.running:  # the follower swaps beside generation; without it, swap here
-                sync_live_adapter(self.sampler, self.repo)
+            sync_live_adapter(self.sampler, self.repo)  # usually the follower has swapped already: a no-op
             left, right = self.sampler.generate_pair(prompt, chosen)
         gens = [NewGeneration(seed=g.seed, model_id=g.trajectory.model_id, adapter_version=g.trajectory.adapter_version,
                               sampler_settings=g.trajectory.settings, image_png=png_bytes(g.image),

@@ -5,9 +5,9 @@ owns a sampler calls `sync_live_adapter` before generating, and the swap happens
 generations. A `LiveFollower` thread does better than waiting for the next request: it polls storage, does the heavy
 part of the swap beside generation (`Sampler.prepare`) and holds the lock only for the commit, so a new adapter goes
 live within a poll interval plus the prepare, and generation pauses only for the commit. A request that comes in
-before that commit still syncs (it must not serve a retired version): it then waits for the prepare in progress. The adapter bytes come from the
-content-addressed blob store, which checks their SHA-256 against the hash recorded in the database before they are
-loaded.
+before that commit still syncs (it must not serve a retired version): it then waits for the prepare in progress.
+The adapter bytes come from the content-addressed blob store, which checks their SHA-256 against the hash recorded
+in the database before they are loaded.
 """
 
 from __future__ import annotations
@@ -68,13 +68,12 @@ class LiveFollower:
                 self.sampler.prepare(live.version, data)
             with self.sampler.lock:
                 now = self.repo.live_adapter()  # an admin may have made another version live meanwhile
-                if live is None or now is None or now.version != live.version:
-                    swapped = sync_live_adapter(self.sampler, self.repo)
-                elif self.sampler.adapter_version == live.version:  # a request swapped meanwhile
-                    swapped = False
+                if live is not None and now is not None and now.version == live.version:
+                    swapped = self.sampler.adapter_version != live.version  # unless a request swapped meanwhile
+                    if swapped:
+                        self.sampler.set_adapter(live.version, data)  # a commit when prepared, else the whole swap
                 else:
-                    self.sampler.set_adapter(live.version, data)  # a commit when prepared; the whole swap if not
-                    swapped = True
+                    swapped = sync_live_adapter(self.sampler, self.repo)
         except AdapterLoadError as e:
             self._failed = version
             log.error("adapter version %s cannot be loaded (%s); the sampler keeps serving %s", version, e,

@@ -345,9 +345,7 @@ class Sampler:
 
     def _load(self, state: dict[str, torch.Tensor], source, enable: bool = True) -> None:
         """Load or hot-swap the adapter's A and B (enable: switch peft's LoRA path on; `_fuse` switches it off)."""
-        keys = frozenset(k for k in state if k.startswith("unet."))
-        if not keys:
-            raise AdapterLoadError("the LoRA state dict has no 'unet.'-prefixed keys: it would load nothing")
+        keys = frozenset(k for k in state if k.startswith("unet."))  # not empty: `_materialized` checked
         rank = lora_rank(state)
         # diffusers cannot hot-swap text-encoder LoRA: an adapter with parts outside the UNet is loaded anew
         can_hotswap = (self._loaded and rank <= self.max_lora_rank and keys == self._loaded_keys

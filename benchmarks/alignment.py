@@ -79,7 +79,7 @@ def labeler_spec(name: str) -> str:
 def sample_pool(sampler, seed: int, n: int) -> list[dict]:
     """n pairs sampled from the base: {prompt, a, b (trajectory bytes), image_a, image_b (PNG bytes)}. Unlabeled,
     so that every labeler judges the same pairs (one sampling per seed, however many labelers)."""
-    from alignment.simulate import training_prompts
+    from alignment.simulate import png as png_bytes, training_prompts
 
     rng = random.Random(seed)
     pool = []
@@ -103,12 +103,6 @@ def label_pool(pool: list[dict], labeler) -> list[dict]:
         w, l = (p["b"], p["a"]) if choice == 1 else (p["a"], p["b"])
         out.append({"prompt": p["prompt"], "w": w, "l": l, "target": 0.5 if choice is None else 1.0})
     return out
-
-
-def png_bytes(image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def load_or_sample_pool(path: Path, sampler, seed: int, n: int) -> list[dict]:

@@ -29,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -110,8 +111,8 @@ def hotswap(model_id: str, repeats: int) -> dict:
     swaps, prepares, commits = [], [], []
     for i in range(repeats):
         lora = lora_b if i % 2 == 0 else lora_a
-        swaps.append(seconds(lambda: s.set_adapter(100 + i, lora)))  # the whole swap, lock held throughout
-        prepares.append(seconds(lambda: s.prepare(200 + i, lora)))
+        swaps.append(seconds(partial(s.set_adapter, 100 + i, lora)))  # the whole swap, lock held throughout
+        prepares.append(seconds(partial(s.prepare, 200 + i, lora)))
         commits.append(s.set_adapter(200 + i, lora))  # the seconds set_adapter held the lock
     assert s.adapter_version == 200 + repeats - 1 and s._prepared is None
     # the part of a whole swap that rewrites the fused weights (base + delta), timed alone

@@ -57,7 +57,8 @@ def test_each_labeler_labels_the_same_sampled_pool():
     from PIL import Image, ImageDraw
 
     from alignment.labelers import larger, smaller
-    from benchmarks.alignment import label_pool, png_bytes
+    from alignment.simulate import png as png_bytes
+    from benchmarks.alignment import label_pool
 
     def square(size):
         im = Image.new("RGB", (32, 32), (255, 255, 255))

@@ -37,6 +37,7 @@ RUN if [ -n "$TORCH_INDEX_URL" ]; then \
     fi \
     && pip install --no-cache-dir --user -r requirements.txt
 
+COPY --chown=1000:1000 settings.py ./
 COPY --chown=1000:1000 storage ./storage
 COPY --chown=1000:1000 alignment ./alignment
 COPY --chown=1000:1000 app ./app

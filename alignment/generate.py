@@ -16,8 +16,11 @@ from pathlib import Path
 
 from PIL import Image
 
-from alignment.models import ModelLoadError, load_pipeline
-from alignment.sampler import AdapterLoadError, PromptError, Sampler, SamplerConfig, validate_prompt, validate_seeds
+from alignment.families.loader import ModelLoadError, load_pipeline
+from alignment.core.lora_files import AdapterLoadError
+from alignment.core.limits import PromptError, validate_prompt, validate_seeds
+from alignment.serving.sampler import Sampler
+from settings import SamplerConfig
 
 
 def side_by_side(images: list[Image.Image], scale: int) -> Image.Image:

@@ -137,7 +137,7 @@ def stop_on_sigterm(signum, frame):
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = parse_args(argv)
-    from alignment.models import ModelLoadError
+    from alignment.families.loader import ModelLoadError
     from app.studio import Studio, StudioError
     from storage import StorageError
     from app.ui import build_ui, launch

@@ -15,7 +15,7 @@ import logging
 import secrets
 from pathlib import Path
 
-from alignment.live import sync_live_adapter
+from alignment.serving.live import sync_live_adapter
 from app.access import Actor
 from app.inputs import SETTINGS, VOTE_CHOICES, StudioError, parse_setting
 from storage import BlobIntegrityError, BlobNotFoundError

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.access import AccessPolicy, RateLimits, parse_auth_entry
+from settings import OBJECTIVES
 
-OBJECTIVES = ("discounted", "trajectory", "diffusion-dpo")
 # Guards of a public studio (bound to another address than loopback, or on a Space); off on localhost.
 PUBLIC_PAIRS_PER_MINUTE = 30  # generated pairs per annotator (compare and blind A/B renders count too)
 PUBLIC_VOTES_PER_MINUTE = 120  # votes per annotator (blind A/B choices count too)

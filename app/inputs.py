@@ -2,14 +2,14 @@
 
 Each parser returns the value in the type the lower layers expect, or raises `StudioError` with a message the UI
 shows as is. Range checks that belong to a lower layer (prompt length, objective values) stay there; this module
-only makes the raw widget and JSON values comparable. It knows no Gradio and nothing below `alignment.sampler`.
+only makes the raw widget and JSON values comparable. It knows no Gradio and nothing below `alignment.serving.sampler`.
 """
 
 from __future__ import annotations
 
 import re
 
-from alignment.sampler import MAX_SEED
+from alignment.core.limits import MAX_SEED
 from app.errors import StudioError
 
 VOTE_CHOICES = ("left", "right", "tie", "both_bad", "skip")

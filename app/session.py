@@ -20,7 +20,7 @@ from pathlib import Path
 import gradio as gr
 from gradio.utils import get_upload_folder
 
-from alignment.sampler import AdapterLoadError
+from alignment.core.lora_files import AdapterLoadError
 from app.access import Actor
 from app.studio import StudioError
 from storage import StorageError

@@ -3,7 +3,7 @@
 Every Gradio handler (and so every API endpoint) goes through one `Studio`. It turns a prompt into a stored pair,
 a click into a committed vote, two adapter versions into a side-by-side comparison, and a blind A/B choice into a
 trial stored apart from the training votes. Generation always runs under the sampler's lock, and the sampler is
-synchronised with the repository's live adapter (`alignment.live.sync_live_adapter`) right before it generates,
+synchronised with the repository's live adapter (`alignment.serving.live.sync_live_adapter`) right before it generates,
 so a pair never mixes two adapters and a freshly trained adapter is used from the next pair on. Showing another
 version (compare, blind A/B) swaps it in, generates and swaps the live one back, all inside the same lock.
 
@@ -29,12 +29,14 @@ from pathlib import Path
 
 from PIL import Image
 
-from alignment.live import LiveFollower, load_version, sync_live_adapter
-from alignment.models import load_pipeline
-from alignment.objective import paired_win_rate
-from alignment.sampler import Sampler, validate_prompt
-from alignment.trainer import TrainerConfig
-from alignment.worker import Worker, WorkerConfig
+from alignment.serving.live import LiveFollower, load_version, sync_live_adapter
+from alignment.families.loader import load_pipeline
+from alignment.core.objective import paired_win_rate
+from alignment.serving.sampler import Sampler
+from alignment.core.limits import validate_prompt
+from settings import TrainerConfig
+from alignment.training.worker import Worker
+from settings import WorkerConfig
 from app.access import AccessPolicy, RateLimits
 from app.admin import AdminMixin
 from app.config import StudioConfig

@@ -37,8 +37,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from alignment.objective import paired_win_rate
-from alignment.trainer import TrainerConfig
+from alignment.core.objective import paired_win_rate
+from settings import TrainerConfig
 
 EVAL_SEED_BASE = 1_000_000
 GUARD_SEED_BASE = 1000  # the worker's fidelity seeds start here too
@@ -72,14 +72,14 @@ class Variant:
 
 
 def labeler_spec(name: str) -> str:
-    return name if ":" in name else f"alignment.labelers:{name}"
+    return name if ":" in name else f"alignment.eval.labelers:{name}"
 
 
 # ---- the pool ---------------------------------------------------------------------------------------------------
 def sample_pool(sampler, seed: int, n: int) -> list[dict]:
     """n pairs sampled from the base: {prompt, a, b (trajectory bytes), image_a, image_b (PNG bytes)}. Unlabeled,
     so that every labeler judges the same pairs (one sampling per seed, however many labelers)."""
-    from alignment.simulate import png as png_bytes, training_prompts
+    from alignment.eval.simulate import png as png_bytes, training_prompts
 
     rng = random.Random(seed)
     pool = []
@@ -94,7 +94,7 @@ def label_pool(pool: list[dict], labeler) -> list[dict]:
     """The labeler's verdict on each pair: {prompt, w, l (trajectory bytes), target (1, or 0.5 for a tie)}."""
     from PIL import Image
 
-    from alignment.labelers import judge
+    from alignment.eval.labelers import judge
 
     out = []
     for p in pool:
@@ -120,8 +120,8 @@ def load_or_sample_pool(path: Path, sampler, seed: int, n: int) -> list[dict]:
 
 
 def training_pairs(pool: list[dict]):
-    from alignment.sampler import Trajectory
-    from alignment.trainer import TrainingPair
+    from alignment.core.trajectory import Trajectory
+    from alignment.training.trainer import TrainingPair
 
     return [TrainingPair(p["prompt"], Trajectory.from_bytes(p["w"]), Trajectory.from_bytes(p["l"]), p["target"])
             for p in pool]
@@ -134,7 +134,7 @@ def render_eval(sampler, cases, seeds: list[int]) -> list:
 
 def judge_eval(labeler, base: list, aligned: list, cases, seeds: list[int]) -> dict:
     from alignment.embedded.evaluate import score
-    from alignment.simulate import judge_against_base
+    from alignment.eval.simulate import judge_against_base
 
     result = judge_against_base(labeler, base, aligned, [c.prompt for c in cases for _ in seeds])
     flat_cases = [c for c in cases for _ in seeds]
@@ -169,11 +169,12 @@ def point_key(r: dict) -> tuple:
 
 def run_grid(args) -> list[dict]:
     from alignment.embedded.evaluate import held_out_cases
-    from alignment.fidelity import FidelityGuard
-    from alignment.labelers import load_labeler
-    from alignment.models import load_pipeline
-    from alignment.sampler import Sampler, SamplerConfig
-    from alignment.trainer import Trainer
+    from alignment.training.fidelity import FidelityGuard
+    from alignment.eval.labelers import load_labeler
+    from alignment.families.loader import load_pipeline
+    from alignment.serving.sampler import Sampler
+    from settings import SamplerConfig
+    from alignment.training.trainer import Trainer
 
     out = Path(args.out)
     (out / "pools").mkdir(parents=True, exist_ok=True)
@@ -345,7 +346,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--labels", type=int, nargs="+", default=[32, 64, 128, 256])
     p.add_argument("--variants", nargs="+", default=["discounted", "trajectory", "diffusion-dpo"])
-    p.add_argument("--labelers", nargs="+", default=["larger"], help="names in alignment.labelers or module:function")
+    p.add_argument("--labelers", nargs="+", default=["larger"], help="names in alignment.eval.labelers or module:function")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--pool", type=int, default=256, help="pairs sampled and labeled per (labeler, seed)")
     p.add_argument("--eval-prompts", type=int, default=16)

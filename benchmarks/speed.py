@@ -60,8 +60,9 @@ def interleaved(fa, fb, repeats: int) -> tuple[float, float]:
 
 def random_adapters(model_id: str, n: int) -> list[bytes]:
     """n adapters with random weights (seeds 1..n), from one trainer (one model load, however large the model)."""
-    from alignment.models import load_pipeline
-    from alignment.trainer import Trainer, TrainerConfig
+    from alignment.families.loader import load_pipeline
+    from alignment.training.trainer import Trainer
+    from settings import TrainerConfig
 
     tr = Trainer(load_pipeline(model_id))
     out = []
@@ -80,8 +81,8 @@ PROMPT = "a large red circle on a blue background"
 
 def pair_latency(model_id: str, repeats: int) -> dict:
     """Section `pair`: Sampler.generate_pair (trajectory capture) vs the plain pipeline call."""
-    from alignment.models import load_pipeline
-    from alignment.sampler import Sampler
+    from alignment.families.loader import load_pipeline
+    from alignment.serving.sampler import Sampler
 
     model = load_pipeline(model_id)
     s = Sampler(model)
@@ -102,8 +103,8 @@ def hotswap(model_id: str, repeats: int) -> dict:
     """Section `swap`: making a new adapter version live in place vs loading the pipeline again. Two ways: the
     whole swap under the sampler's lock (`set_adapter` alone), and `prepare` beside generation followed by the
     `set_adapter` that only commits (how the studio's follower swaps): generation waits only for the commit."""
-    from alignment.models import load_pipeline
-    from alignment.sampler import Sampler
+    from alignment.families.loader import load_pipeline
+    from alignment.serving.sampler import Sampler
 
     s = Sampler(load_pipeline(model_id))
     lora_a, lora_b = random_adapters(model_id, 2)
@@ -130,8 +131,8 @@ def hotswap(model_id: str, repeats: int) -> dict:
 
 def live_adapter(model_id: str, repeats: int) -> dict:
     """Section `adapter`: sampling with a live adapter (fused, as the sampler keeps it; and unfused) vs the base."""
-    from alignment.models import load_pipeline
-    from alignment.sampler import Sampler
+    from alignment.families.loader import load_pipeline
+    from alignment.serving.sampler import Sampler
 
     (lora,) = random_adapters(model_id, 1)
     base, fused, unfused = (Sampler(load_pipeline(model_id)), Sampler(load_pipeline(model_id)),
@@ -146,8 +147,9 @@ def live_adapter(model_id: str, repeats: int) -> dict:
 
 
 def train_step(model_id: str, repeats: int, train: dict) -> dict:
-    from alignment.models import load_pipeline
-    from alignment.trainer import Trainer, TrainerConfig
+    from alignment.families.loader import load_pipeline
+    from alignment.training.trainer import Trainer
+    from settings import TrainerConfig
 
     model = load_pipeline(model_id, dtype="fp32")
     pairs = synthetic_pairs(model)  # the step's cost does not depend on what the latents hold
@@ -161,8 +163,9 @@ def train_step(model_id: str, repeats: int, train: dict) -> dict:
 MEMORY_CHILD = r"""
 import copy, ctypes, gc, json, resource, sys, torch
 sys.path.insert(0, ".")
-from alignment.models import load_pipeline
-from alignment.trainer import Trainer, TrainerConfig
+from alignment.families.loader import load_pipeline
+from alignment.training.trainer import Trainer
+from settings import TrainerConfig
 from benchmarks.speed import synthetic_pairs
 model = load_pipeline(sys.argv[1], dtype="fp32")
 tr = Trainer(model, TrainerConfig(train_steps=int(sys.argv[4]), **json.loads(sys.argv[3])))
@@ -197,8 +200,9 @@ print(start_kb, peak_kb, max(lifetime_kb, resource.getrusage(resource.RUSAGE_SEL
 
 def synthetic_pairs(model, n: int = 4):
     """Pairs of random trajectories with the model's latent shape (memory does not depend on their content)."""
-    from alignment.sampler import SamplerConfig, Trajectory
-    from alignment.trainer import TrainingPair
+    from settings import SamplerConfig
+    from alignment.core.trajectory import Trajectory
+    from alignment.training.trainer import TrainingPair
 
     cfg = SamplerConfig.from_defaults(model.sampler_defaults)
     sched = model.pipe.scheduler

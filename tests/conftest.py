@@ -14,6 +14,6 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def embedded():
     """The committed embedded model, loaded once (tests must not change its weights in place)."""
-    from alignment.models import load_pipeline
+    from alignment.families.loader import load_pipeline
 
     return load_pipeline("embedded")

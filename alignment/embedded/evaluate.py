@@ -99,8 +99,9 @@ def grid(images: list[list[Image.Image]], scale: int = 3) -> Image.Image:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from alignment.models import load_pipeline
-    from alignment.sampler import Sampler, SamplerConfig
+    from alignment.families.loader import load_pipeline
+    from alignment.serving.sampler import Sampler
+    from settings import SamplerConfig
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="embedded")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from alignment.labelers import larger
-from alignment.models import load_pipeline
-from alignment.sampler import Sampler
-from alignment.trainer import TrainingPair
+from alignment.eval.labelers import larger
+from alignment.families.loader import load_pipeline
+from alignment.serving.sampler import Sampler
+from alignment.training.trainer import TrainingPair
 
 
 @pytest.fixture

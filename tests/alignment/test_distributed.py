@@ -1,4 +1,4 @@
-"""`alignment.distributed.Ranks` within one process: how a global batch is split, and that one process changes
+"""`alignment.training.distributed.Ranks` within one process: how a global batch is split, and that one process changes
 nothing. The real multi-process runs (two processes under `accelerate launch`) are in tests/deploy/test_multi_gpu.py.
 """
 
@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from alignment.distributed import Ranks, launched_processes
+from alignment.training.distributed import Ranks, launched_processes
 
 
 def test_one_process_trains_on_the_whole_batch_and_needs_no_collectives():

@@ -1,6 +1,6 @@
 """The fidelity guard's checkpoint selection: the latest state that passes, or none."""
 
-from alignment.fidelity import FidelityGuard, FidelityReport
+from alignment.training.fidelity import FidelityGuard, FidelityReport
 
 
 class FakeTrainer:

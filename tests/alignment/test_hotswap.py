@@ -5,9 +5,11 @@ import threading
 import pytest
 import torch
 
-from alignment.models import load_pipeline
-from alignment.sampler import AdapterLoadError, Sampler, read_lora
-from alignment.trainer import Trainer, TrainerConfig
+from alignment.families.loader import load_pipeline
+from alignment.core.lora_files import AdapterLoadError, read_lora
+from alignment.serving.sampler import Sampler
+from alignment.training.trainer import Trainer
+from settings import TrainerConfig
 
 
 def random_lora(seed: int, scale: float = 0.3, **config) -> bytes:
@@ -261,12 +263,12 @@ def test_prepare_declines_what_it_cannot_do_beside_generation(loras):
 def test_a_failing_preparation_leaves_the_live_version_serving(fresh_sampler, loras, monkeypatch, where):
     import peft.utils.hotswap
 
-    import alignment.sampler
+    import alignment.serving.sampler
 
     fresh_sampler.set_adapter(1, loras[0])
     v1 = latents(fresh_sampler)
     target = (peft.utils.hotswap, "hotswap_adapter_from_state_dict") if where == "hotswap" else \
-        (alignment.sampler, "fuse_into")
+        (alignment.serving.sampler, "fuse_into")
     real = getattr(*target)
 
     def broken(*args, **kwargs):

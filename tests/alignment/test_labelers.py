@@ -5,7 +5,7 @@ import random
 import pytest
 
 from alignment.embedded.data import ShapeSpec, draw
-from alignment.labelers import (LabelerError, centered, judge, larger, load_labeler, lower, noisy, saturated,
+from alignment.eval.labelers import (LabelerError, centered, judge, larger, load_labeler, lower, noisy, saturated,
                                 smaller)
 
 
@@ -32,10 +32,10 @@ def test_noisy_human_agrees_at_the_given_rate():
 
 
 def test_labelers_load_from_module_function_strings():
-    assert load_labeler("alignment.labelers:larger") is larger
+    assert load_labeler("alignment.eval.labelers:larger") is larger
     assert load_labeler("tests.alignment.test_labelers:quirky")(img(), img(), "p") in (0, 1)
     with pytest.raises(LabelerError):
-        load_labeler("alignment.labelers:nope")
+        load_labeler("alignment.eval.labelers:nope")
     with pytest.raises(LabelerError):
         load_labeler("no_such_module:f")
 
@@ -62,7 +62,7 @@ def test_parse_caption_reads_every_grammar_form():
 
 
 def test_faithful_prefers_what_was_asked_for_then_defers():
-    from alignment.labelers import faithful_larger
+    from alignment.eval.labelers import faithful_larger
 
     prompt = "a red circle on a white background"
     right_small, wrong_big = img(4, colour="red"), img(10, colour="blue")

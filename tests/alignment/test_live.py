@@ -6,9 +6,9 @@ import time
 import pytest
 import torch
 
-from alignment.live import LiveFollower, sync_live_adapter
-from alignment.models import load_pipeline
-from alignment.sampler import Sampler
+from alignment.serving.live import LiveFollower, sync_live_adapter
+from alignment.families.loader import load_pipeline
+from alignment.serving.sampler import Sampler
 from storage import Repository
 from tests.alignment.test_hotswap import latents, random_lora
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-from alignment.models import EMBEDDED_PATH, ModelLoadError, load_pipeline, pick_dtype
+from alignment.families.loader import EMBEDDED_PATH, ModelLoadError, load_pipeline, pick_dtype
 
 
 def test_committed_pipeline_loads_offline_with_plain_diffusers():

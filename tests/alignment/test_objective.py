@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from alignment.objective import (
+from alignment.core.objective import (
     DPOOutput,
     ddim_step_log_prob,
     ddim_step_mean_std,

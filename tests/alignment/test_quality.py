@@ -2,7 +2,7 @@
 
 from alignment.embedded.analysis import analyze
 from alignment.embedded.evaluate import held_out_cases, score
-from alignment.sampler import Sampler
+from alignment.serving.sampler import Sampler
 
 
 def test_embedded_model_draws_the_prompted_colours(embedded):

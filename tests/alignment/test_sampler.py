@@ -3,8 +3,11 @@
 import pytest
 import torch
 
-from alignment.sampler import PromptError, Sampler, SamplerConfig, Trajectory
-from alignment.trainer import Trainer
+from alignment.core.limits import PromptError
+from alignment.serving.sampler import Sampler
+from settings import SamplerConfig
+from alignment.core.trajectory import Trajectory
+from alignment.training.trainer import Trainer
 
 
 def test_same_prompt_and_seed_give_identical_images_and_trajectories(embedded):

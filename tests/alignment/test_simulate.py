@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from alignment.simulate import main
+from alignment.eval.simulate import main
 
 
 def prefers_first(a, b, prompt):
@@ -13,7 +13,7 @@ def prefers_first(a, b, prompt):
 
 def test_simulation_runs_end_to_end_with_any_labeler(tmp_path, capsys):
     out = tmp_path / "sim.json"
-    main(["--labeler", "alignment.labelers:larger", "--pairs", "6", "--rounds", "2", "--train-steps", "2",
+    main(["--labeler", "alignment.eval.labelers:larger", "--pairs", "6", "--rounds", "2", "--train-steps", "2",
           "--eval-prompts", "3", "--eval-seeds", "2", "--data-dir", str(tmp_path / "d"), "--json", str(out)])
     result = json.loads(out.read_text())
     for key in ("win_rate", "ci_low", "ci_high", "labels", "train_seconds", "fidelity_base", "fidelity_aligned"):

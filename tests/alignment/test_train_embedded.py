@@ -3,8 +3,8 @@
 import json
 
 from alignment.embedded.train import TrainConfig, train
-from alignment.models import load_pipeline
-from alignment.sampler import Sampler
+from alignment.families.loader import load_pipeline
+from alignment.serving.sampler import Sampler
 
 
 def test_training_script_smoke_run_saves_a_loadable_pipeline(tmp_path):

@@ -6,9 +6,10 @@ import dataclasses
 import pytest
 import torch
 
-from alignment.models import load_pipeline
-from alignment.sampler import Sampler
-from alignment.trainer import PairError, Trainer, TrainerConfig, TrainingDivergedError, TrainingPair
+from alignment.families.loader import load_pipeline
+from alignment.serving.sampler import Sampler
+from alignment.training.trainer import PairError, Trainer, TrainingDivergedError, TrainingPair
+from settings import TrainerConfig
 
 
 def base_state(unet):

@@ -5,13 +5,16 @@ from dataclasses import replace
 import pytest
 import torch
 
-from alignment.fidelity import FidelityGuard
-from alignment.live import sync_live_adapter
-from alignment.models import load_pipeline
-from alignment.sampler import Sampler, read_lora
-from alignment.simulate import collect_round
-from alignment.trainer import Trainer, TrainerConfig
-from alignment.worker import Worker, WorkerConfig
+from alignment.training.fidelity import FidelityGuard
+from alignment.serving.live import sync_live_adapter
+from alignment.families.loader import load_pipeline
+from alignment.serving.sampler import Sampler
+from alignment.core.lora_files import read_lora
+from alignment.eval.simulate import collect_round
+from alignment.training.trainer import Trainer
+from settings import TrainerConfig
+from alignment.training.worker import Worker
+from settings import WorkerConfig
 from storage import Repository
 
 
@@ -26,7 +29,7 @@ def repo_with_votes(tmp_path, embedded):
 
 
 def load_labeler_larger():
-    from alignment.labelers import larger
+    from alignment.eval.labelers import larger
     return larger
 
 
@@ -121,7 +124,7 @@ def test_only_one_run_at_a_time(repo_with_votes):
 
 
 def test_worker_cli_passes_gpu_training_settings_and_refuses_bad_ones(tmp_path):
-    from alignment.worker import main
+    from alignment.training.worker import main
 
     with pytest.raises(SystemExit, match="lora_rank must be at least 1"):
         main(["--data-dir", str(tmp_path), "--rank", "0"])

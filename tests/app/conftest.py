@@ -15,7 +15,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 @pytest.fixture
 def studio(embedded, tmp_path):
     """A Studio without a worker on the shared embedded model; tests using it must not swap adapters."""
-    from alignment.sampler import Sampler
+    from alignment.serving.sampler import Sampler
     from app.studio import Studio
     from storage import Repository
 
@@ -27,8 +27,8 @@ def studio(embedded, tmp_path):
 @pytest.fixture(scope="module")
 def own_sampler():
     """A sampler on a private copy of the embedded model, for tests that hot-swap adapters."""
-    from alignment.models import load_pipeline
-    from alignment.sampler import Sampler
+    from alignment.families.loader import load_pipeline
+    from alignment.serving.sampler import Sampler
 
     return Sampler(load_pipeline("embedded"))
 
@@ -36,7 +36,8 @@ def own_sampler():
 @pytest.fixture
 def swap_studio(own_sampler, tmp_path):
     """A Studio whose sampler may swap adapters, with a (not started) worker; back on the base afterwards."""
-    from alignment.worker import Worker, WorkerConfig
+    from alignment.training.worker import Worker
+    from settings import WorkerConfig
     from app.studio import Studio
     from storage import Repository
 

@@ -11,8 +11,8 @@ import pytest
 from app.access import AccessPolicy, Actor, AdminRequiredError, RateLimitedError, RateLimits
 from app.studio import StudioError
 from storage import Repository
-from tests.app.helpers import random_lora_bytes, register_adapter, stored_votes
-from tests.storage.helpers import generation
+from tests.support.studio import random_lora_bytes, register_adapter, stored_votes
+from tests.support.storage import generation
 
 PROMPT = "a large red circle on a blue background"
 TOKEN = "token-for-the-admin-tests"
@@ -104,7 +104,7 @@ def test_rollback_onto_a_tampered_version_changes_nothing(swap_studio, embedded)
 
 
 def test_rate_limits_per_annotator_write_nothing_when_hit(embedded, tmp_path):
-    from alignment.sampler import Sampler
+    from alignment.serving.sampler import Sampler
     from app.studio import Studio
 
     now = [100.0]

@@ -15,7 +15,7 @@ from app.access import Actor
 from app.studio import Studio
 from app.ui import build_ui, launch
 from storage import VOTE_CHOICES, Repository
-from tests.app.helpers import free_port
+from tests.support.studio import free_port
 
 PROMPT = "a small green circle on an orange background"
 
@@ -23,7 +23,7 @@ PROMPT = "a small green circle on an orange background"
 @pytest.fixture
 def served(embedded, tmp_path):
     """The studio (no worker, shared embedded model) served in this process; yields (url, studio)."""
-    from alignment.sampler import Sampler
+    from alignment.serving.sampler import Sampler
 
     studio = Studio(Sampler(embedded), Repository(tmp_path / "data"))
     demo = build_ui(studio)
@@ -97,10 +97,11 @@ def test_bad_votes_get_an_error_and_write_nothing(served):
 
 def test_four_clients_vote_while_the_worker_trains_and_hot_swaps(tmp_path):
     """Every acknowledged vote is stored exactly once, no request fails, and pairs switch to the new adapter."""
-    from alignment.models import load_pipeline
-    from alignment.sampler import Sampler
-    from alignment.trainer import TrainerConfig
-    from alignment.worker import Worker, WorkerConfig
+    from alignment.families.loader import load_pipeline
+    from alignment.serving.sampler import Sampler
+    from settings import TrainerConfig
+    from alignment.training.worker import Worker
+    from settings import WorkerConfig
 
     repo = Repository(tmp_path / "data")
     # A tiny learning rate keeps the adapter close to the base, so the fidelity guard lets it go live.

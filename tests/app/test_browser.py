@@ -18,7 +18,7 @@ import pytest
 from playwright import sync_api as playwright
 
 from storage import Repository
-from tests.app.helpers import CHROMIUM, CHROMIUM_ARGS, free_port, start_studio, stop_studio
+from tests.support.studio import CHROMIUM, CHROMIUM_ARGS, free_port, start_studio, stop_studio
 
 pytestmark = pytest.mark.browser
 expect = playwright.expect

@@ -10,7 +10,7 @@ import threading
 from gradio_client import Client
 
 from storage import VOTE_CHOICES, Repository
-from tests.app.helpers import free_port, random_lora_bytes, register_adapter, start_studio, stop_studio
+from tests.support.studio import free_port, random_lora_bytes, register_adapter, start_studio, stop_studio
 
 PROMPT = "a large blue square on a yellow background"
 

@@ -13,7 +13,7 @@ from app.access import AccessPolicy, Actor, RateLimits
 from app.studio import Studio
 from app.ui import build_ui, launch
 from storage import Repository
-from tests.app.helpers import RawSession, free_port, random_lora_bytes, register_adapter, stored_votes
+from tests.support.studio import RawSession, free_port, random_lora_bytes, register_adapter, stored_votes
 
 PROMPT = "a small green circle on an orange background"
 TOKEN = "token-for-the-sharing-tests"

@@ -21,7 +21,7 @@ from gradio_client import Client
 
 from app.access import AccessPolicy
 from app.ui import build_ui, launch
-from tests.app.helpers import RawSession, free_port
+from tests.support.studio import RawSession, free_port
 
 PROMPT = "a large red circle on a blue background"
 CLIENT_SECRET = "space-oauth-secret"

@@ -12,7 +12,7 @@ from app.access import Actor
 from app.inputs import parse_pair_id, parse_seeds
 from app.studio import StudioError
 from storage import UnknownAdapterError, UnknownPairError
-from tests.app.helpers import random_lora_bytes, register_adapter
+from tests.support.studio import random_lora_bytes, register_adapter
 
 PROMPT = "a large red circle on a blue background"
 ME = Actor("ann")  # a local studio without configured admins: everyone is an admin

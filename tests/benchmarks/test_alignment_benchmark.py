@@ -19,7 +19,7 @@ def test_bad_variant_specs_are_refused(spec):
 
 
 def _row(seed, wins, ties, n, fb=0.9, fa=0.9):
-    return {"labeler": "alignment.labelers:larger", "variant": "discounted", "labels": 128, "seed": seed,
+    return {"labeler": "alignment.eval.labelers:larger", "variant": "discounted", "labels": 128, "seed": seed,
             "wins": wins, "ties": ties, "comparisons": n, "win_rate": (wins + ties / 2) / n,
             "fidelity_base": fb, "fidelity_aligned": fa, "promoted": fa >= fb - 0.05}
 
@@ -36,7 +36,7 @@ def test_judge_eval_counts_wins_with_alternating_positions_and_scores_fidelity()
     from PIL import Image, ImageDraw
 
     from alignment.embedded.evaluate import held_out_cases
-    from alignment.labelers import larger
+    from alignment.eval.labelers import larger
 
     def square(size, colour):
         im = Image.new("RGB", (32, 32), (255, 255, 255))
@@ -56,8 +56,8 @@ def test_judge_eval_counts_wins_with_alternating_positions_and_scores_fidelity()
 def test_each_labeler_labels_the_same_sampled_pool():
     from PIL import Image, ImageDraw
 
-    from alignment.labelers import larger, smaller
-    from alignment.simulate import png as png_bytes
+    from alignment.eval.labelers import larger, smaller
+    from alignment.eval.simulate import png as png_bytes
     from benchmarks.alignment import label_pool
 
     def square(size):

@@ -18,12 +18,14 @@ import shutil
 import torch
 from safetensors.torch import load
 
-from alignment.models import load_pipeline
-from alignment.trainer import Trainer, TrainerConfig
-from alignment.worker import Worker, WorkerConfig
+from alignment.families.loader import load_pipeline
+from alignment.training.trainer import Trainer
+from settings import TrainerConfig
+from alignment.training.worker import Worker
+from settings import WorkerConfig
 from storage import Repository
-from tests.app.helpers import free_port
-from tests.deploy.processes import start_worker, stop_all, tail, wait_for
+from tests.support.studio import free_port
+from tests.support.processes import start_worker, stop_all, tail, wait_for
 
 PROMPTS = ["a red circle on a blue background", "a large green square", "a small yellow triangle",
            "a purple circle on a white background", "a blue square", "an orange triangle",
@@ -32,9 +34,9 @@ WORKER_ARGS = ("--train-every", "2", "--min-votes", "2", "--train-steps", "3", "
 
 
 def add_votes(repo, embedded, prompts, seed0: int) -> None:
-    from alignment.labelers import larger
-    from alignment.sampler import Sampler
-    from alignment.simulate import collect_round
+    from alignment.eval.labelers import larger
+    from alignment.serving.sampler import Sampler
+    from alignment.eval.simulate import collect_round
 
     assert collect_round(Sampler(embedded), repo, larger, prompts, seed0, "tester") == len(prompts)
 

@@ -23,10 +23,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 from gradio_client import Client
 
-from alignment.worker import LEASE_NAME
+from alignment.training.worker import LEASE_NAME
 from storage import VOTE_CHOICES, Repository
-from tests.app.helpers import free_port, start_studio, stop_studio
-from tests.deploy.processes import REPO_ROOT, env, start_worker, stop_all, tail, wait_for
+from tests.support.studio import free_port, start_studio, stop_studio
+from tests.support.processes import REPO_ROOT, env, start_worker, stop_all, tail, wait_for
 
 PROMPTS = ("a large red circle on a blue background", "a small green square", "a yellow triangle")
 CHOICES = ("left", "right", "tie", "left", "skip", "right", "both_bad")
@@ -124,9 +124,9 @@ def test_two_studios_and_a_worker_process_share_one_postgres_database(pg_url, tm
 
 def voted_pairs(repo, embedded, n: int = 6) -> None:
     """`n` pairs with real trajectories, each voted on by the "larger shape" labeler."""
-    from alignment.labelers import larger
-    from alignment.sampler import Sampler
-    from alignment.simulate import collect_round
+    from alignment.eval.labelers import larger
+    from alignment.serving.sampler import Sampler
+    from alignment.eval.simulate import collect_round
 
     prompts = ["a red circle on a blue background", "a large green square", "a small yellow triangle",
                "a purple circle on a white background", "a blue square", "an orange triangle"]

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from alignment.worker import LEASE_NAME, LeaseLostError, Worker, WorkerConfig
+from alignment.training.worker import LEASE_NAME, LeaseLostError, Worker
+from settings import WorkerConfig
 from storage import Repository
-from tests.storage.helpers import stop_process
+from tests.support.storage import stop_process
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HOLDER_SCRIPT = REPO_ROOT / "tests" / "storage" / "lease_holder.py"

@@ -13,7 +13,7 @@ from sqlalchemy import create_engine, text
 from storage import Repository
 from storage.models import Base
 
-from .helpers import generation
+from tests.support.storage import generation
 from .postgres import PostgresServer, PostgresUnavailable
 
 

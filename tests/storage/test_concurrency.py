@@ -12,8 +12,8 @@ from pathlib import Path
 
 from storage import Repository
 
-from .helpers import generation
-from tests.storage.helpers import run_threads, stop_process
+from tests.support.storage import generation
+from tests.support.storage import run_threads, stop_process
 
 THREADS = 8
 VOTES_PER_THREAD = 200

@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from storage import Repository, make_engine, upgrade_to_head
 from storage.db import alembic_config, current_revision, head_revision
 from storage.models import Base
-from tests.storage.helpers import run_threads
+from tests.support.storage import run_threads
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HEAD = head_revision()

@@ -14,7 +14,7 @@ import pytest
 from storage import ImportFormatError, InvalidPromptError, Repository
 from storage.export import EXPORT_SCHEMA, export_parquet, import_parquet, main
 
-from .helpers import generation, png_bytes
+from tests.support.storage import generation, png_bytes
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from storage import InvalidLeaseError, Repository
-from tests.storage.helpers import run_threads, stop_process
+from tests.support.storage import run_threads, stop_process
 
 HOLDER_SCRIPT = Path(__file__).with_name("lease_holder.py")
 REPO_ROOT = Path(__file__).resolve().parents[2]

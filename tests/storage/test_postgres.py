@@ -21,7 +21,7 @@ from sqlalchemy import text
 from storage import DatabaseUnavailableError, InvalidDatabaseUrlError, Repository, make_engine, upgrade_to_head
 from storage.db import connect, current_revision, head_revision
 
-from .helpers import generation, run_threads
+from tests.support.storage import generation, run_threads
 from .postgres import free_port
 
 VOTER = Path(__file__).with_name("voter.py")

@@ -24,7 +24,7 @@ from storage import (
 from storage.models import Prompt
 from storage.prompts import prompt_row_id
 
-from .helpers import generation
+from tests.support.storage import generation
 
 
 def _row_counts(repo) -> dict:

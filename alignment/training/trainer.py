@@ -1,4 +1,4 @@
-"""LoRA training on labeled pairs with the dense-reward objectives of `alignment.objective`.
+"""LoRA training on labeled pairs with the dense-reward objectives of `alignment.core.objective`.
 
 The trainer owns its own copy of the pipeline (never the live sampler's), adds a fresh peft LoRA to its UNet for
 every run and trains it on all pairs given:
@@ -11,7 +11,7 @@ every run and trains it on all pairs given:
   without trajectories), optionally weighted by gamma^k of the timestep's reverse-step index.
 
 accelerate owns device placement, mixed precision and gradient clipping; under `accelerate launch` with several
-processes each trains on its slice of every batch and the LoRA gradients are all-reduced (`alignment.distributed`).
+processes each trains on its slice of every batch and the LoRA gradients are all-reduced (`alignment.training.distributed`).
 A run whose loss goes non-finite raises
 `TrainingDivergedError` and produces no adapter. The result is a diffusers-format LoRA file (bytes) that
 `pipe.load_lora_weights` reads. The trainer knows nothing about storage, threads or the UI.
@@ -23,7 +23,7 @@ import logging
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -33,15 +33,15 @@ from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 from PIL import Image
 
-from alignment import objective as obj
-from alignment.distributed import Ranks
-from alignment.models import LoadedModel, load_pipeline
-from alignment.sampler import Trajectory, save_lora_bytes
+from alignment.core import objective as obj
+from alignment.core.lora_files import save_lora_bytes
+from alignment.core.trajectory import Trajectory
+from alignment.families.loader import LoadedModel, load_pipeline
+from alignment.training.distributed import Ranks
+from settings import TrainerConfig
 
 log = logging.getLogger(__name__)
-OBJECTIVES = ("discounted", "trajectory", "diffusion-dpo")
 ADAPTER = "preference"  # not "train": ModuleDict keys must not shadow nn.Module attributes
-DEFAULT_BETA = {"discounted": 10.0, "trajectory": 10.0, "diffusion-dpo": 2500.0}
 
 
 def _whole(items):
@@ -54,75 +54,6 @@ class TrainingDivergedError(RuntimeError):
 
 class PairError(ValueError):
     """A training pair is inconsistent (different prompts, mismatched trajectories, no data)."""
-
-
-@dataclass
-class TrainerConfig:
-    """Objective and optimiser settings. Defaults are tuned for the embedded model (see README, 'Tuning')."""
-
-    objective: str = field(default="discounted", metadata={"help": "discounted | trajectory | diffusion-dpo"})
-    gamma: float = field(default=0.9, metadata={"help": "temporal discount in (0, 1]; trajectory forces 1"})
-    beta: float | None = field(default=None, metadata={"help": "DPO inverse temperature; None = per objective"})
-    log_ratio_clip: float = field(default=1e-2, metadata={"help": "eps: per-step log-ratio clamp"})
-    steps_per_pair: int = field(default=3, metadata={"help": "M: step indices sampled per pair and update"})
-    train_steps: int = field(default=120, metadata={"help": "optimiser steps per training run"})
-    batch_pairs: int = field(default=8, metadata={"help": "pairs per optimiser step"})
-    lr: float = 3e-4  # with 120 steps and checkpoints every 10: see README, "What the studio serves"
-    weight_decay: float = 2e-3
-    grad_clip: float = 1.0
-    lora_rank: int = 4
-    lora_alpha: float | None = None  # None = rank (scale 1)
-    target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
-    tie_policy: str = field(default="drop", metadata={"help": "drop ties, or 'half': target 0.5"})
-    mixed_precision: str = "no"
-    checkpoint_every: int = field(default=10, metadata={
-        "help": "keep the LoRA weights every N steps too (0 = only the final ones), so that the fidelity guard can "
-                "fall back to the latest earlier state that passes when the final one drifts too far"})
-    gradient_checkpointing: bool = field(default=False, metadata={
-        "help": "recompute UNet activations in the backward pass: less memory, more time (large models)"})
-    micro_batch: int = field(default=0, metadata={
-        "help": "trajectory steps per UNet call in training (0 = the whole batch at once). With a size, the policy "
-                "is evaluated once without gradients, the loss's derivative by each log-prob is taken, and the "
-                "gradient is accumulated chunk by chunk: activation memory is one chunk's, for one more forward"})
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"unknown objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}")
-        if not 0.0 < self.gamma <= 1.0:
-            raise ValueError(f"gamma must be in (0, 1], got {self.gamma}")
-        if self.beta is not None and not self.beta > 0:
-            raise ValueError(f"beta must be positive, got {self.beta}")
-        if not self.log_ratio_clip > 0:
-            raise ValueError(f"log_ratio_clip must be positive, got {self.log_ratio_clip}")
-        for name in ("steps_per_pair", "train_steps", "batch_pairs", "lora_rank"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.checkpoint_every < 0 or self.micro_batch < 0:
-            raise ValueError(f"checkpoint_every and micro_batch must be >= 0, got {self.checkpoint_every} and "
-                             f"{self.micro_batch}")
-        if not 0 < self.lr < 1:
-            raise ValueError(f"lr must be in (0, 1), got {self.lr}")
-        if self.weight_decay < 0 or self.grad_clip <= 0:
-            raise ValueError("weight_decay must be >= 0 and grad_clip > 0")
-        if self.tie_policy not in ("drop", "half"):
-            raise ValueError(f"tie_policy must be 'drop' or 'half', got {self.tie_policy!r}")
-        if self.mixed_precision not in ("no", "fp16", "bf16"):
-            raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
-        self.target_modules = tuple(self.target_modules)
-
-    @property
-    def effective_gamma(self) -> float:
-        return 1.0 if self.objective == "trajectory" else self.gamma
-
-    @property
-    def effective_beta(self) -> float:
-        return self.beta if self.beta is not None else DEFAULT_BETA[self.objective]
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["target_modules"] = list(self.target_modules)
-        return d
 
 
 @dataclass

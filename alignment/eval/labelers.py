@@ -99,7 +99,7 @@ def noisy(labeler: Labeler, accuracy: float, seed: int = 0) -> Labeler:
 
 
 def load_labeler(spec: str) -> Labeler:
-    """Import `module:function` (e.g. `alignment.labelers:larger`); a bare name means one of this module's."""
+    """Import `module:function` (e.g. `alignment.eval.labelers:larger`); a bare name means one of this module's."""
     module_name, _, attr = spec.rpartition(":")
     module_name = module_name or __name__
     try:

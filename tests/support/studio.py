@@ -27,8 +27,8 @@ from diffusers.utils import convert_state_dict_to_diffusers
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 
-from alignment.sampler import save_lora_bytes
-from tests.storage.helpers import generation
+from alignment.core.lora_files import save_lora_bytes
+from tests.support.storage import generation
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"

@@ -17,7 +17,7 @@ import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 from diffusers.utils import logging as diffusers_logging
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 EMBEDDED_ID = "embedded"
 EMBEDDED_PATH = REPO_ROOT / "models" / "tiny-shapes"
 # Settings for Stable Diffusion 1.x/2.x checkpoints; the embedded model carries its own in studio.json.

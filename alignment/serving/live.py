@@ -15,7 +15,8 @@ from __future__ import annotations
 import logging
 import threading
 
-from alignment.sampler import AdapterLoadError, Sampler
+from alignment.core.lora_files import AdapterLoadError
+from alignment.serving.sampler import Sampler
 
 log = logging.getLogger(__name__)
 MAX_RETRY_S = 60.0

@@ -25,100 +25,24 @@ with a caller that holds `lock`. The sampler knows nothing about storage or the 
 
 from __future__ import annotations
 
-import json
 import logging
-import tempfile
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from PIL import Image
-from safetensors.torch import load as load_safetensors
 from peft.tuners.lora import LoraLayer
-from safetensors.torch import save as save_safetensors
 
-from alignment.models import LoadedModel
+from alignment.core.limits import validate_prompt, validate_seeds
+from alignment.core.lora_files import LORA_WEIGHT_NAME, AdapterLoadError, lora_rank, materialized
+from alignment.core.trajectory import Trajectory
+from alignment.families.loader import LoadedModel
+from settings import SamplerConfig
 
-MAX_PROMPT_CHARS = 500
-MAX_SEED = 2**63 - 1
 ADAPTER_NAME = "live"
 log = logging.getLogger(__name__)
-LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
-
-
-class PromptError(ValueError):
-    """The prompt is empty or too long."""
-
-
-class AdapterLoadError(RuntimeError):
-    """An adapter could not be loaded into the pipeline; the previous one stays live."""
-
-
-@dataclass
-class SamplerConfig:
-    """Settings of the stochastic DDIM sampler (the trainer re-uses them for the log-probabilities)."""
-
-    steps: int = 20
-    guidance_scale: float = 5.0
-    eta: float = 1.0
-    height: int = 32
-    width: int = 32
-    negative_prompt: str = ""
-
-    def __post_init__(self):
-        if not 1 <= int(self.steps) <= 1000:
-            raise ValueError(f"steps must be between 1 and 1000, got {self.steps}")
-        if self.guidance_scale < 1.0:
-            raise ValueError(f"guidance_scale must be >= 1 (1 = no classifier-free guidance), got {self.guidance_scale}")
-        if not 0.0 < self.eta <= 1.0:
-            raise ValueError(f"eta must be in (0, 1]: the objective needs a stochastic chain, got {self.eta}")
-        if self.height % 8 or self.width % 8 or self.height <= 0 or self.width <= 0:
-            raise ValueError(f"height and width must be positive multiples of 8, got {self.height}x{self.width}")
-
-    @classmethod
-    def from_defaults(cls, defaults: dict, **overrides) -> "SamplerConfig":
-        names = cls.__dataclass_fields__
-        merged = {k: v for k, v in defaults.items() if k in names}
-        merged.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**merged)
-
-
-@dataclass
-class Trajectory:
-    """One reverse chain. latents: (K+1, C, h, w) fp16, x_0 (start noise) .. x_K; timesteps: (K,) of step k."""
-
-    latents: torch.Tensor
-    timesteps: torch.Tensor
-    prompt: str
-    seed: int
-    settings: dict
-    model_id: str
-    adapter_version: int | None
-
-    @property
-    def num_steps(self) -> int:
-        return int(self.timesteps.shape[0])
-
-    def to_bytes(self) -> bytes:
-        meta = {"prompt": self.prompt, "seed": str(self.seed), "settings": json.dumps(self.settings),
-                "model_id": self.model_id, "adapter_version": json.dumps(self.adapter_version)}
-        return save_safetensors({"latents": self.latents.contiguous(), "timesteps": self.timesteps.contiguous()},
-                                metadata=meta)
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> "Trajectory":
-        tensors = load_safetensors(data)
-        meta = _safetensors_metadata(data)
-        return cls(tensors["latents"], tensors["timesteps"], meta["prompt"], int(meta["seed"]),
-                   json.loads(meta["settings"]), meta["model_id"], json.loads(meta["adapter_version"]))
-
-
-def _safetensors_metadata(data: bytes) -> dict:
-    n = int.from_bytes(data[:8], "little")
-    return json.loads(data[8:8 + n]).get("__metadata__", {})
 
 
 @dataclass
@@ -129,27 +53,6 @@ class Generation:
     @property
     def seed(self) -> int:
         return self.trajectory.seed
-
-
-def validate_prompt(prompt: str) -> str:
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise PromptError("the prompt is empty: type what the image should show")
-    if len(prompt) > MAX_PROMPT_CHARS:
-        raise PromptError(f"the prompt has {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}")
-    return " ".join(prompt.split())
-
-
-def validate_seeds(seeds) -> list[int]:
-    out = []
-    for s in seeds:
-        if isinstance(s, bool) or not isinstance(s, int) and not (isinstance(s, float) and s.is_integer()):
-            raise ValueError(f"seed {s!r} is not an integer")
-        if not 0 <= int(s) <= MAX_SEED:
-            raise ValueError(f"seed {s} is out of range: use 0 .. {MAX_SEED}")
-        out.append(int(s))
-    if not out:
-        raise ValueError("at least one seed is needed")
-    return out
 
 
 class Sampler:
@@ -228,7 +131,7 @@ class Sampler:
                 t0 = time.perf_counter()
                 self._commit()
                 return time.perf_counter() - t0
-        with _materialized(None if version is None else lora) as (state, source):
+        with materialized(None if version is None else lora) as (state, source):
             with self.lock, self._swap_lock:
                 t0 = time.perf_counter()
                 self._prepared = None  # whatever happens below rewrites A and B
@@ -260,7 +163,7 @@ class Sampler:
         generation reads. Takes only `_swap_lock`: callable with or without `lock` held."""
         if version is None:
             raise ValueError("prepare makes an adapter version ready; the base needs no preparing")
-        with _materialized(lora) as (state, source), self._swap_lock:
+        with materialized(lora) as (state, source), self._swap_lock:
             if self._is_prepared(version, lora):
                 return True
             if not self._can_prepare(state):
@@ -332,7 +235,7 @@ class Sampler:
         if self.adapter_version is None:
             return
         try:
-            with _materialized(self._live_lora) as (state, source):
+            with materialized(self._live_lora) as (state, source):
                 self._load(state, source)
                 self._rank = lora_rank(state)
         except Exception as e:  # the live version cannot come back either: serve the base rather than mislabel
@@ -345,7 +248,7 @@ class Sampler:
 
     def _load(self, state: dict[str, torch.Tensor], source, enable: bool = True) -> None:
         """Load or hot-swap the adapter's A and B (enable: switch peft's LoRA path on; `_fuse` switches it off)."""
-        keys = frozenset(k for k in state if k.startswith("unet."))  # not empty: `_materialized` checked
+        keys = frozenset(k for k in state if k.startswith("unet."))  # not empty: `materialized` checked
         rank = lora_rank(state)
         # diffusers cannot hot-swap text-encoder LoRA: an adapter with parts outside the UNet is loaded anew
         can_hotswap = (self._loaded and rank <= self.max_lora_rank and keys == self._loaded_keys
@@ -405,12 +308,6 @@ def fuse_into(module, base: torch.Tensor, rank: int, out: torch.Tensor | None = 
         torch.add(base, module.get_delta_weight(ADAPTER_NAME).to(weight.dtype), out=weight)
 
 
-def lora_rank(state: dict[str, torch.Tensor]) -> int:
-    """The largest rank among a diffusers-format LoRA state dict's UNet down-projections."""
-    return max((v.shape[0] for k, v in state.items()
-                if k.startswith("unet.") and ("lora_A" in k or "lora.down" in k)), default=0)
-
-
 @dataclass
 class _Prepared:
     """A swap that `Sampler.prepare` has done all but the commit of."""
@@ -430,42 +327,3 @@ def _stamp(lora) -> tuple | None:
     return st.st_size, st.st_mtime_ns
 
 
-@contextmanager
-def _materialized(lora: str | Path | bytes | dict | None):
-    """(state dict, what `load_lora_weights` reads) for a path, bytes or a state dict; (None, None) for None.
-    Bytes go through a temporary file so that diffusers reads the adapter metadata (alpha) from its header."""
-    with tempfile.TemporaryDirectory() as tmp:
-        source = lora
-        if isinstance(lora, bytes):
-            source = Path(tmp)
-            (source / LORA_WEIGHT_NAME).write_bytes(lora)
-        state = None if lora is None else read_lora(source)
-        if state is not None and not any(k.startswith("unet.") for k in state):
-            raise AdapterLoadError("the LoRA state dict has no 'unet.'-prefixed keys: it would load nothing")
-        yield state, (source if isinstance(source, (str, Path)) else state)
-
-
-def read_lora(lora: str | Path | bytes | dict) -> dict[str, torch.Tensor]:
-    """A diffusers-format LoRA state dict (keys 'unet.…') from a folder, a .safetensors file, bytes or a dict."""
-    if isinstance(lora, dict):
-        return lora
-    data = lora
-    if not isinstance(lora, bytes):
-        path = Path(lora)
-        if path.is_dir():
-            path = path / LORA_WEIGHT_NAME
-        if not path.is_file():
-            raise AdapterLoadError(f"no LoRA weights at {path}")
-        data = path.read_bytes()
-    try:
-        return load_safetensors(data)
-    except Exception as e:  # safetensors raises its own error type for any malformed header
-        raise AdapterLoadError(f"the adapter is not a readable safetensors file: {e}") from e
-
-
-def save_lora_bytes(state: dict[str, torch.Tensor], metadata: dict | None = None) -> bytes:
-    """Serialise a diffusers-format LoRA state dict as one safetensors file (what `read_lora` reads back)."""
-    with tempfile.TemporaryDirectory() as d:
-        from diffusers import StableDiffusionPipeline
-        StableDiffusionPipeline.save_lora_weights(d, unet_lora_layers=state, unet_lora_adapter_metadata=metadata)
-        return (Path(d) / LORA_WEIGHT_NAME).read_bytes()

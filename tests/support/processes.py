@@ -1,7 +1,7 @@
 """Worker processes for the scale-out tests: `python -m alignment.worker` (or several under `accelerate launch`)
 as their own process group with a log file, and polling helpers.
 
-The studio processes come from `tests.app.helpers.start_studio`; `tests.app.helpers.stop_studio` stops either kind
+The studio processes come from `tests.support.studio.start_studio`; `tests.support.studio.stop_studio` stops either kind
 (SIGTERM to the process group, then SIGKILL).
 """
 
@@ -45,7 +45,7 @@ def start_worker(data_dir: Path, *args: str, log: Path, processes: int = 1, port
 
 def stop_all(procs) -> None:
     """SIGTERM to every process group first (they shut down in parallel), then `stop_studio` on each."""
-    from tests.app.helpers import stop_studio
+    from tests.support.studio import stop_studio
 
     for proc in procs:
         if proc.poll() is None:

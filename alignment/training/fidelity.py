@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from alignment.embedded.evaluate import PromptCase, held_out_cases, score
-from alignment.sampler import Sampler
+from alignment.serving.sampler import Sampler
 
 if TYPE_CHECKING:
-    from alignment.trainer import Trainer
+    from alignment.training.trainer import Trainer
 
 Scorer = Callable[[list, list[str]], float]
 # Prompts for models other than the embedded one (fidelity then needs a scorer; drift is measured anyway).

@@ -144,7 +144,7 @@ def follow(load_pairs, trainer) -> None:
     `load_pairs(watermark, annotators)` returns the labeled training pairs up to `watermark` (as rank 0 loads
     them); `trainer` is this process's `Trainer`. A run's error here is logged; rank 0 records the run's outcome.
     """
-    from alignment.trainer import TrainerConfig
+    from settings import TrainerConfig
 
     while True:
         word = receive()

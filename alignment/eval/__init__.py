@@ -1,0 +1,1 @@
+"""Evaluation: programmatic labelers, the headless simulation and its statistics."""

@@ -1,0 +1,1 @@
+"""Model families: reading a diffusers folder and loading the matching pipeline."""

@@ -1,0 +1,382 @@
+"""The training worker: when to train, train, check, register, promote.
+
+It wakes when `train_every` new preference votes exist since the last run, when `interval_s` has passed with new
+votes, or when `request_training()` is called ("Train now"). A run trains a fresh LoRA on all labeled pairs so far
+(optionally only some annotators'), checks the loss stayed finite and the fidelity guard passes, writes the adapter
+to the blob store and registers it; a passing adapter becomes live, a failing one is recorded as rejected with the
+reason. Failures are recorded as failed training runs and leave the live adapter as it was. Only one run at a time:
+in this process a lock, across processes and machines the database lease "trainer" (`Repository.acquire_lease`),
+renewed from the progress callback and released when the run ends; a worker that died holds it only until
+`lease_ttl_s` runs out. A run that finds the lease taken returns `{"status": "busy", "holder": ...}` untrained.
+Under `accelerate launch` with several processes this worker runs on the main process only and the others follow
+its runs (`alignment.training.distributed`).
+
+The worker touches storage and its own trainer, never the app's sampler: samplers follow the database through
+`alignment.serving.live.sync_live_adapter`. The same worker runs as a thread in the app or alone:
+
+    python -m alignment.worker --data-dir studio-data [--database-url URL] [--train-every 8] [--once]
+    accelerate launch --multi_gpu --num_processes 4 -m alignment.worker --database-url URL --data-dir /shared
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+from PIL import Image
+
+from alignment.core.trajectory import Trajectory
+from alignment.families.loader import ModelLoadError
+from alignment.serving.sampler import Sampler
+from alignment.training.fidelity import FidelityGuard, FidelityReport
+from alignment.training.trainer import Trainer, TrainingPair
+from settings import SamplerConfig, TrainerConfig, WorkerConfig
+
+log = logging.getLogger(__name__)
+
+LEASE_NAME = "trainer"  # the database lease that lets one worker train at a time
+
+
+class LeaseLostError(RuntimeError):
+    """The training lease expired or was taken over during a run (another worker may be training now)."""
+
+
+def to_training_pair(lp, repo) -> TrainingPair:
+    """A storage LabeledPair as a trainer TrainingPair (preferred side first)."""
+    if lp.choice == "left":
+        w, l, target = lp.left, lp.right, 1.0
+    elif lp.choice == "right":
+        w, l, target = lp.right, lp.left, 1.0
+    else:
+        w, l, target = lp.left, lp.right, 0.5
+    if w.trajectory_hash and l.trajectory_hash:
+        return TrainingPair(lp.prompt, Trajectory.from_bytes(repo.read_blob(w.trajectory_hash)),
+                            Trajectory.from_bytes(repo.read_blob(l.trajectory_hash)), target)
+    return TrainingPair(lp.prompt, None, None, target, _image(repo, w.image_hash), _image(repo, l.image_hash))
+
+
+def load_training_pairs(repo, watermark: int, annotators: list[str] | None) -> tuple[list, list[TrainingPair]]:
+    """The labeled pairs whose vote id is at most `watermark` (and the trainer's view of them)."""
+    labeled = [lp for lp in repo.labeled_pairs(annotators=annotators) if lp.vote_id <= watermark]
+    return labeled, [to_training_pair(lp, repo) for lp in labeled]
+
+
+def _image(repo, h: str) -> Image.Image:
+    import io
+    return Image.open(io.BytesIO(repo.read_blob(h))).convert("RGB")
+
+
+class Worker:
+    def __init__(self, repo, model_id: str = "embedded", trainer_config: TrainerConfig | None = None,
+                 config: WorkerConfig | None = None, device: str | None = None,
+                 on_change: Callable[[dict], None] | None = None, trainer: Trainer | None = None,
+                 before_train: Callable[[dict], None] | None = None):
+        """`before_train(spec)` runs once a run's pairs are loaded, with `{"watermark", "annotators", "config"}`
+        (`alignment.training.distributed.announce` starts the other processes' share of the run with it)."""
+        self.repo = repo
+        self.before_train = before_train
+        self.model_id = model_id
+        self.config = config or WorkerConfig()
+        self._trainer_config = trainer_config or TrainerConfig()
+        self._device = device
+        self._trainer = trainer
+        self._guard: FidelityGuard | None = None
+        self.on_change = on_change
+        self._run_lock = threading.Lock()  # one training run at a time
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._requested = False
+        self._thread: threading.Thread | None = None
+        self._state = "stopped"
+        self._progress: tuple[int, int] | None = None
+        self._last_error: str | None = None
+        self._last_run: dict | None = None
+        self._last_attempt_vote_id = self._initial_watermark()
+        self._last_attempt_time = time.monotonic()
+        self.lease_holder_id = f"{socket.gethostname()}:{os.getpid()}:{id(self)}"
+        self._lease_renewed_at = 0.0
+
+    # ---- public API -------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._state = "idle"
+        self._thread = threading.Thread(target=self._loop, name="alignment-worker", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float | None = 30.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._state = "stopped"
+
+    def request_training(self) -> bool:
+        """Ask for a run now ("Train now"); False when one is already running."""
+        if self._run_lock.locked():
+            return False
+        self._requested = True
+        self._wake.set()
+        return True
+
+    def set_trainer_config(self, cfg: TrainerConfig) -> None:
+        if not isinstance(cfg, TrainerConfig):
+            raise TypeError("expected a TrainerConfig")
+        self._trainer_config = cfg
+
+    @property
+    def trainer_config(self) -> TrainerConfig:
+        return self._trainer_config
+
+    def state(self) -> dict:
+        live = self.repo.live_adapter()
+        return {"state": self._state, "last_error": self._last_error, "last_run": self._last_run,
+                "progress": self._progress, "live_version": live.version if live else None,
+                "votes_pending": self.repo.votes_since(self._last_attempt_vote_id)}
+
+    # ---- one run ----------------------------------------------------------------------------------------------
+    def should_train(self) -> bool:
+        pending = self.repo.votes_since(self._last_attempt_vote_id)
+        total = self.repo.votes_since(0)
+        if total < self.config.min_votes:
+            return False
+        if self._requested:
+            return True
+        if pending >= self.config.train_every:
+            return True
+        timer = self.config.interval_s
+        return bool(timer and pending and time.monotonic() - self._last_attempt_time >= timer)
+
+    def run_once(self) -> dict | None:
+        """Train now if the lock is free; returns a summary of the run (None if another run holds the lock,
+        `{"status": "busy", "holder": ...}` if another worker holds the database lease)."""
+        if not self._run_lock.acquire(blocking=False):
+            return None
+        try:
+            if not self.repo.acquire_lease(LEASE_NAME, self.lease_holder_id, self.config.lease_ttl_s):
+                held = self.repo.lease_holder(LEASE_NAME)
+                log.info("another worker holds the training lease: %s", held)
+                return {"status": "busy", "holder": held[0] if held else None}
+            self._lease_renewed_at = time.monotonic()
+            try:
+                self._requested = False
+                self._state = "training"
+                return self._run()
+            finally:
+                self._release_lease()
+        finally:
+            self._state = "idle" if self._thread is not None and not self._stop.is_set() else "stopped"
+            self._progress = None
+            self._run_lock.release()
+
+    def _run(self) -> dict:
+        cfg = self._trainer_config
+        watermark = self.repo.last_vote_id()
+        self._last_attempt_vote_id, self._last_attempt_time = watermark, time.monotonic()
+        stale = self.repo.interrupt_running_runs("the worker running it stopped before finishing (its lease expired)")
+        if stale:
+            log.warning("closed %d training run(s) left 'running' by a worker that died", stale)
+        run_id = self.repo.start_training_run({**cfg.to_dict(), "model_id": self.model_id})
+        parent = self.repo.live_adapter()
+        try:
+            annotators = list(self.config.annotators) if self.config.annotators else None
+            labeled, pairs = load_training_pairs(self.repo, watermark, annotators)
+            trainer = self.trainer()
+            trainer.config = cfg
+            if self.before_train is not None:
+                self.before_train({"watermark": watermark, "annotators": annotators, "config": cfg.to_dict()})
+            result = trainer.train(pairs, progress=self._on_progress)
+            lora, report, chosen = self._guarded_choice(trainer, result)
+        except Exception as e:  # a run boundary: any failure is recorded, the live adapter stays as it was
+            self._last_error = f"{type(e).__name__}: {e}"
+            log.warning("training run %s failed: %s", run_id, self._last_error)
+            self.repo.finish_training_run(run_id, "failed", error=self._last_error)
+            self._last_run = {"run_id": run_id, "status": "failed", "error": self._last_error}
+            self._notify()
+            return self._last_run
+        metrics = {**result.metrics, **report.as_metrics(), **chosen}
+        metrics = {k: v for k, v in metrics.items() if v is not None}
+        record = self.repo.register_adapter(
+            lora, parent_version=parent.version if parent else None, objective=cfg.objective,
+            hyperparams={**cfg.to_dict(), "last_vote_id": watermark, "model_id": self.model_id},
+            votes_used=len(labeled), metrics={**metrics, "loss_curve": [round(h["loss"], 5) for h in result.history]})
+        status = "live" if report.passed else "rejected"
+        self.repo.set_adapter_status(record.version, status, report.reason)
+        self.repo.finish_training_run(run_id, "succeeded" if report.passed else "rejected", error=report.reason,
+                                      metrics=metrics, adapter_version=record.version)
+        self._last_error = None if report.passed else report.reason
+        self._last_run = {"run_id": run_id, "status": status, "version": record.version, "metrics": metrics}
+        self._notify()
+        return self._last_run
+
+    def _guarded_choice(self, trainer: Trainer, result) -> tuple[bytes, FidelityReport, dict]:
+        """The adapter to register: the final weights if they pass the fidelity guard, else the latest checkpoint of
+        the run that does (early stopping on held-out fidelity); if none passes, the final weights, rejected."""
+        final_step, final_state = result.checkpoints[-1]
+        # rendering for the guard takes a while: keep the lease before each check
+        chosen, reports = self.guard(trainer).select(self._guard_sampler(trainer), trainer, result.checkpoints,
+                                                     before_each=self._heartbeat)
+        info = {"checkpoint_step": final_step if chosen is None else chosen,
+                "checkpoints_checked": len(reports), "fidelity_final": reports[0].candidate}
+        if chosen is None:
+            trainer.restore(final_state)
+            return result.lora, reports[0], info
+        return (result.lora if chosen == final_step else trainer.export_lora()), reports[-1], info
+
+    # ---- parts ------------------------------------------------------------------------------------------------
+    def trainer(self) -> Trainer:
+        if self._trainer is None:
+            self._trainer = Trainer(self.model_id, self._trainer_config, device=self._device)
+        return self._trainer
+
+    def guard(self, trainer: Trainer) -> FidelityGuard:
+        if self._guard is None:
+            self._guard = FidelityGuard(embedded=trainer.model.is_embedded, seeds=self.config.fidelity_seeds,
+                                        max_drop=self.config.fidelity_max_drop, limit=self.config.fidelity_prompts)
+        return self._guard
+
+    @staticmethod
+    def _guard_sampler(trainer: Trainer) -> Sampler:
+        return Sampler(trainer.model, SamplerConfig.from_defaults(trainer.model.sampler_defaults), fuse=False)
+
+    def _on_progress(self, step: int, total: int) -> None:
+        """Progress for the UI, and the lease heartbeat: renewed every third of its ttl."""
+        self._progress = (step, total)
+        self._heartbeat()
+
+    def _heartbeat(self) -> None:
+        """Renew the training lease every third of its ttl; a lost lease stops the run."""
+        now = time.monotonic()
+        if now - self._lease_renewed_at < self.config.lease_ttl_s / 3:
+            return
+        self._lease_renewed_at = now
+        if not self.repo.renew_lease(LEASE_NAME, self.lease_holder_id, self.config.lease_ttl_s):
+            raise LeaseLostError(f"the training lease expired or was taken over (holder {self.lease_holder_id})")
+
+    def _release_lease(self) -> None:
+        try:
+            self.repo.release_lease(LEASE_NAME, self.lease_holder_id)
+        except Exception as e:  # the lease expires on its own; a failed release must not hide the run's result
+            log.warning("could not release the training lease: %s", e)
+
+    def _initial_watermark(self) -> int:
+        live = self.repo.live_adapter()
+        return int(live.hyperparams.get("last_vote_id", 0)) if live is not None else 0
+
+    def _notify(self) -> None:
+        if self.on_change is not None:
+            self.on_change(self._last_run or {})
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                if self.should_train():
+                    self.run_once()
+            except Exception as e:  # the thread must survive anything (e.g. a database hiccup) and report it
+                self._last_error = f"{type(e).__name__}: {e}"
+                log.exception("worker loop error")
+            self._wake.wait(self.config.poll_s)
+            self._wake.clear()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m alignment.worker", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", default="studio-data")
+    p.add_argument("--database-url", default=None)
+    p.add_argument("--model", default="embedded")
+    p.add_argument("--device", default=None)
+    p.add_argument("--train-every", type=int, default=8)
+    p.add_argument("--interval", type=float, default=None, help="seconds between timed runs")
+    p.add_argument("--min-votes", type=int, default=4, help="never train on fewer preference votes")
+    # Objective settings: left out, TrainerConfig's defaults apply.
+    p.add_argument("--objective", default=None, help="discounted | trajectory | diffusion-dpo")
+    p.add_argument("--gamma", type=float, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--train-steps", type=int, default=None)
+    p.add_argument("--rank", type=int, default=None, help="LoRA rank")
+    p.add_argument("--batch-pairs", type=int, default=None, help="pairs per optimiser step")
+    p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default=None,
+                   help="autocast for training on a GPU (bf16 on Ampere or newer, fp16 on a T4)")
+    p.add_argument("--gradient-checkpointing", action="store_true", default=None,
+                   help="recompute UNet activations in the backward pass (SD-sized models on small GPUs)")
+    p.add_argument("--micro-batch", type=int, default=None,
+                   help="trajectory steps per UNet call in training (default: the whole batch); less memory")
+    p.add_argument("--fidelity-prompts", type=int, default=None,
+                   help="held-out prompts the fidelity guard renders (default: all)")
+    p.add_argument("--lease-ttl", type=float, default=600.0,
+                   help="seconds a dead worker can block others; the training lease is renewed from the training "
+                        "steps, so this must exceed the time to load the model and to run the fidelity guard")
+    p.add_argument("--once", action="store_true", help="train once now (if there are votes) and exit")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from alignment.training import distributed
+    from storage import Repository, StorageError, masked_url
+
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    settings = {k: v for k, v in {"objective": args.objective, "gamma": args.gamma, "lr": args.lr,
+                                  "train_steps": args.train_steps, "lora_rank": args.rank,
+                                  "batch_pairs": args.batch_pairs,
+                                  "mixed_precision": args.mixed_precision,
+                                  "gradient_checkpointing": args.gradient_checkpointing,
+                                  "micro_batch": args.micro_batch}.items() if v is not None}
+    try:
+        tcfg = TrainerConfig(**settings)
+        wcfg = WorkerConfig(train_every=args.train_every, interval_s=args.interval, min_votes=args.min_votes,
+                            fidelity_prompts=args.fidelity_prompts, lease_ttl_s=args.lease_ttl)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    processes, device, state = distributed.launched_processes(), args.device, None
+    if processes > 1:  # started by `accelerate launch` (or torchrun) with several processes
+        import torch
+        cpu = (device or "").startswith("cpu") or not torch.cuda.is_available()
+        state = distributed.init_processes(cpu=cpu)
+        device = device or ("cpu" if cpu else str(state.device))
+    try:
+        if state is None:
+            repo = Repository(args.data_dir, args.database_url)
+        else:
+            with state.main_process_first():  # rank 0 migrates the database; the others then open it
+                repo = Repository(args.data_dir, args.database_url)
+    except StorageError as e:  # e.g. an unreachable database URL: one clear line, not a traceback
+        raise SystemExit(f"error: {e}") from None
+    try:  # loaded before the first run, so a bad --model fails at start and the lease never waits for a load
+        trainer = Trainer(args.model, tcfg, device=device)
+    except ModelLoadError as e:
+        raise SystemExit(f"error: {e}") from None
+    if state is not None and not state.is_main_process:
+        log.info("training process %d of %d follows the main process", state.process_index, processes)
+        distributed.follow(lambda watermark, annotators: load_training_pairs(repo, watermark, annotators)[1], trainer)
+        return
+    worker = Worker(repo, trainer.model.model_id, tcfg, wcfg, device=device, trainer=trainer,
+                    on_change=lambda run: log.info("run: %s", run),
+                    before_train=distributed.announce if state is not None else None)
+    log.info("worker %s watching %s with blobs in %s (%d training process(es))", worker.lease_holder_id,
+             masked_url(repo.engine.url), args.data_dir, processes)
+    if state is not None:
+        run = distributed.lead(worker, once=args.once)
+        if args.once:
+            print(run)
+        return
+    if args.once:
+        print(worker.run_once())
+        return
+    worker.start()
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        worker.stop()
+
+
+if __name__ == "__main__":
+    main()

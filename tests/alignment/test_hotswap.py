@@ -8,28 +8,12 @@ import torch
 from alignment.families.loader import load_pipeline
 from alignment.core.lora_files import AdapterLoadError, read_lora
 from alignment.serving.sampler import Sampler
-from alignment.training.trainer import Trainer
-from settings import TrainerConfig
-
-
-def random_lora(seed: int, scale: float = 0.3, **config) -> bytes:
-    """A LoRA with random (non-zero) up-projections, exported the way the trainer exports."""
-    tr = Trainer(load_pipeline("embedded"), TrainerConfig(seed=seed, **config))
-    tr._fresh_adapter()
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in tr.lora_parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * scale)
-    return tr.export_lora()
+from tests.support.lora import latents, random_lora
 
 
 @pytest.fixture(scope="module")
 def loras():
     return random_lora(1), random_lora(2)
-
-
-def latents(sampler, prompt="a blue square on a yellow background", seed=4):
-    return sampler.generate(prompt, [seed])[0].trajectory.latents
 
 
 def test_swap_matches_a_fresh_pipeline_that_loaded_the_adapter(fresh_sampler, loras, tmp_path):
@@ -49,9 +33,9 @@ def test_adapters_of_other_ranks_and_targets_match_a_fresh_pipeline(fresh_sample
     """A smaller rank is hot-swapped into the padded adapter; other targets (ResNet convolutions too) replace it."""
     base = latents(fresh_sampler)
     fresh_sampler.set_adapter(1, loras[0])
-    for version, lora in ((2, random_lora(3, lora_rank=2)),
-                          (3, random_lora(4, scale=0.05, target_modules=("to_q", "to_v", "conv1", "conv2"))),
-                          (4, random_lora(5, lora_rank=8))):
+    for version, lora in ((2, random_lora(3, rank=2)),
+                          (3, random_lora(4, scale=0.05, targets=("to_q", "to_v", "conv1", "conv2"))),
+                          (4, random_lora(5, rank=8))):
         fresh_sampler.set_adapter(version, lora)
         (tmp_path / "pytorch_lora_weights.safetensors").write_bytes(lora)
         other = load_pipeline("embedded")
@@ -252,8 +236,8 @@ def test_prepare_declines_what_it_cannot_do_beside_generation(loras):
     fused = Sampler(load_pipeline("embedded"))
     assert fused.prepare(1, loras[0]) is False  # nothing loaded yet
     fused.set_adapter(1, loras[0])
-    assert fused.prepare(2, random_lora(4, target_modules=("to_q", "to_v"))) is False  # other layers
-    assert fused.prepare(2, random_lora(5, lora_rank=80)) is False  # above max_lora_rank's padding
+    assert fused.prepare(2, random_lora(4, targets=("to_q", "to_v"))) is False  # other layers
+    assert fused.prepare(2, random_lora(5, rank=80)) is False  # above max_lora_rank's padding
     assert fused.adapter_version == 1 and fused._prepared is None
     with pytest.raises(ValueError):
         fused.prepare(None, loras[0])

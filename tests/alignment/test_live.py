@@ -10,7 +10,7 @@ from alignment.serving.live import LiveFollower, sync_live_adapter
 from alignment.families.loader import load_pipeline
 from alignment.serving.sampler import Sampler
 from storage import Repository
-from tests.alignment.test_hotswap import latents, random_lora
+from tests.support.lora import latents, random_lora
 
 
 @pytest.fixture

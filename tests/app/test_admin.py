@@ -11,7 +11,8 @@ import pytest
 from app.access import AccessPolicy, Actor, AdminRequiredError, RateLimitedError, RateLimits
 from app.studio import StudioError
 from storage import Repository
-from tests.support.studio import random_lora_bytes, register_adapter, stored_votes
+from tests.support.lora import random_lora
+from tests.support.studio import register_adapter, stored_votes
 from tests.support.storage import generation
 
 PROMPT = "a large red circle on a blue background"
@@ -39,8 +40,8 @@ def snapshot(studio) -> dict:
 def test_non_admins_are_refused_every_admin_action_and_nothing_changes(public_studio, embedded, tmp_path, caplog):
     studio = public_studio
     caplog.set_level(logging.INFO, logger="app")
-    v1 = register_adapter(studio.repo, random_lora_bytes(embedded.pipe, seed=1))
-    v2 = register_adapter(studio.repo, random_lora_bytes(embedded.pipe, seed=2))
+    v1 = register_adapter(studio.repo, random_lora(1))
+    v2 = register_adapter(studio.repo, random_lora(2))
     studio.make_live(v2, actor=ALICE)
     stored_votes(studio.repo, [("ann", "left")] * 5)
     path, _ = studio.export(actor=ALICE)
@@ -71,8 +72,8 @@ def test_non_admins_are_refused_every_admin_action_and_nothing_changes(public_st
 
 def test_a_tampered_adapter_file_is_refused_and_the_live_sampler_is_unchanged(swap_studio, embedded, caplog):
     studio, repo = swap_studio, swap_studio.repo
-    v1 = register_adapter(repo, random_lora_bytes(embedded.pipe, seed=1))
-    v2 = register_adapter(repo, random_lora_bytes(embedded.pipe, seed=2), live=False)
+    v1 = register_adapter(repo, random_lora(1))
+    v2 = register_adapter(repo, random_lora(2), live=False)
     studio.make_live(v1, actor=ALICE)
     path = repo.blobs.path(repo.get_adapter(v2).file_hash)
     data = bytearray(path.read_bytes())
@@ -93,8 +94,8 @@ def test_a_tampered_adapter_file_is_refused_and_the_live_sampler_is_unchanged(sw
 
 def test_rollback_onto_a_tampered_version_changes_nothing(swap_studio, embedded):
     studio, repo = swap_studio, swap_studio.repo
-    v1 = register_adapter(repo, random_lora_bytes(embedded.pipe, seed=1))
-    v2 = register_adapter(repo, random_lora_bytes(embedded.pipe, seed=2))
+    v1 = register_adapter(repo, random_lora(1))
+    v2 = register_adapter(repo, random_lora(2))
     studio.make_live(v2, actor=ALICE)
     repo.blobs.path(repo.get_adapter(v1).file_hash).write_bytes(b"not the adapter")
     with pytest.raises(StudioError, match=f"adapter v{v1} is refused"):

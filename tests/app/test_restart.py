@@ -10,7 +10,8 @@ import threading
 from gradio_client import Client
 
 from storage import VOTE_CHOICES, Repository
-from tests.support.studio import free_port, random_lora_bytes, register_adapter, start_studio, stop_studio
+from tests.support.lora import random_lora
+from tests.support.studio import free_port, register_adapter, start_studio, stop_studio
 
 PROMPT = "a large blue square on a yellow background"
 
@@ -30,7 +31,7 @@ def test_votes_and_live_adapter_survive_sigkill(embedded, tmp_path):
 
         # The adapter is registered by another process, as `python -m alignment.worker` would do it.
         repo = Repository(data)
-        version = register_adapter(repo, random_lora_bytes(embedded.pipe))
+        version = register_adapter(repo, random_lora(0))
         _, _, swapped = client.predict(PROMPT, "1, 2", api_name="/new_pair")
         assert repo.get_pair(swapped).left.adapter_version == version  # hot-swapped from the database
 

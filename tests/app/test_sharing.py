@@ -12,8 +12,8 @@ from gradio_client.exceptions import AppError
 from app.access import AccessPolicy, Actor, RateLimits
 from app.studio import Studio
 from app.ui import build_ui, launch
-from storage import Repository
-from tests.support.studio import RawSession, free_port, random_lora_bytes, register_adapter, stored_votes
+from tests.support.lora import random_lora
+from tests.support.studio import RawSession, free_port, register_adapter, stored_votes
 
 PROMPT = "a small green circle on an orange background"
 TOKEN = "token-for-the-sharing-tests"
@@ -46,8 +46,8 @@ def state_of(studio) -> dict:
 
 def test_every_admin_endpoint_refuses_non_admins_and_works_for_admins(shared, embedded):
     demo, url, studio = shared
-    v1 = register_adapter(studio.repo, random_lora_bytes(embedded.pipe, seed=1))
-    v2 = register_adapter(studio.repo, random_lora_bytes(embedded.pipe, seed=2))
+    v1 = register_adapter(studio.repo, random_lora(1))
+    v2 = register_adapter(studio.repo, random_lora(2))
     studio.make_live(v2, actor=Actor("alice", authenticated=True))
     stored_votes(studio.repo, [("ann", "left")] * 5)
     export, _ = studio.export(actor=Actor("alice", authenticated=True))

@@ -12,7 +12,8 @@ from app.access import Actor
 from app.inputs import parse_pair_id, parse_seeds
 from app.studio import StudioError
 from storage import UnknownAdapterError, UnknownPairError
-from tests.support.studio import random_lora_bytes, register_adapter
+from tests.support.lora import random_lora
+from tests.support.studio import register_adapter
 
 PROMPT = "a large red circle on a blue background"
 ME = Actor("ann")  # a local studio without configured admins: everyone is an admin
@@ -98,7 +99,7 @@ def test_status_reports_votes_live_version_and_worker(studio):
 
 def test_new_pairs_follow_the_live_adapter(swap_studio, embedded):
     base = swap_studio.new_pair(PROMPT, "1, 2", annotator="ann")
-    version = register_adapter(swap_studio.repo, random_lora_bytes(embedded.pipe))
+    version = register_adapter(swap_studio.repo, random_lora(0))
     adapted = swap_studio.new_pair(PROMPT, "1, 2", annotator="ann")
     assert (base.adapter_version, adapted.adapter_version) == (None, version)
     assert swap_studio.repo.get_pair(adapted.id).left.adapter_version == version
@@ -108,8 +109,8 @@ def test_new_pairs_follow_the_live_adapter(swap_studio, embedded):
 
 def test_compare_renders_any_version_and_restores_the_live_one(swap_studio, embedded):
     repo, sampler = swap_studio.repo, swap_studio.sampler
-    v1 = register_adapter(repo, random_lora_bytes(embedded.pipe, seed=1))
-    v2 = register_adapter(repo, random_lora_bytes(embedded.pipe, seed=2))
+    v1 = register_adapter(repo, random_lora(1))
+    v2 = register_adapter(repo, random_lora(2))
     base_a, v1_b = swap_studio.compare(PROMPT, 5, None, v1, annotator="ann")
     assert sampler.adapter_version == v2  # the live one is back
     base_again, same = swap_studio.compare(PROMPT, "5", None, None, annotator="ann")
@@ -123,8 +124,8 @@ def test_compare_renders_any_version_and_restores_the_live_one(swap_studio, embe
 def test_pairs_never_see_a_compared_version(swap_studio, embedded):
     """Compare swaps other versions in and out while pairs are generated: every pair uses the live adapter."""
     repo, sampler = swap_studio.repo, swap_studio.sampler
-    v1 = register_adapter(repo, random_lora_bytes(embedded.pipe, seed=1))
-    v2 = register_adapter(repo, random_lora_bytes(embedded.pipe, seed=2))
+    v1 = register_adapter(repo, random_lora(1))
+    v2 = register_adapter(repo, random_lora(2))
     errors: list[BaseException] = []
 
     def compare_loop():
@@ -146,7 +147,7 @@ def test_pairs_never_see_a_compared_version(swap_studio, embedded):
 def test_blind_trials_are_stored_apart_from_votes(swap_studio, embedded, monkeypatch):
     with pytest.raises(StudioError, match="no adapter is live"):
         swap_studio.blind_trial(PROMPT, annotator="ann")
-    version = register_adapter(swap_studio.repo, random_lora_bytes(embedded.pipe))
+    version = register_adapter(swap_studio.repo, random_lora(0))
     monkeypatch.setattr("app.studio.random.choice", lambda sides: "right")
     trial = swap_studio.blind_trial(PROMPT, seed=4, annotator="ann")
     base_img, adapted_img = swap_studio.compare(PROMPT, 4, None, version, annotator="ann")
@@ -182,8 +183,8 @@ def test_settings_are_validated_and_reach_the_worker(swap_studio):
 
 def test_make_live_and_roll_back(swap_studio, embedded):
     repo, sampler = swap_studio.repo, swap_studio.sampler
-    v1 = register_adapter(repo, random_lora_bytes(embedded.pipe, seed=1))
-    v2 = register_adapter(repo, random_lora_bytes(embedded.pipe, seed=2))
+    v1 = register_adapter(repo, random_lora(1))
+    v2 = register_adapter(repo, random_lora(2))
     assert swap_studio.rollback(actor=ME) == v1
     assert repo.live_adapter().version == v1 and sampler.adapter_version == v1
     assert repo.get_adapter(v2).status == "retired"

@@ -48,7 +48,7 @@ def test_an_unreachable_server_gives_a_clear_error_with_the_password_masked(tmp_
         Repository(tmp_path / "data", url)
     message = str(caught.value)
     assert "s3cret-pw" not in message
-    assert f"postgresql+psycopg://studio:***@127.0.0.1:" in message and "/studio" in message
+    assert "postgresql+psycopg://studio:***@127.0.0.1:" in message and "/studio" in message
     assert "cannot connect" in message
     assert caught.value.__cause__ is None and caught.value.__suppress_context__  # no deep driver chain
     assert time.monotonic() - started < 15

@@ -1,14 +1,13 @@
 """Helpers of the app tests: stand-in adapters and votes, free ports, the studio as a subprocess, and a raw
 browser session.
 
-A stand-in adapter is a LoRA with random `lora_B` weights, registered in the repository the way the worker does
+A stand-in adapter (`tests.support.lora.random_lora`) is registered in the repository the way the worker does
 it, so tests of make-live, roll-back, compare and hot-swap need no training run. `RawSession` speaks Gradio's HTTP
 queue directly, private events included, as a hand-written client could: the server must not trust it.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import secrets
@@ -22,31 +21,13 @@ import urllib.request
 from pathlib import Path
 
 import httpx
-import torch
-from diffusers.utils import convert_state_dict_to_diffusers
-from peft import LoraConfig
-from peft.utils import get_peft_model_state_dict
 
-from alignment.core.lora_files import save_lora_bytes
 from tests.support.storage import generation
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run"]
-
-
-def random_lora_bytes(pipe, seed: int = 0, scale: float = 0.3, rank: int = 4) -> bytes:
-    """A diffusers-format LoRA with random weights (from `seed`) for `pipe`'s UNet, which is not touched; pass a
-    pipeline without adapters (the shared `embedded` one)."""
-    unet = copy.deepcopy(pipe.unet)
-    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in unet.named_parameters():
-            if "lora_A" in name or "lora_B" in name:
-                param.copy_(torch.randn(param.shape, generator=gen) * scale)
-    return save_lora_bytes(convert_state_dict_to_diffusers(get_peft_model_state_dict(unet)))
 
 
 def register_adapter(repo, lora: bytes, *, live: bool = True, loss_curve=(0.693, 0.68, 0.66)) -> int:

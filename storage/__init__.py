@@ -23,11 +23,13 @@ from .errors import (
     InvalidMetadataError,
     InvalidPromptError,
     InvalidStatusError,
+    LeaseLostError,
     StorageError,
     UnknownAdapterError,
     UnknownPairError,
     UnknownTrainingRunError,
 )
+from .leases import Fence
 from .models import AB_CHOICES, ADAPTER_STATUSES, MAX_PROMPT_CHARS, PREFERENCE_CHOICES, VOTE_CHOICES
 from .records import (
     AdapterRecord,
@@ -60,7 +62,9 @@ __all__ = [
     "InvalidMetadataError",
     "InvalidPromptError",
     "InvalidStatusError",
+    "Fence",
     "LabeledPair",
+    "LeaseLostError",
     "NewGeneration",
     "PairRecord",
     "Repository",

@@ -3,7 +3,10 @@
 ``AdapterMixin`` is part of ``Repository`` (it uses the repository's session factories and blob store); it is split
 out only to keep each file readable. Adapter versions count 1, 2, ... in registration order; at most one adapter is
 ``live`` (a partial unique index where the dialect has one, and the code below everywhere): making one live
-retires the previous one in the same transaction. A/B trials are stored apart from votes so they never become
+retires the previous one in the same transaction. A roll back marks the live version ``rolled_back`` and makes the
+newest earlier ``retired`` version live (or the base), so a later roll back never returns to a rolled-back one.
+Writes that only a current lease holder may make (register, promote) take a ``Fence`` and check it in their own
+transaction. A/B trials are stored apart from votes so they never become
 training data. This module knows these three tables; it knows nothing of LoRA files beyond their bytes.
 """
 
@@ -18,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from .errors import InvalidMetadataError, InvalidStatusError, UnknownAdapterError, UnknownTrainingRunError
 from .models import AB_CHOICES, AB_SIDES, ADAPTER_STATUSES, TRAINING_RUN_STATUSES, ABTrial, Adapter, TrainingRun
+from .leases import Fence, check_fence
 from .prompts import prompt_row_id
 from .records import (
     AdapterRecord,
@@ -63,6 +67,15 @@ def _run_record(row: TrainingRun) -> TrainingRunRecord:
     )
 
 
+def _rollback_target(s: Session, expected_live: int | None = None) -> int | None:
+    live = s.scalar(select(Adapter.version).where(Adapter.status == "live").with_for_update())
+    if live is None:
+        raise InvalidStatusError("nothing to roll back: the base model is live")
+    if expected_live is not None and live != expected_live:
+        raise InvalidStatusError(f"the live adapter is v{live}, not v{expected_live}; nothing was rolled back")
+    return s.scalar(select(func.max(Adapter.version)).where(Adapter.status == "retired", Adapter.version < live))
+
+
 def _get_adapter(s: Session, version: object) -> Adapter:
     row = None if isinstance(version, bool) or not isinstance(version, int) else s.get(Adapter, version)
     if row is None:
@@ -94,8 +107,12 @@ class AdapterMixin:
         hyperparams: dict,
         votes_used: int,
         metrics: dict,
+        fence: Fence | None = None,
     ) -> AdapterRecord:
-        """Store the adapter file as a blob and a new ``candidate`` row with the next version number."""
+        """Store the adapter file as a blob and a new ``candidate`` row with the next version number.
+
+        With ``fence`` the row is written only if that lease claim still holds (``LeaseLostError`` otherwise; the
+        blob may stay behind, unreferenced, which is harmless)."""
         if not isinstance(file_bytes, bytes) or not file_bytes:
             raise InvalidMetadataError("adapter file_bytes must be non-empty bytes")
         if not isinstance(objective, str) or not objective.strip() or len(objective) > 64:
@@ -107,6 +124,8 @@ class AdapterMixin:
         file_hash = self.blobs.put(file_bytes)
 
         def work(s: Session) -> AdapterRecord:
+            if fence is not None:
+                check_fence(s, fence)
             if parent_version is not None:
                 _get_adapter(s, parent_version)
             version = (s.scalar(select(func.max(Adapter.version))) or 0) + 1
@@ -126,10 +145,12 @@ class AdapterMixin:
 
         return self._write_retrying(work)
 
-    def set_adapter_status(self, version: int, status: str, reason: str | None = None) -> AdapterRecord:
+    def set_adapter_status(self, version: int, status: str, reason: str | None = None,
+                           fence: Fence | None = None) -> AdapterRecord:
         """Move an adapter to ``status``; making one ``live`` retires the previous live one in the same transaction.
 
-        Any transition is allowed (a retired or rejected version may be made live again: that is a roll-back).
+        Any transition is allowed (an admin may make any version live again). With ``fence`` nothing changes unless
+        that lease claim still holds (``LeaseLostError``).
         """
         if status not in ADAPTER_STATUSES:
             raise InvalidStatusError(f"adapter status must be one of {', '.join(ADAPTER_STATUSES)}; got {status!r:.80}")
@@ -137,6 +158,8 @@ class AdapterMixin:
             raise InvalidStatusError("reason must be a string or None")
 
         def work(s: Session) -> AdapterRecord:
+            if fence is not None:
+                check_fence(s, fence)
             row = _get_adapter(s, version)
             if status == "live" and row.status != "live":
                 for previous in s.scalars(select(Adapter).where(Adapter.status == "live")):
@@ -147,6 +170,30 @@ class AdapterMixin:
             row.status = status
             row.status_reason = reason
             row.status_changed_at = utcnow()
+            s.flush()
+            return _adapter_record(row)
+
+        return self._write_retrying(work)
+
+    def rollback_target(self) -> int | None:
+        """The version a roll back would make live: the newest ``retired`` version older than the live one (None =
+        the base). InvalidStatusError when nothing is live."""
+        with self._read.begin() as s:
+            return _rollback_target(s)
+
+    def roll_back(self, expected_live: int, target: int | None, reason: str) -> AdapterRecord | None:
+        """Mark ``expected_live`` ``rolled_back`` and make ``target`` live (None = the base), in one transaction;
+        InvalidStatusError (nothing changed) if the live version or the target changed since they were read."""
+        def work(s: Session) -> AdapterRecord | None:
+            if _rollback_target(s, expected_live) != target:
+                raise InvalidStatusError("the live adapter changed meanwhile; nothing was rolled back: try again")
+            live = _get_adapter(s, expected_live)
+            live.status, live.status_reason, live.status_changed_at = "rolled_back", reason, utcnow()
+            s.flush()
+            if target is None:
+                return None
+            row = _get_adapter(s, target)
+            row.status, row.status_reason, row.status_changed_at = "live", reason, utcnow()
             s.flush()
             return _adapter_record(row)
 

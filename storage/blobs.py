@@ -3,8 +3,10 @@
 A blob lives at ``<root>/<first two hex digits>/<64 hex digits>``. Paths are built only from a validated lowercase
 hex digest, never from a caller's name, so no input can reach outside ``root``. Writes go to a temp file in the
 target directory, are fsynced, atomically renamed into place, and the directory is fsynced: after a crash a blob
-is either complete under its real name or absent (a stray ``.tmp-*`` file at worst). Writing the same bytes twice
-is a no-op, so blobs may be written before the database transaction that references them.
+is either complete under its real name or absent (a stray ``.tmp-*`` file at worst, which
+``remove_stale_temp_files`` deletes when a repository opens). Writing bytes that are already stored is a no-op
+once the stored file's own hash is checked (a damaged copy, even of the same size, is rewritten), so blobs may
+be written before the database transaction that references them.
 
 This module knows files and hashes; it knows nothing of the database or of what the bytes mean.
 """
@@ -71,11 +73,11 @@ class BlobStore:
         blob_hash = sha256_hex(data)
         final = self.path(blob_hash)
         try:
-            if final.stat().st_size == len(data):
+            if sha256_hex(final.read_bytes()) == blob_hash:
                 return blob_hash
         except FileNotFoundError:
             pass
-        # Absent, or present with the wrong size (damaged): write it (again), atomically.
+        # Absent, or present with other bytes (damaged, even at the same size): write it (again), atomically.
         final.parent.mkdir(exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=_TEMP_PREFIX, dir=final.parent)
         try:

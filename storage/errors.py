@@ -70,6 +70,10 @@ class InvalidLeaseError(StorageError, ValueError):
     finite number of seconds (at most ``MAX_LEASE_TTL_S``)."""
 
 
+class LeaseLostError(StorageError):
+    """The fencing check failed: the lease was taken over or expired, so the caller's claim is stale."""
+
+
 class InvalidDatabaseUrlError(StorageError, ValueError):
     """A database URL cannot be parsed, or names a dialect or driver that is not installed."""
 

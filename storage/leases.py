@@ -10,6 +10,11 @@ Race safety without table locks: acquiring is one ``UPDATE ... WHERE name = ? AN
 (the row lock makes a second concurrent UPDATE re-check its WHERE against the winner's row and match nothing), and
 only when no row exists yet an ``INSERT`` whose primary key turns a lost race into an ``IntegrityError``, answered
 as "not acquired". On SQLite write transactions begin with ``BEGIN IMMEDIATE``, so they are serialised anyway.
+
+Fencing: every hand-over of a lease (taken while free or expired) increments its ``generation``. A holder reads
+its ``Fence`` (name, holder, generation) once it has the lease; a write that must only happen while the claim is
+still good (registering or promoting an adapter) passes the fence, and ``check_fence`` verifies it inside that
+write's own transaction, locking the lease row, so a takeover cannot slip in between the check and the commit.
 This module knows the lease table; it knows nothing of what the job is.
 """
 
@@ -17,12 +22,13 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from dataclasses import dataclass
 
 from sqlalchemy import and_, case, literal, or_, select, type_coerce, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from .errors import InvalidLeaseError
+from .errors import InvalidLeaseError, LeaseLostError
 from .models import MAX_LEASE_HOLDER_CHARS, MAX_LEASE_NAME_CHARS, WorkerLease
 from .sqltypes import UTCDateTime, as_utc, utcnow
 
@@ -48,6 +54,31 @@ def _check_ttl(ttl_s: object) -> dt.timedelta:
 def _db_now(s: Session) -> dt.datetime:
     """The database's current UTC time, as an aware datetime."""
     return as_utc(s.scalar(select(type_coerce(utcnow(), UTCDateTime()))))
+
+
+@dataclass(frozen=True)
+class Fence:
+    """A holder's claim on a lease at one generation (the fencing token)."""
+
+    name: str
+    holder: str
+    generation: int
+
+
+def check_fence(s: Session, fence: Fence) -> None:
+    """Inside a write transaction: LeaseLostError unless ``fence`` still names the unexpired lease's holder and
+    generation. The lease row is locked (``FOR UPDATE`` where the database has it) until the transaction ends."""
+    table = WorkerLease.__table__
+    now = _db_now(s)
+    row = s.execute(
+        select(table.c.holder, table.c.generation, table.c.expires_at).where(table.c.name == fence.name)
+        .with_for_update()
+    ).one_or_none()
+    if row is None or row.holder != fence.holder or row.generation != fence.generation:
+        raise LeaseLostError(f"lease {fence.name!r} is no longer held by {fence.holder!r} at generation "
+                             f"{fence.generation}: another worker took it over; nothing was written")
+    if as_utc(row.expires_at) <= now:
+        raise LeaseLostError(f"lease {fence.name!r} of {fence.holder!r} expired; nothing was written")
 
 
 class LeaseMixin:
@@ -76,13 +107,15 @@ class LeaseMixin:
                         expires_at=now + ttl,
                         heartbeat=now,
                         acquired_at=case((still_ours, table.c.acquired_at), else_=literal(now, UTCDateTime())),
+                        generation=case((still_ours, table.c.generation), else_=table.c.generation + 1),
                     )
                 )
                 if taken.rowcount == 1:
                     return True
                 if s.scalar(select(table.c.name).where(table.c.name == name)) is not None:
                     return False  # held by someone else, unexpired
-                s.add(WorkerLease(name=name, holder=holder, expires_at=now + ttl, acquired_at=now, heartbeat=now))
+                s.add(WorkerLease(name=name, holder=holder, expires_at=now + ttl, acquired_at=now, heartbeat=now,
+                                  generation=1))
                 s.flush()
                 return True
         except IntegrityError:
@@ -127,3 +160,14 @@ class LeaseMixin:
                 select(table.c.holder, table.c.expires_at).where(table.c.name == name, table.c.expires_at > now)
             ).one_or_none()
         return None if row is None else (row.holder, as_utc(row.expires_at))
+
+    def fence(self, name: str, holder: str) -> Fence | None:
+        """``holder``'s fencing token for lease ``name`` while it holds it unexpired, else None."""
+        _check_text(name, "name", MAX_LEASE_NAME_CHARS)
+        _check_text(holder, "holder", MAX_LEASE_HOLDER_CHARS)
+        table = WorkerLease.__table__
+        with self._read.begin() as s:
+            now = _db_now(s)
+            generation = s.scalar(select(table.c.generation).where(
+                table.c.name == name, table.c.holder == holder, table.c.expires_at > now))
+        return None if generation is None else Fence(name, holder, int(generation))

@@ -42,7 +42,9 @@ VOTE_CHOICES = ("left", "right", "tie", "both_bad", "skip")
 PREFERENCE_CHOICES = ("left", "right", "tie")  # the votes that say which image is better
 AB_CHOICES = ("adapter", "base", "tie")
 AB_SIDES = ("left", "right")
-ADAPTER_STATUSES = ("candidate", "live", "rejected", "retired")
+# retired: was live, replaced by a newer version (roll back may return to it); rolled_back: taken off by a roll
+# back, never chosen by a later roll back.
+ADAPTER_STATUSES = ("candidate", "live", "rejected", "retired", "rolled_back")
 TRAINING_RUN_STATUSES = ("running", "succeeded", "failed", "rejected", "interrupted")
 
 # Deterministic constraint names, so Alembic batch migrations on SQLite can find and alter them.
@@ -208,3 +210,6 @@ class WorkerLease(Base):
     expires_at: Mapped[dt.datetime]
     acquired_at: Mapped[dt.datetime]
     heartbeat: Mapped[dt.datetime]  # last acquire or renew by the holder
+    # The fencing token: incremented whenever the lease changes hands (taken when free or expired), so a holder
+    # that lost it cannot act on its stale claim (see ``LeaseMixin.fence``).
+    generation: Mapped[int] = mapped_column(Integer, server_default="1")

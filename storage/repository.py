@@ -115,6 +115,7 @@ class Repository(AdapterMixin, LeaseMixin):
             raise
         self._read, self._write = make_sessionmakers(self.engine)
         self.blobs = BlobStore(self.data_dir / "blobs")
+        self.blobs.remove_stale_temp_files()  # left by writers that died mid-write; young ones may be live
 
     @classmethod
     def in_memory(cls, data_dir: str | Path) -> Repository:

@@ -161,3 +161,34 @@ def test_runs_left_running_by_a_dead_worker_are_closed_as_interrupted(repo):
     assert repo.interrupt_running_runs("again") == 0
     with pytest.raises(InvalidMetadataError):
         repo.interrupt_running_runs("  ")
+
+
+def test_roll_back_never_returns_to_a_rolled_back_version(repo):
+    for n in (1, 2):
+        _register(repo, f"v{n}".encode())
+    repo.set_adapter_status(1, "live")
+    repo.set_adapter_status(2, "live")  # v1 retired
+    assert repo.rollback_target() == 1
+    assert repo.roll_back(2, 1, "rolled back by admin").version == 1
+    assert repo.get_adapter(2).status == "rolled_back"
+    _register(repo, b"v3")
+    repo.set_adapter_status(3, "live")  # v1 retired again
+    assert repo.rollback_target() == 1  # not v2: it was rolled back
+    repo.roll_back(3, 1, "again")
+    assert [a.status for a in repo.list_adapters()] == ["live", "rolled_back", "rolled_back"]
+    assert repo.rollback_target() is None  # nothing older was live: the base
+    assert repo.roll_back(1, None, "to base") is None and repo.live_adapter() is None
+    with pytest.raises(InvalidStatusError, match="base model is live"):
+        repo.rollback_target()
+
+
+def test_roll_back_refuses_when_the_live_version_changed_meanwhile(repo):
+    for n in (1, 2, 3):
+        _register(repo, f"v{n}".encode())
+    repo.set_adapter_status(1, "live")
+    repo.set_adapter_status(2, "live")
+    target = repo.rollback_target()
+    repo.set_adapter_status(3, "live")  # the worker promoted v3 between the read and the roll back
+    with pytest.raises(InvalidStatusError, match="changed|not v2"):
+        repo.roll_back(2, target, "stale")
+    assert repo.live_adapter().version == 3 and repo.get_adapter(2).status == "retired"

@@ -75,6 +75,25 @@ def test_truncated_blob_is_rewritten_by_the_next_put(store):
     assert store.get(digest) == b"0123456789"
 
 
+def test_a_damaged_blob_of_the_same_size_is_rewritten_by_the_next_put(store):
+    digest = store.put(b"original content")
+    store.path(digest).write_bytes(b"original c0ntent")  # same size: a size check alone would keep it
+    assert store.put(b"original content") == digest
+    assert store.get(digest) == b"original content"
+
+
+def test_opening_a_repository_removes_stale_temp_files(tmp_path):
+    from storage import Repository
+
+    with Repository(tmp_path) as repo:
+        digest = repo.blobs.put(b"x")
+    stale = repo.blobs.path(digest).parent / ".tmp-dead-writer"
+    stale.write_bytes(b"partial")
+    os.utime(stale, (0, 0))
+    with Repository(tmp_path):
+        assert not stale.exists()
+
+
 def test_failed_write_leaves_neither_blob_nor_temp_file(store, monkeypatch):
     def broken_replace(src, dst):
         raise OSError("disk full")

@@ -31,7 +31,7 @@ def test_sqlite_pragmas_are_set_on_every_connection(tmp_path):
                 name: connection.exec_driver_sql(f"PRAGMA {name}").scalar()
                 for name in ("journal_mode", "busy_timeout", "foreign_keys", "synchronous")
             }
-            assert pragmas == {"journal_mode": "wal", "busy_timeout": 30000, "foreign_keys": 1, "synchronous": 1}
+            assert pragmas == {"journal_mode": "wal", "busy_timeout": 30000, "foreign_keys": 1, "synchronous": 2}
         for connection in connections:
             connection.close()
     finally:
@@ -75,12 +75,38 @@ def test_upgrade_from_the_first_revision_keeps_rows_and_adds_the_lease_table(tmp
             connection.execute(text("INSERT INTO prompt (text) VALUES ('kept')"))
         assert "worker_lease" not in inspect(engine).get_table_names()
         upgrade_to_head(engine)
-        assert HEAD == "0002" and current_revision(engine) == "0002"
+        assert current_revision(engine) == HEAD
         assert "worker_lease" in inspect(engine).get_table_names()
         with engine.begin() as connection:
             command.downgrade(alembic_config(connection), "0001")
             assert connection.execute(text("SELECT text FROM prompt")).scalars().all() == ["kept"]
         assert "worker_lease" not in inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
+
+
+def test_upgrade_from_0002_keeps_adapters_and_leases_and_allows_rolled_back(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    try:
+        with engine.begin() as connection:
+            command.upgrade(alembic_config(connection), "0002")
+            connection.execute(text(
+                "INSERT INTO adapter (version, file_hash, objective, hyperparams, votes_used, metrics, status) "
+                "VALUES (1, 'h', 'discounted', '{}', 3, '{}', 'retired')"))
+            connection.execute(text(
+                "INSERT INTO worker_lease (name, holder, expires_at, acquired_at, heartbeat) "
+                "VALUES ('trainer', 'a', '2026-01-01 00:00:00', '2026-01-01 00:00:00', '2026-01-01 00:00:00')"))
+            with pytest.raises(IntegrityError):  # 0002 does not know the status yet
+                with connection.begin_nested():
+                    connection.execute(text("UPDATE adapter SET status = 'rolled_back'"))
+        upgrade_to_head(engine)
+        with engine.begin() as connection:
+            assert connection.execute(text("SELECT generation FROM worker_lease")).scalar_one() == 1
+            connection.execute(text("UPDATE adapter SET status = 'rolled_back'"))
+            assert connection.execute(text("SELECT status, votes_used FROM adapter")).one() == ("rolled_back", 3)
+            with pytest.raises(IntegrityError):  # the CHECK constraint is still there
+                with connection.begin_nested():
+                    connection.execute(text("UPDATE adapter SET status = 'deleted'"))
     finally:
         engine.dispose()
 

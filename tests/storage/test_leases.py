@@ -179,3 +179,41 @@ def test_threads_with_their_own_repositories_race_and_one_wins(shared_database):
     finally:
         for r in repos:
             r.close()
+
+
+def test_a_fence_names_the_current_holder_and_generation(repo):
+    assert repo.fence("trainer", "a") is None  # never taken
+    assert repo.acquire_lease("trainer", "a", 60)
+    first = repo.fence("trainer", "a")
+    assert first is not None and (first.name, first.holder) == ("trainer", "a")
+    assert repo.acquire_lease("trainer", "a", 120)  # an extension by the holder is no hand-over
+    assert repo.fence("trainer", "a") == first
+    assert repo.fence("trainer", "b") is None
+    repo.release_lease("trainer", "a")
+    assert repo.fence("trainer", "a") is None
+    assert repo.acquire_lease("trainer", "b", 60)
+    assert repo.fence("trainer", "b").generation == first.generation + 1
+
+
+def test_a_stale_fence_writes_no_adapter_and_promotes_nothing(repo):
+    from storage import LeaseLostError
+
+    assert repo.acquire_lease("trainer", "a", 60)
+    fence_a = repo.fence("trainer", "a")
+    kwargs = dict(parent_version=None, objective="discounted", hyperparams={}, votes_used=1, metrics={})
+    v1 = repo.register_adapter(b"by a", fence=fence_a, **kwargs)
+    repo.set_adapter_status(v1.version, "live", fence=fence_a)
+    repo.release_lease("trainer", "a")
+    assert repo.acquire_lease("trainer", "b", 60)  # b takes over, e.g. after a's lease ran out mid-guard
+    with pytest.raises(LeaseLostError):
+        repo.register_adapter(b"late by a", fence=fence_a, **kwargs)
+    v2 = repo.register_adapter(b"by b", fence=repo.fence("trainer", "b"), **kwargs)
+    with pytest.raises(LeaseLostError):
+        repo.set_adapter_status(v2.version, "live", fence=fence_a)
+    assert [a.version for a in repo.list_adapters()] == [1, 2] and repo.live_adapter().version == 1
+    repo.release_lease("trainer", "b")
+    assert repo.acquire_lease("trainer", "a", 60)  # a holds it again, but at a new generation
+    with pytest.raises(LeaseLostError):
+        repo.set_adapter_status(v2.version, "live", fence=fence_a)
+    repo.set_adapter_status(v2.version, "live", fence=repo.fence("trainer", "a"))
+    assert repo.live_adapter().version == 2

@@ -6,8 +6,10 @@
 #   docker run -p 7860:7860 -v studio-data:/data alignment-studio
 #
 # Data (database, images, adapters) goes to STUDIO_DATA_DIR=/data/studio: Spaces mounts persistent storage at
-# /data when it is bought. Without it /data is not writable and the entrypoint falls back to ~/app/studio-data
-# (lost on restart). Other settings are STUDIO_* variables (python -m app --help), e.g. STUDIO_DATABASE_URL.
+# /data when it is bought, and the image's own /data belongs to uid 1000, so a fresh named volume does too.
+# deploy/entrypoint.sh refuses to start when /data exists but is not writable, or when STUDIO_DATABASE_URL is set
+# and the data directory cannot be written (rows without their blobs); it falls back to ~/app/studio-data (lost on
+# restart) only when there is no /data at all. Other settings are STUDIO_* variables (python -m app --help).
 FROM python:3.11-slim
 
 # Index that torch comes from. The default is the CPU build; set a CUDA index for a GPU image, or "" for the
@@ -19,9 +21,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     GRADIO_ANALYTICS_ENABLED=False \
     STUDIO_DATA_DIR=/data/studio \
+    STUDIO_PERSISTENT_DIR=/data \
     STUDIO_FALLBACK_DATA_DIR=/home/user/app/studio-data
 
-RUN useradd --create-home --uid 1000 --shell /bin/bash user
+RUN useradd --create-home --uid 1000 --shell /bin/bash user \
+    && mkdir -p /data && chown 1000:1000 /data
 USER 1000
 ENV HOME=/home/user \
     PATH=/home/user/.local/bin:$PATH
@@ -37,6 +41,7 @@ RUN if [ -n "$TORCH_INDEX_URL" ]; then \
     fi \
     && pip install --no-cache-dir --user -r requirements.txt
 
+COPY --chown=1000:1000 deploy/entrypoint.sh ./deploy/
 COPY --chown=1000:1000 settings.py ./
 COPY --chown=1000:1000 storage ./storage
 COPY --chown=1000:1000 alignment ./alignment
@@ -48,6 +53,6 @@ EXPOSE 7860
 HEALTHCHECK --interval=30s --timeout=10s --start-period=300s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:7860/', timeout=8)"]
 
-# Use STUDIO_DATA_DIR when it can be created and written, else the local fallback; then run CMD.
-ENTRYPOINT ["/bin/sh", "-c", "if ! mkdir -p \"$STUDIO_DATA_DIR\" 2>/dev/null || [ ! -w \"$STUDIO_DATA_DIR\" ]; then echo \"$STUDIO_DATA_DIR is not writable (no persistent storage?): using $STUDIO_FALLBACK_DATA_DIR\" >&2; export STUDIO_DATA_DIR=\"$STUDIO_FALLBACK_DATA_DIR\"; mkdir -p \"$STUDIO_DATA_DIR\"; fi; exec \"$@\"", "studio-entrypoint"]
+# Choose the data directory (see deploy/entrypoint.sh), then run CMD.
+ENTRYPOINT ["/bin/sh", "deploy/entrypoint.sh"]
 CMD ["python", "-m", "app", "--host", "0.0.0.0", "--port", "7860"]

@@ -1,7 +1,7 @@
 """The Dockerfile of the Hugging Face Space, checked without a Docker engine: hadolint, the structure (every COPY
 source exists and is committed and not ignored, the CMD's module imports, the same requirements.txt as the README,
 EXPOSE = CMD port = health-check port, uid 1000, the data directory variable), the entrypoint's data-directory
-fallback, and the container's start command run directly until it serves HTTP 200."""
+choice (use, fall back, refuse), and the container's start command run directly until it serves HTTP 200."""
 
 from __future__ import annotations
 
@@ -56,7 +56,8 @@ def test_base_image_is_slim_python_311():
 def test_every_copy_source_exists_is_committed_and_is_not_dockerignored():
     ignored = (REPO_ROOT / ".dockerignore").read_text().splitlines()
     sources = _copy_sources()
-    assert {"requirements.txt", "app", "alignment", "storage", "models/tiny-shapes"} <= set(sources)
+    assert {"requirements.txt", "app", "alignment", "storage", "settings.py", "models/tiny-shapes",
+            "deploy/entrypoint.sh"} <= set(sources)
     for source in sources:
         assert (REPO_ROOT / source).exists(), f"COPY source {source} does not exist"
         assert not dockerignore_excludes(ignored, source), f"COPY source {source} is excluded by .dockerignore"
@@ -126,21 +127,56 @@ def _entrypoint_env(tmp_path: Path, data_dir: Path) -> dict[str, str]:
     return {**os.environ, **env}
 
 
-@pytest.mark.parametrize("writable", [True, False])
-def test_entrypoint_falls_back_to_a_local_folder_when_the_data_dir_is_not_writable(tmp_path, writable):
-    blocker = tmp_path / "a-file"
-    blocker.write_text("mkdir below a regular file fails, even for root")
-    data_dir = tmp_path / "persistent" / "studio" if writable else blocker / "studio"
+def _run_entrypoint(tmp_path: Path, data_dir: Path, **extra_env: str) -> subprocess.CompletedProcess:
     entrypoint = only(INSTRUCTIONS, "ENTRYPOINT").args
     probe = [sys.executable, "-c", "import os; print(os.environ['STUDIO_DATA_DIR'])"]
-    result = subprocess.run(
-        entrypoint + probe, env=_entrypoint_env(tmp_path, data_dir), capture_output=True, text=True, timeout=60,
-        check=True,
-    )
-    expected = data_dir if writable else tmp_path / "fallback"
-    assert result.stdout.strip() == str(expected)
-    assert expected.is_dir()
-    assert ("not writable" in result.stderr) is not writable
+    env = {**_entrypoint_env(tmp_path, data_dir), **extra_env}
+    return subprocess.run(entrypoint + probe, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60,
+                          check=False)
+
+
+def test_the_image_gives_data_to_uid_1000_before_dropping_root():
+    user_index = INSTRUCTIONS.index(only(INSTRUCTIONS, "USER"))
+    as_root = " ".join(inst.raw for inst in INSTRUCTIONS[:user_index] if inst.keyword == "RUN")
+    assert "mkdir -p /data" in as_root and "chown 1000:1000 /data" in as_root  # a fresh named volume copies it
+    assert env_vars(INSTRUCTIONS)["STUDIO_PERSISTENT_DIR"] == "/data"
+
+
+def test_entrypoint_uses_a_writable_data_dir(tmp_path):
+    data_dir = tmp_path / "persistent" / "studio"
+    result = _run_entrypoint(tmp_path, data_dir, STUDIO_PERSISTENT_DIR=str(tmp_path / "persistent"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(data_dir) and data_dir.is_dir()
+    assert "not a mounted volume" in result.stderr  # tmp_path is on the root file system here
+
+
+def _unwritable(tmp_path: Path) -> tuple[Path, Path]:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("mkdir below a regular file fails, even for root")
+    return blocker, blocker / "studio"
+
+
+def test_entrypoint_falls_back_only_when_there_is_no_persistent_storage(tmp_path):
+    _, data_dir = _unwritable(tmp_path)
+    result = _run_entrypoint(tmp_path, data_dir, STUDIO_PERSISTENT_DIR=str(tmp_path / "no-such-volume"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(tmp_path / "fallback") and (tmp_path / "fallback").is_dir()
+    assert "lost on restart" in result.stderr
+
+
+def test_entrypoint_refuses_a_persistent_dir_it_cannot_write(tmp_path):
+    blocker, data_dir = _unwritable(tmp_path)
+    result = _run_entrypoint(tmp_path, data_dir, STUDIO_PERSISTENT_DIR=str(blocker))
+    assert result.returncode == 1 and result.stdout == ""
+    assert "cannot be created or written" in result.stderr and not (tmp_path / "fallback").exists()
+
+
+def test_entrypoint_refuses_to_fall_back_when_a_database_url_is_set(tmp_path):
+    _, data_dir = _unwritable(tmp_path)
+    result = _run_entrypoint(tmp_path, data_dir, STUDIO_PERSISTENT_DIR=str(tmp_path / "no-such-volume"),
+                             STUDIO_DATABASE_URL="postgresql+psycopg://u:p@db/studio")
+    assert result.returncode == 1 and result.stdout == ""
+    assert "STUDIO_DATABASE_URL is set" in result.stderr and not (tmp_path / "fallback").exists()
 
 
 def test_the_start_command_serves_the_studio(tmp_path):
@@ -153,7 +189,8 @@ def test_the_start_command_serves_the_studio(tmp_path):
     cmd[cmd.index("--port") + 1] = str(port)
     log = (tmp_path / "app.log").open("w")
     proc = subprocess.Popen(
-        only(INSTRUCTIONS, "ENTRYPOINT").args + cmd, cwd=REPO_ROOT, env=_entrypoint_env(tmp_path, data_dir),
+        only(INSTRUCTIONS, "ENTRYPOINT").args + cmd, cwd=REPO_ROOT,
+        env={**_entrypoint_env(tmp_path, data_dir), "STUDIO_PERSISTENT_DIR": str(tmp_path / "data")},
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     status, started = None, time.monotonic()

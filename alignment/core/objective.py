@@ -1,26 +1,24 @@
-"""The objective of Alignment Studio: DDIM step log-probabilities, temporal discounting and the DPO losses.
+"""The objective of Alignment Studio: temporal discounting and the DPO losses on step log-probabilities.
 
 Pure functions, tensors in and tensors out. This module knows the math of Yang, Chen & Zhou, "A Dense Reward
 View on Aligning Text-to-Image Diffusion with Preference" (ICML 2024, arXiv 2402.08265) and of Diffusion-DPO
-(Wallace et al. 2023). It knows nothing about UNets, schedulers objects, LoRA, storage or devices: the caller
-runs the models, reads the scheduler's numbers (``alphas_cumprod``) and passes them in.
+(Wallace et al. 2023). The per-step policy, the stochastic DDIM step's Gaussian for every prediction type, is
+``alignment.core.ddim``; its functions are re-exported here (``ddim_step_mean_std``, ``ddim_step_log_prob``, ...)
+so that ``objective`` is the one import of a trainer. It knows nothing about UNets, scheduler objects, LoRA,
+storage or devices: the caller runs the models, reads the scheduler's numbers (``alphas_cumprod``) and passes
+them in.
 
 Notation (paper symbol -> name here)
 ------------------------------------
-- ``c``                      the prompt (the caller conditions the noise prediction on it).
+- ``c``                      the prompt (the caller conditions the model on it).
 - ``K``                      ``num_steps``: the number of reverse (sampling) steps of the DDIM chain.
 - ``x_k``, ``k = 0 .. K``    latents of the chain in sampling order: ``x_0`` is the start noise (noisiest),
                              ``x_K`` the final latent. NB: the opposite of the DDPM convention where ``x_0`` is
                              data; diffusers' timestep ``t`` *decreases* while ``k`` increases.
 - ``tau``                    a trajectory ``(x_0, .., x_K)``; ``tau_w`` the preferred one of a pair, ``tau_l``
                              the other one (``_w`` / ``_l`` suffixes).
-- ``abar``                   ``alphas_cumprod`` of the noise schedule: ``abar_t`` at the timestep of step ``k``,
-                             ``abar_prev`` at the timestep the step lands on (``final_alpha_cumprod`` after the
-                             last one).
-- ``eps_theta(x_k, k, c)``   ``eps_pred``: the (classifier-free-guided) noise prediction.
-- ``sigma_k``                ``std``: standard deviation of the stochastic DDIM step; ``eta`` scales it.
-- ``mu_theta(x_k, c)``       ``mean``: mean of that step.
-- ``pi_theta(x_{k+1}|x_k,c)`` the policy, ``N(mu_theta, sigma_k^2 I)`` with the LoRA on; ``logp``.
+- ``pi_theta(x_{k+1}|x_k,c)`` the policy, the DDIM step's ``N(mu_theta, sigma_k^2 I)`` with the LoRA on (see
+                             ``alignment.core.ddim`` for ``mu``, ``sigma`` and the prediction types); ``logp``.
 - ``pi_ref``                 the same Gaussian from the base model (LoRA off); ``ref_logp``.
 - ``r_theta(tau, k)``        the dense implicit reward ``log pi_theta - log pi_ref`` of step ``k``, clamped.
 - ``eps``                    ``log_ratio_clip``: the clamp bound of ``r``.
@@ -32,20 +30,12 @@ Notation (paper symbol -> name here)
 
 The formula, step by step
 -------------------------
-DDIM reverse step (Song et al. 2021, eqs. 12 and 16), as ``DDIMScheduler.step`` computes it for
-``prediction_type="epsilon"``, ``clip_sample=False``, ``thresholding=False``:
+Steps 1-6 (the DDIM step's mean, std and element-averaged log-density ``log pi(x_{k+1} | x_k, c)``) are in
+``alignment.core.ddim``. The log-density is averaged, not summed, over the latent elements, as the authors' code
+does: this divides the true log-density by the number of latent elements ``D``, so ``beta`` here is ``D`` times
+the ``beta`` of a summed log-density. Dense-reward DPO on a stored pair (the paper's temporally discounted
+objective):
 
-1. ``x0_hat   = (x_k - sqrt(1 - abar_t) * eps_pred) / sqrt(abar_t)``           predicted clean latent
-2. ``sigma_k  = eta * sqrt((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev))``
-3. ``dir      = sqrt(1 - abar_prev - sigma_k^2) * eps_pred``                     direction pointing to x_k
-4. ``mu       = sqrt(abar_prev) * x0_hat + dir``
-5. ``x_{k+1}  = mu + sigma_k * z``, ``z ~ N(0, I)``                              (the sampler draws this)
-
-Dense-reward DPO on a stored pair (the paper's temporally discounted objective):
-
-6. ``log pi(x_{k+1} | x_k, c) = mean over latent elements of log N(x_{k+1}; mu, sigma_k^2)``
-   (averaged, not summed, as the authors' code does: this divides the true log-density by the number of latent
-   elements ``D``, so ``beta`` here is ``D`` times the ``beta`` of a summed log-density).
 7. ``r_theta(tau, k) = clamp(log pi_theta - log pi_ref, -eps, eps)``           (zero gradient beyond ``eps``)
 8. ``s_theta(tau) = sum_k gamma^k r_theta(tau, k) / sum_k gamma^k``
    estimated without bias by the mean of ``r`` over ``M`` indices ``k ~ gamma^k / sum_j gamma^j``, drawn once per
@@ -53,7 +43,7 @@ Dense-reward DPO on a stored pair (the paper's temporally discounted objective):
 9. ``loss = -log sigmoid(beta * (s_theta(tau_w) - s_theta(tau_l)))``
 
 Precision: the log-ratios of step 7 are of the order of ``eps`` (1e-4 .. 1e-2), far below the resolution of
-fp16/bf16, so steps 1-6 are computed in float32 (or wider, if the inputs are wider) whatever the input dtype.
+fp16/bf16; the log-probabilities come in float32 or wider from ``alignment.core.ddim``.
 """
 
 from __future__ import annotations
@@ -64,12 +54,33 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from alignment.core.ddim import (
+    PREDICTION_TYPES,
+    classifier_free_guidance,
+    ddim_step_log_prob,
+    ddim_step_mean_std,
+    gaussian_log_prob,
+    implied_noise,
+    predicted_x0_eps,
+    prev_timestep,
+    rescale_noise_cfg,
+    step_alphas,
+)
+
 __all__ = [
     "DPOOutput",
+    # the per-step policy, from alignment.core.ddim
+    "PREDICTION_TYPES",
+    "prev_timestep",
+    "step_alphas",
+    "predicted_x0_eps",
+    "classifier_free_guidance",
+    "rescale_noise_cfg",
     "ddim_step_mean_std",
     "gaussian_log_prob",
     "ddim_step_log_prob",
     "implied_noise",
+    # discounting, losses, statistics
     "step_weights",
     "sample_step_indices",
     "dense_dpo_loss",
@@ -77,8 +88,6 @@ __all__ = [
     "timestep_discount",
     "paired_win_rate",
 ]
-
-_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
 @dataclass(frozen=True)
@@ -98,146 +107,6 @@ class DPOOutput:
     margin: torch.Tensor
     accuracy: torch.Tensor
     clipped_fraction: torch.Tensor
-
-
-# ----------------------------------------------------------------------------------------------------------
-# DDIM step as a Gaussian policy
-
-
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    if not x.is_floating_point():
-        raise ValueError(f"expected a floating-point tensor, got dtype {x.dtype}")
-    return torch.promote_types(x.dtype, torch.float32)
-
-
-def _per_sample(value: float | torch.Tensor, like: torch.Tensor, name: str) -> torch.Tensor:
-    """A float, a 0-d tensor, a (B,) tensor or a tensor broadcastable to ``like``, made broadcastable to it.
-
-    A 1-d tensor is read as one value per batch element and reshaped to (B, 1, .., 1).
-    """
-    dtype = _compute_dtype(like)
-    if isinstance(value, torch.Tensor):
-        t = value.to(device=like.device, dtype=dtype)
-    else:  # straight to the compute dtype: a detour through float32 would round a float64 input
-        t = torch.as_tensor(value, dtype=dtype, device=like.device)
-    if t.ndim == 1 and like.ndim > 1:
-        if t.shape[0] not in (1, like.shape[0]):
-            raise ValueError(f"{name} has {t.shape[0]} values per batch but the batch size is {like.shape[0]}")
-        t = t.reshape(-1, *([1] * (like.ndim - 1)))
-    try:
-        torch.broadcast_shapes(t.shape, like.shape)
-    except RuntimeError as err:
-        raise ValueError(f"{name} of shape {tuple(t.shape)} does not broadcast to {tuple(like.shape)}") from err
-    return t
-
-
-def ddim_step_mean_std(
-    x_k: torch.Tensor,
-    eps_pred: torch.Tensor,
-    abar_t: float | torch.Tensor,
-    abar_prev: float | torch.Tensor,
-    eta: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and std of the stochastic DDIM step ``x_{k+1} | x_k`` (formula steps 1-4).
-
-    Args:
-        x_k:       (B, C, H, W) latent before the step.
-        eps_pred:  (B, C, H, W) noise prediction at ``x_k`` (CFG applied by the caller).
-        abar_t:    ``alphas_cumprod[t]``; a float, 0-d tensor or (B,) tensor (one per batch element).
-        abar_prev: ``alphas_cumprod[t - T // K]``, or ``final_alpha_cumprod`` when that index is negative.
-        eta:       DDIM stochasticity, >= 0. ``eta = 0`` gives ``std = 0`` (deterministic DDIM), for which
-                   :func:`gaussian_log_prob` refuses to compute a density.
-
-    Returns:
-        ``(mean, std)``: mean (B, C, H, W) and std broadcastable to it ((B, 1, 1, 1) or 0-d), in float32 or
-        wider (see the module docstring on precision).
-
-    Raises:
-        ValueError: eta < 0, abar outside (0, 1], ``abar_t > abar_prev`` (steps run towards less noise), or an
-            eta so large that ``1 - abar_prev - std^2 < 0`` (diffusers would return NaN there).
-    """
-    if not math.isfinite(eta) or eta < 0:
-        raise ValueError(f"eta must be a finite number >= 0, got {eta}")
-    if x_k.shape != eps_pred.shape:
-        raise ValueError(f"x_k {tuple(x_k.shape)} and eps_pred {tuple(eps_pred.shape)} must have the same shape")
-    dtype = _compute_dtype(x_k)
-    a_t = _per_sample(abar_t, x_k, "abar_t")
-    a_prev = _per_sample(abar_prev, x_k, "abar_prev")
-    if not bool(torch.all((a_t > 0) & (a_t < 1))):
-        raise ValueError(f"abar_t must lie in (0, 1), got {abar_t}")
-    if not bool(torch.all((a_prev > 0) & (a_prev <= 1))):
-        raise ValueError(f"abar_prev must lie in (0, 1], got {abar_prev}")
-    if not bool(torch.all(a_t <= a_prev)):
-        raise ValueError(
-            f"abar_t ({abar_t}) must not exceed abar_prev ({abar_prev}): a reverse step goes towards less noise"
-        )
-
-    x = x_k.to(dtype)
-    eps = eps_pred.to(dtype)
-    x0_hat = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()  # 1.
-    variance = (1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)
-    std = eta * variance.sqrt()  # 2.
-    dir_coef_sq = 1 - a_prev - std**2
-    if not bool(torch.all(dir_coef_sq >= 0)):
-        raise ValueError(f"eta={eta} is too large for this step: 1 - abar_prev - std^2 < 0")
-    mean = a_prev.sqrt() * x0_hat + dir_coef_sq.sqrt() * eps  # 3. and 4.
-    return mean, std
-
-
-def gaussian_log_prob(
-    x_next: torch.Tensor, mean: torch.Tensor, std: float | torch.Tensor
-) -> torch.Tensor:
-    """``log N(x_next; mean, std^2 I)`` averaged over the latent elements (formula step 6).
-
-    Args:
-        x_next: (B, ...) the stored latent after the step.
-        mean:   (B, ...) the step's mean.
-        std:    a float, 0-d, (B,) or broadcastable tensor; every value must be > 0 and finite.
-
-    Returns:
-        (B,) mean element-wise log-density, in float32 or wider.
-    """
-    if x_next.shape != mean.shape:
-        raise ValueError(f"x_next {tuple(x_next.shape)} and mean {tuple(mean.shape)} must have the same shape")
-    if x_next.ndim < 1:
-        raise ValueError("x_next needs a batch dimension")
-    std_t = _per_sample(std, x_next, "std")
-    if not bool(torch.all((std_t > 0) & torch.isfinite(std_t))):
-        raise ValueError(
-            "std must be > 0 and finite: a step with std == 0 (eta = 0, or abar_prev == 1 from "
-            "set_alpha_to_one=True) is deterministic and has no log-density"
-        )
-    dtype = _compute_dtype(x_next)
-    z = (x_next.to(dtype) - mean.to(dtype)) / std_t
-    log_density = -0.5 * z**2 - std_t.log() - _HALF_LOG_2PI  # (B, ...)
-    return log_density.flatten(1).mean(dim=1) if log_density.ndim > 1 else log_density
-
-
-def ddim_step_log_prob(
-    x_next: torch.Tensor,
-    x_k: torch.Tensor,
-    eps_pred: torch.Tensor,
-    abar_t: float | torch.Tensor,
-    abar_prev: float | torch.Tensor,
-    eta: float,
-) -> torch.Tensor:
-    """``log pi(x_{k+1} | x_k, c)`` of one DDIM step, (B,): :func:`ddim_step_mean_std` then
-    :func:`gaussian_log_prob`. Use the same ``eta`` (and CFG scale, for ``eps_pred``) as at sampling time."""
-    if not eta > 0:
-        raise ValueError(f"eta must be > 0 for a log-probability (eta = {eta} makes DDIM deterministic)")
-    mean, std = ddim_step_mean_std(x_k, eps_pred, abar_t, abar_prev, eta)
-    return gaussian_log_prob(x_next, mean, std)
-
-
-def implied_noise(x_next: torch.Tensor, mean: torch.Tensor, std: float | torch.Tensor) -> torch.Tensor:
-    """``z = (x_next - mean) / std``: the noise a step must have drawn (formula step 5, solved for z).
-
-    On a faithfully recomputed trajectory it is standard normal; a std far from 1 means the log-probs are
-    computed with other settings (eta, CFG, step count) than the sampler used.
-    """
-    std_t = _per_sample(std, x_next, "std")
-    dtype = _compute_dtype(x_next)
-    return (x_next.to(dtype) - mean.to(dtype)) / std_t
 
 
 # ----------------------------------------------------------------------------------------------------------

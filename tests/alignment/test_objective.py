@@ -1,4 +1,6 @@
-"""Unit tests of alignment/objective.py against hand-computed values and diffusers' DDIMScheduler.step."""
+"""Unit tests of alignment/core/objective.py (discounting, the DPO losses, win rates) on hand-computed values.
+
+The DDIM step they build on is tested in test_ddim.py."""
 
 import math
 
@@ -7,12 +9,8 @@ import torch
 
 from alignment.core.objective import (
     DPOOutput,
-    ddim_step_log_prob,
-    ddim_step_mean_std,
     dense_dpo_loss,
     diffusion_dpo_loss,
-    gaussian_log_prob,
-    implied_noise,
     paired_win_rate,
     sample_step_indices,
     step_weights,
@@ -127,97 +125,6 @@ def test_timestep_discount_hand_values():
     assert torch.equal(timestep_discount(t, 1000, 10, 1.0), torch.ones(6))
 
 
-# ------------------------------------------------------------------ DDIM step
-
-
-def _scheduler():
-    from diffusers.schedulers.scheduling_ddim import DDIMScheduler
-
-    sched = DDIMScheduler(
-        num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-        clip_sample=False, set_alpha_to_one=False, steps_offset=1,
-    )
-    sched.set_timesteps(10)
-    return sched
-
-
-def _abars(sched, t):
-    prev = t - 1000 // 10
-    return sched.alphas_cumprod[t], sched.alphas_cumprod[prev] if prev >= 0 else sched.final_alpha_cumprod
-
-
-def test_ddim_mean_std_matches_diffusers_step():
-    sched = _scheduler()
-    gen = torch.Generator().manual_seed(1)
-    x, eps = torch.randn(2, 4, 8, 8, generator=gen), torch.randn(2, 4, 8, 8, generator=gen)
-    for t in (int(sched.timesteps[0]), int(sched.timesteps[4]), int(sched.timesteps[-1])):  # last: prev < 0
-        out = sched.step(model_output=eps, timestep=t, sample=x, eta=1.0, generator=torch.Generator().manual_seed(7))
-        z = torch.randn(x.shape, generator=torch.Generator().manual_seed(7))  # what step() drew
-        mean, std = ddim_step_mean_std(x, eps, *_abars(sched, t), eta=1.0)
-        torch.testing.assert_close(mean + std * z, out.prev_sample, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(implied_noise(out.prev_sample, mean, std), z, rtol=1e-3, atol=1e-3)
-
-
-def test_ddim_per_sample_abar_broadcasts():
-    sched = _scheduler()
-    gen = torch.Generator().manual_seed(2)
-    x, eps, z = (torch.randn(2, 4, 6, 6, generator=gen) for _ in range(3))
-    ts = (int(sched.timesteps[2]), int(sched.timesteps[-1]))
-    ab = [_abars(sched, t) for t in ts]
-    mean, std = ddim_step_mean_std(x, eps, torch.stack([a for a, _ in ab]), torch.stack([p for _, p in ab]), eta=1.0)
-    assert std.shape == (2, 1, 1, 1)
-    for i, t in enumerate(ts):
-        ref = sched.step(eps[i : i + 1], t, x[i : i + 1], eta=1.0, variance_noise=z[i : i + 1]).prev_sample
-        torch.testing.assert_close(mean[i : i + 1] + std[i] * z[i : i + 1], ref, rtol=1e-5, atol=1e-5)
-
-
-def test_ddim_step_hand_values():
-    # abar_t = 0.5, abar_prev = 0.8, eta = 1: std^2 = (0.2/0.5) * (1 - 0.625) = 0.15,
-    # x0_hat = (x - sqrt(.5) e) / sqrt(.5); mean = sqrt(.8) x0_hat + sqrt(1 - .8 - .15) e.
-    x, e = t64([[1.0]]), t64([[0.5]])
-    mean, std = ddim_step_mean_std(x, e, 0.5, 0.8, eta=1.0)
-    x0 = (1.0 - math.sqrt(0.5) * 0.5) / math.sqrt(0.5)
-    assert std.item() == pytest.approx(math.sqrt(0.15), rel=1e-12)
-    assert mean.item() == pytest.approx(math.sqrt(0.8) * x0 + math.sqrt(0.05) * 0.5, rel=1e-12)
-    mean0, std0 = ddim_step_mean_std(x, e, 0.5, 0.8, eta=0.0)  # deterministic DDIM is allowed here
-    assert std0.item() == 0.0 and mean0.item() == pytest.approx(math.sqrt(0.8) * x0 + math.sqrt(0.2) * 0.5)
-
-
-# ------------------------------------------------------------------ Gaussian log-prob
-
-
-def test_gaussian_log_prob_at_mean_and_against_torch_normal():
-    mean = torch.randn(3, 2, 4, 4, dtype=F64)
-    std = t64([0.5, 1.0, 2.0])
-    lp = gaussian_log_prob(mean, mean, std)
-    expected = t64([-math.log(s) - 0.5 * math.log(2 * math.pi) for s in (0.5, 1.0, 2.0)])
-    torch.testing.assert_close(lp, expected, rtol=1e-12, atol=1e-12)
-
-    x = mean + torch.randn_like(mean)
-    normal = torch.distributions.Normal(mean, std.view(3, 1, 1, 1))
-    torch.testing.assert_close(gaussian_log_prob(x, mean, std), normal.log_prob(x).mean(dim=(1, 2, 3)))
-
-
-def test_log_prob_upcasts_half_precision():
-    x = torch.randn(2, 4, 4).to(torch.bfloat16)
-    assert gaussian_log_prob(x, x, 0.3).dtype == torch.float32
-
-
-@pytest.mark.parametrize("std", [0.0, -0.1, t64([1.0, 0.0]), float("nan")])
-def test_gaussian_log_prob_rejects_nonpositive_std(std):
-    x = torch.zeros(2, 3, dtype=F64)
-    with pytest.raises(ValueError, match="std must be > 0"):
-        gaussian_log_prob(x, x, std)
-
-
-def test_ddim_log_prob_refuses_deterministic_step():
-    x = torch.zeros(1, 2)
-    with pytest.raises(ValueError, match="eta must be > 0"):
-        ddim_step_log_prob(x, x, x, 0.5, 0.8, eta=0.0)
-    with pytest.raises(ValueError, match="std must be > 0"):  # abar_prev = 1 (set_alpha_to_one=True) at eta > 0
-        ddim_step_log_prob(x, x, x, 0.5, 1.0, eta=1.0)
-
-
 # ------------------------------------------------------------------ Diffusion-DPO
 
 
@@ -269,10 +176,6 @@ BAD_INPUT = [
     pytest.param(lambda: diffusion_dpo_loss(_a[0], _a[0], _a[0], _a[0], beta=0.0), id="dpo-beta-0"),
     pytest.param(lambda: diffusion_dpo_loss(_a[0], _a[0], _a[0], torch.zeros(2), beta=1.0), id="dpo-mismatched-shapes"),
     pytest.param(lambda: diffusion_dpo_loss(_a[0], _a[0], _a[0], _a[0], beta=1.0, weight=torch.ones(2)), id="dpo-weight-shape"),
-    pytest.param(lambda: ddim_step_mean_std(torch.zeros(1, 2), torch.zeros(1, 2), 0.5, 0.8, eta=-1.0), id="eta-negative"),
-    pytest.param(lambda: ddim_step_mean_std(torch.zeros(1, 2), torch.zeros(1, 2), 0.8, 0.5, eta=1.0), id="abar-order"),
-    pytest.param(lambda: ddim_step_mean_std(torch.zeros(1, 2), torch.zeros(1, 2), 0.5, 0.8, eta=3.0), id="eta-too-large"),
-    pytest.param(lambda: ddim_step_mean_std(torch.zeros(2, 2), torch.zeros(2, 2), torch.full((3,), 0.5), 0.8, eta=1.0), id="abar-batch-mismatch"),
     pytest.param(lambda: paired_win_rate(5, 6, 10), id="wins-plus-ties-exceed-n"),
     pytest.param(lambda: paired_win_rate(-1, 0, 10), id="negative-wins"),
 ]

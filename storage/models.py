@@ -1,4 +1,4 @@
-"""SQLAlchemy 2.x tables of the studio (DESIGN.md section 3).
+"""SQLAlchemy 2.x tables of the studio (docs/architecture.md, "Data model").
 
 Constraints live in the schema, not only in code: vote choices, A/B choices and statuses are CHECKed, a vote is
 unique per (pair, annotator), foreign keys tie every row to what it names, and a partial unique index allows at

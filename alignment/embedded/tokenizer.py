@@ -4,7 +4,7 @@ The files are the ones OpenAI's CLIP tokenizer uses (`vocab.json`, `merges.txt`)
 reads them in any transformers version. The vocabulary holds the 256 byte-level symbols (alone and with the
 end-of-word marker `</w>`) as CLIP's does, then the merges learned here so that every word of the caption grammar is
 exactly one token, then the two special tokens. A word outside the grammar falls back to one token per byte, so any
-text tokenizes; text longer than `MODEL_MAX_LENGTH` tokens is truncated by the pipeline (documented in the README).
+text tokenizes; text longer than `MODEL_MAX_LENGTH` tokens is truncated by the pipeline (docs/embedded-model.md).
 """
 
 from __future__ import annotations

@@ -173,6 +173,9 @@ def _batches(parquet: pq.ParquetFile, batch_rows: int) -> Iterator[tuple[int, pa
             start += batch.num_rows
     except (pa.ArrowException, OSError) as exc:
         raise ImportFormatError(f"cannot read the Parquet data after row {start}: {exc}") from None
+    expected = parquet.metadata.num_rows
+    if start != expected:  # a damaged page can read as fewer rows without any error from the reader
+        raise ImportFormatError(f"the file declares {expected} rows but only {start} could be read: it is damaged")
 
 
 def _is_text(t: pa.DataType) -> bool:
@@ -222,7 +225,10 @@ def _check_schema(schema: pa.Schema) -> None:
 
 def _rows(batch: pa.RecordBatch, start: int, *, decode_images: bool) -> Iterator[dict]:
     """Checked, normalised rows of one batch; ImportFormatError names the first bad row (0-based)."""
-    data = batch.to_pydict()
+    try:
+        data = batch.to_pydict()
+    except (UnicodeDecodeError, pa.ArrowException) as exc:  # damaged text pages decode lazily, here
+        raise ImportFormatError(f"cannot read rows {start}..{start + batch.num_rows - 1}: {exc}") from None
     names = set(data)
     for offset in range(batch.num_rows):
         index = start + offset

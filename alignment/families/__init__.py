@@ -1,1 +1,7 @@
-"""Model families: reading a diffusers folder and loading the matching pipeline."""
+"""Model families: reading a diffusers folder, loading the matching pipeline, and each family's conditioning.
+
+`loader.load_pipeline` picks the family from `model_index.json`'s `_class_name` (`sd`: StableDiffusionPipeline,
+SD 1.x/2.x; `sdxl`: StableDiffusionXLPipeline); `schedules` turns the checkpoint's scheduler into the stochastic
+DDIM chain the objective scores, refusing what it cannot; `base` holds the per-sample `Conditioning`, the guided
+prediction every DDIM family shares and the `Family` interface that `sd` and `sdxl` implement.
+"""

@@ -1,9 +1,12 @@
-"""The one model loader: the embedded tiny-shapes model, a hub id, or a local diffusers folder.
+"""The one model loader: the embedded tiny-shapes model, a hub id, or a local diffusers folder, by family.
 
-Every command goes through `load_pipeline`. It returns the pipeline with a DDIM scheduler that keeps a non-zero
-variance on every reverse step (`set_alpha_to_one=False`; the objective needs finite log-densities), on a sensible
-device and dtype (fp16/bf16 on a GPU, fp32 on a CPU), together with the sampler settings that suit the model.
-It knows nothing about LoRA, storage or the UI.
+Every command goes through `load_pipeline`. It reads `model_index.json`'s `_class_name`, picks the family that
+loads that class (`sd`: `StableDiffusionPipeline`, SD 1.x/2.x; `sdxl`: `StableDiffusionXLPipeline`) and refuses
+any other with a message listing what is supported. The pipeline gets a stochastic DDIM scheduler over the
+checkpoint's own noise schedule (`alignment.families.schedules`, which refuses what the step log-probability cannot
+represent), a device and dtype (fp16/bf16 on a GPU, fp32 on a CPU), and sampler settings that suit the
+checkpoint: its family's, a few-step (turbo-style) model's, or a local folder's `studio.json`. It knows nothing
+about LoRA, storage or the UI.
 """
 
 from __future__ import annotations
@@ -14,31 +17,40 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from diffusers import DDIMScheduler, StableDiffusionPipeline
+from diffusers import DiffusionPipeline
 from diffusers.utils import logging as diffusers_logging
+
+from alignment.families import sd, sdxl
+from alignment.families.base import Family, ModelLoadError
+from alignment.families.schedules import check_sampling, ddim_scheduler, few_step, schedule_settings, \
+    zero_terminal_snr
+
+__all__ = ["EMBEDDED_ID", "EMBEDDED_PATH", "FAMILIES", "LoadedModel", "ModelLoadError", "family_of",
+           "load_pipeline", "pick_device", "pick_dtype", "read_model_index", "resolve", "sampler_defaults"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EMBEDDED_ID = "embedded"
 EMBEDDED_PATH = REPO_ROOT / "models" / "tiny-shapes"
-# Settings for Stable Diffusion 1.x/2.x checkpoints; the embedded model carries its own in studio.json.
-HUB_SAMPLER_DEFAULTS = {"steps": 30, "guidance_scale": 7.5, "eta": 1.0}
-
-
-class ModelLoadError(RuntimeError):
-    """A model could not be loaded; the message says why and what to do instead."""
+FAMILIES: tuple[Family, ...] = (sd.FAMILY, sdxl.FAMILY)
 
 
 @dataclass
 class LoadedModel:
-    pipe: StableDiffusionPipeline
+    pipe: DiffusionPipeline
     model_id: str  # "embedded", a hub id or a resolved local path
     sampler_defaults: dict = field(default_factory=dict)
     device: torch.device = torch.device("cpu")
     dtype: torch.dtype = torch.float32
+    family: Family = sd.FAMILY
 
     @property
     def is_embedded(self) -> bool:
         return self.model_id == EMBEDDED_ID
+
+    @property
+    def settings(self) -> dict:
+        """What a trajectory of this model records besides the sampler settings: the family and the schedule."""
+        return {"family": self.family.name, **schedule_settings(self.pipe.scheduler)}
 
 
 def pick_device(device: str | None = None) -> torch.device:
@@ -65,12 +77,6 @@ def pick_dtype(device: torch.device, dtype: str | None = None) -> torch.dtype:
     return torch.float32  # half precision on a CPU is slow and partly unsupported
 
 
-def stochastic_ddim(scheduler_config) -> DDIMScheduler:
-    """A DDIM scheduler from any SD scheduler config, with a non-zero variance on the last step."""
-    return DDIMScheduler.from_config(scheduler_config, set_alpha_to_one=False, clip_sample=False,
-                                     thresholding=False)
-
-
 def resolve(model: str) -> tuple[str | Path, str, bool]:
     """(what from_pretrained gets, the id we record, whether it is a local folder)."""
     if model in (None, "", EMBEDDED_ID):
@@ -85,8 +91,28 @@ def resolve(model: str) -> tuple[str | Path, str, bool]:
     return model, model, False
 
 
+def read_model_index(source: str | Path, local: bool) -> dict:
+    """The pipeline's `model_index.json` (from the folder, or the hub / its cache)."""
+    if local:
+        try:
+            return json.loads((Path(source) / "model_index.json").read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ModelLoadError(f"cannot read {Path(source) / 'model_index.json'}: {e}") from e
+    return DiffusionPipeline.load_config(source, local_files_only=os.environ.get("HF_HUB_OFFLINE") == "1")
+
+
+def family_of(index: dict) -> Family:
+    """The family that loads `model_index.json`'s `_class_name`, or ModelLoadError naming the supported ones."""
+    name = index.get("_class_name")
+    for family in FAMILIES:
+        if name in family.class_names:
+            return family
+    supported = ", ".join(f"{n} ({f.name})" for f in FAMILIES for n in f.class_names)
+    raise ModelLoadError(f"pipelines of class {name!r} are not supported; the studio loads {supported}")
+
+
 def load_pipeline(model: str = EMBEDDED_ID, device: str | None = None, dtype: str | None = None) -> LoadedModel:
-    """Load a Stable Diffusion 1.x/2.x pipeline ready for stochastic DDIM sampling."""
+    """Load a supported pipeline ready for stochastic DDIM sampling, with its family and sampler settings."""
     source, model_id, local = resolve(model)
     dev = pick_device(device)
     dt = pick_dtype(dev, dtype)
@@ -94,24 +120,36 @@ def load_pipeline(model: str = EMBEDDED_ID, device: str | None = None, dtype: st
         raise ModelLoadError(f"the embedded model is missing at {EMBEDDED_PATH}; rebuild it with "
                              "`python -m alignment.embedded.train --out models/tiny-shapes`")
     diffusers_logging.disable_progress_bar()  # component loading is quick; keep CLIs' output readable
+    hint = "" if local else (" The hub may be unreachable from this machine: use --model embedded (the offline "
+                             "model shipped with the studio) or a local diffusers folder.")
     try:
-        pipe = StableDiffusionPipeline.from_pretrained(
-            source, torch_dtype=dt, safety_checker=None, requires_safety_checker=False,
-            local_files_only=local or os.environ.get("HF_HUB_OFFLINE") == "1")
+        family = family_of(read_model_index(source, local))
+        pipe = family.pipeline_class.from_pretrained(
+            source, dtype=dt, local_files_only=local or os.environ.get("HF_HUB_OFFLINE") == "1",
+            **family.load_kwargs)
     except (OSError, ValueError) as e:
-        hint = "" if local else (" The hub may be unreachable from this machine: use --model embedded (the "
-                                 "offline model shipped with the studio) or a local diffusers folder.")
         raise ModelLoadError(f"could not load {model!r}: {e}.{hint}") from e
-    pipe.scheduler = stochastic_ddim(pipe.scheduler.config)
+    pipe.scheduler = ddim_scheduler(pipe.scheduler)
+    family.check(pipe)
     pipe.set_progress_bar_config(disable=True)
     pipe.to(dev)
-    return LoadedModel(pipe, model_id, sampler_defaults(source, pipe, local), dev, dt)
+    defaults = sampler_defaults(source, pipe, local, family)
+    try:
+        check_sampling(pipe.scheduler, int(defaults["steps"]), float(defaults["eta"]))
+    except ValueError as e:
+        raise ModelLoadError(f"the default sampler settings of {model!r} cannot be scored: {e}") from e
+    return LoadedModel(pipe, model_id, defaults, dev, dt, family)
 
 
-def sampler_defaults(source, pipe: StableDiffusionPipeline, local: bool) -> dict:
-    """Steps, guidance, eta and image size that go with the model."""
-    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
-    out = {**HUB_SAMPLER_DEFAULTS, "height": size, "width": size}
+def sampler_defaults(source, pipe, local: bool, family: Family = sd.FAMILY) -> dict:
+    """Steps, guidance, eta, guidance_rescale and image size that go with the model: the family's, a few-step
+    model's (trailing spacing: 4 steps, no guidance), then a local folder's `studio.json` on top."""
+    out = family.sampler_defaults(pipe, few_step(pipe.scheduler))
+    out.setdefault("guidance_rescale", 0.0)
+    if zero_terminal_snr(pipe.scheduler):
+        # Lin et al. 2023 pair zero terminal SNR with guidance_rescale 0.7; eta = 1 can make diffusers' first step
+        # NaN on such schedules (see schedules.check_sampling)
+        out.update(guidance_rescale=0.7, eta=min(float(out["eta"]), 0.9))
     meta = Path(source) / "studio.json" if local else None
     if meta is not None and meta.is_file():
         out.update(json.loads(meta.read_text()).get("sampler", {}))

@@ -21,7 +21,7 @@ from diffusers import DiffusionPipeline
 from diffusers.utils import logging as diffusers_logging
 
 from alignment.families import sd, sdxl
-from alignment.families.base import Family, ModelLoadError
+from alignment.families.base import ConditioningError, Family, ModelLoadError
 from alignment.families.schedules import check_sampling, ddim_scheduler, few_step, schedule_settings, \
     zero_terminal_snr
 
@@ -51,6 +51,15 @@ class LoadedModel:
     def settings(self) -> dict:
         """What a trajectory of this model records besides the sampler settings: the family and the schedule."""
         return {"family": self.family.name, **schedule_settings(self.pipe.scheduler)}
+
+    def check_trajectory_settings(self, recorded: dict) -> None:
+        """ConditioningError when a trajectory's recorded family or schedule differs from this model's: its steps
+        would be scored under another chain. Keys a trajectory does not record (older ones) are not compared."""
+        differ = [f"{k}: recorded {recorded[k]!r}, this model {v!r}" for k, v in self.settings.items()
+                  if k in recorded and recorded[k] != v]
+        if differ:
+            raise ConditioningError("the trajectory was sampled with another model or schedule (" +
+                                    "; ".join(differ) + ")")
 
 
 def pick_device(device: str | None = None) -> torch.device:

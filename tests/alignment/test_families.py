@@ -183,6 +183,31 @@ def test_guided_output_is_what_the_stock_pipeline_fed_to_the_scheduler(models, k
             torch.testing.assert_close(out, model_output, rtol=1e-5, atol=1e-5)
 
 
+def test_a_batch_mixing_guided_and_unguided_samples_matches_each_alone(models):
+    model = models["sdxl"]
+    unet, family = model.pipe.unet, model.family
+    cond = Conditioning.cat([family.conditioning(model.pipe, p, "", guided=True, size=(64, 64)) for p in PROMPTS[:3]])
+    x = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0)).requires_grad_()
+    t = torch.tensor([901, 501, 101])
+    mixed = family.guided_output(unet, x, t, cond, torch.tensor([1.0, 5.0, 3.0]), 0.5)
+    for i, scale in enumerate((1.0, 5.0, 3.0)):
+        alone = family.guided_output(unet, x[i:i + 1], t[i:i + 1], cond[i:i + 1], scale, 0.5)
+        torch.testing.assert_close(mixed[i:i + 1], alone, rtol=1e-5, atol=1e-5)
+    mixed.sum().backward()  # differentiable through both branches (the trainer's policy pass)
+    assert all(bool(g.abs().sum() > 0) for g in x.grad)
+    with pytest.raises(ValueError, match="negative"):
+        family.guided_output(unet, x[:2], t[:2], Conditioning.cat([cond[:1], family.conditioning(
+            model.pipe, "a red circle", guided=False, size=(64, 64))]), 5.0)
+
+
+def test_a_trajectory_from_another_family_or_schedule_is_refused(models):
+    sd2, sdxl = models["sd2"], models["sdxl"]
+    sd2.check_trajectory_settings({"guidance_scale": 5.0, **sd2.settings})
+    sd2.check_trajectory_settings({"guidance_scale": 5.0})  # older trajectories record no schedule
+    with pytest.raises(ValueError, match="family: recorded 'sdxl'.*prediction_type: recorded 'epsilon'"):
+        sd2.check_trajectory_settings(sdxl.settings)
+
+
 def _implied_noise(model, run, prompts, steps, guidance, prediction_type=None):
     sched = model.pipe.scheduler
     cond = _conditioning(model, run, prompts, from_stored=True, size=128)

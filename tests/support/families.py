@@ -14,7 +14,9 @@ Each copy uses its family's real component classes and config topology at a size
 `tiny_family(kind)` builds a copy once per test session (a process-wide cache in a temporary folder) and returns
 its folder, so tests exercise `from_pretrained`; `build_family(kind, directory)` writes one anywhere. The
 tokenizers are the embedded model's locally learned CLIP BPE (`alignment.embedded.tokenizer`), at CLIP's 77 tokens.
-Weights are random: images are noise, and nothing here measures quality.
+Weights are random: images are noise, and nothing here measures quality. `RecordedRun` calls a stock pipeline and
+records what it fed to `scheduler.step` at every step, the chain's latents and the callback's conditioning tensors:
+the reference a re-evaluation of the chain is compared with.
 """
 
 from __future__ import annotations

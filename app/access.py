@@ -142,6 +142,12 @@ class RateLimiter:
         self._lock = threading.Lock()
         self._calls = 0
 
+    @property
+    def tracked_keys(self) -> int:
+        """How many keys the limiter holds events for (idle keys are forgotten every 256 events)."""
+        with self._lock:
+            return len(self._events)
+
     def check(self, key: str) -> None:
         """Count one event for `key`, or raise RateLimitedError (counting nothing) when the window is full."""
         if self.limit == 0:

@@ -11,6 +11,13 @@ from dataclasses import asdict, dataclass, field
 
 OBJECTIVES = ("discounted", "trajectory", "diffusion-dpo")
 DEFAULT_BETA = {"discounted": 10.0, "trajectory": 10.0, "diffusion-dpo": 2500.0}
+FIDELITY_SCORERS = ("auto", "drift", "embedded", "clip")  # or "module:function"
+# The fidelity guard's drift limit: a candidate's image at a (prompt, seed) may differ from the base's image there by
+# at most half the mean distance between two different base images. On the embedded model, adapters trained on
+# 48 'larger' labels drift 0.02-0.21 of it at the default lr (what the studio serves) and at most 0.43 at ten times
+# that lr, a random LoRA that turns every image into noise or mush 1.1: above 0.5 a candidate's image is nearer to
+# "some other picture" than to "the base's picture, changed".
+MAX_DRIFT = 0.5
 
 
 @dataclass
@@ -121,6 +128,15 @@ class WorkerConfig:
     fidelity_max_drop: float = 0.05
     fidelity_seeds: tuple[int, ...] = (1000, 1001, 1002, 1003)  # 16 held-out prompts x 4 = 64 images
     fidelity_prompts: int | None = None  # how many held-out prompts the guard renders (None = all)
+    fidelity_scorer: str = field(default="auto", metadata={
+        "help": "prompt-fidelity scorer of the guard: auto (the embedded model's image analysis; CLIP when "
+                "clip_model is set; else drift alone), drift, embedded, clip, or module:function "
+                "((images, prompts) -> float in [0, 1])"})
+    clip_model: str | None = field(default=None, metadata={
+        "help": "CLIP model for the clip scorer: a hub id (e.g. openai/clip-vit-base-patch32) or a local folder"})
+    fidelity_max_drift: float | None = field(default=MAX_DRIFT, metadata={
+        "help": "reject a candidate whose images moved from the base's at equal seeds by more than this fraction "
+                "of the distance between two different base images (None = no drift check)"})
     lease_ttl_s: float = 600.0  # a dead worker blocks others this long at most; renewed every third of it
 
     def __post_init__(self):
@@ -132,3 +148,14 @@ class WorkerConfig:
             raise ValueError("poll_s must be positive")
         if not 0 < self.lease_ttl_s <= 7 * 24 * 3600:
             raise ValueError("lease_ttl_s must be positive and at most a week")
+        module, colon, function = self.fidelity_scorer.partition(":")
+        if self.fidelity_scorer not in FIDELITY_SCORERS and not (colon and module and function):
+            raise ValueError(f"fidelity_scorer must be one of {', '.join(FIDELITY_SCORERS)} or module:function, "
+                             f"got {self.fidelity_scorer!r}")
+        if self.clip_model is not None and not str(self.clip_model).strip():
+            raise ValueError("clip_model must name a CLIP hub id or folder (or be None)")
+        if self.fidelity_scorer == "clip" and self.clip_model is None:
+            raise ValueError("fidelity_scorer 'clip' needs clip_model (a CLIP hub id or a local folder)")
+        if self.fidelity_max_drift is not None and not self.fidelity_max_drift > 0:
+            raise ValueError(f"fidelity_max_drift must be positive (or None: no drift check), got "
+                             f"{self.fidelity_max_drift}")

@@ -68,7 +68,7 @@ def random_adapters(model_id: str, n: int) -> list[bytes]:
     out = []
     for seed in range(1, n + 1):
         tr.config = TrainerConfig(seed=seed)
-        tr._fresh_adapter()
+        tr.fresh_adapter()
         with torch.no_grad():
             for p in tr.lora_parameters():
                 p.normal_(0, 0.05)

@@ -23,9 +23,10 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-import time
 
 import torch
+
+from settings import TrainerConfig
 
 log = logging.getLogger(__name__)
 
@@ -144,8 +145,6 @@ def follow(load_pairs, trainer) -> None:
     `load_pairs(watermark, annotators)` returns the labeled training pairs up to `watermark` (as rank 0 loads
     them); `trainer` is this process's `Trainer`. A run's error here is logged; rank 0 records the run's outcome.
     """
-    from settings import TrainerConfig
-
     while True:
         word = receive()
         if word == STOP:
@@ -175,21 +174,13 @@ def announce(spec: dict) -> None:
 
 
 def lead(worker, once: bool = False) -> dict | None:
-    """Rank 0's loop: the worker's polling loop in this thread (every collective must come from one thread),
-    with IDLE sent between polls; `once`: one run now. STOP on the way out; returns the last run's summary."""
-    run = None
+    """Rank 0's loop: the worker's own polling loop (`Worker.serve`) in this thread (every collective must come
+    from one thread), telling the followers IDLE after every poll; `once`: one run now. STOP on the way out;
+    returns the run's summary with `once`."""
     try:
-        while True:
-            try:
-                if once or worker.should_train():
-                    run = worker.run_once()
-            except Exception:  # as in the worker's own loop: a database hiccup must not end the worker
-                log.exception("worker loop error")
-                if once:
-                    raise
-            if once:
-                return run
-            send(IDLE)
-            time.sleep(worker.config.poll_s)
+        if once:
+            return worker.run_once()
+        worker.serve(between_polls=lambda: send(IDLE))
+        return None
     finally:
         send(STOP)

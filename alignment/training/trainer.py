@@ -124,7 +124,8 @@ class Trainer:
         out = self.abar[prev.clamp(min=0)]
         return torch.where(prev >= 0, out, torch.full_like(out, self.final_abar))
 
-    def _fresh_adapter(self) -> None:
+    def fresh_adapter(self) -> None:
+        """Replace the adapter with a new LoRA from `config` (seeded; lora_B = 0, so the policy is the reference)."""
         cfg = self.config
         if ADAPTER in getattr(self.unet, "peft_config", {}):
             self.unet.delete_adapters(ADAPTER)
@@ -137,9 +138,10 @@ class Trainer:
     def lora_parameters(self) -> list[torch.nn.Parameter]:
         return [p for n, p in self.unet.named_parameters() if "lora_" in n and ADAPTER in n]
 
-    def _guided_eps(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
-                    guidance: torch.Tensor) -> torch.Tensor:
-        """CFG noise prediction, exactly as the pipeline computes it at sampling time."""
+    def guided_eps(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
+                   guidance: torch.Tensor) -> torch.Tensor:
+        """CFG noise prediction, exactly as the pipeline computes it at sampling time: every step log-probability
+        of the dense objectives (policy and reference) goes through this one UNet call."""
         dt = self.unet.dtype
         eps = self.unet(torch.cat([x, x]).to(dt), torch.cat([t, t]), torch.cat([uncond, cond]).to(dt)).sample.float()
         eps_u, eps_c = eps.chunk(2)
@@ -159,13 +161,21 @@ class Trainer:
         uncond = self.embed([traj.settings.get("negative_prompt", "")] * n)
         guidance = torch.full((n,), float(traj.settings["guidance_scale"]))
         dev = self.model.device
-        eps = self._guided_eps(x.to(dev), t.to(dev), cond, uncond, guidance.to(dev))
+        eps = self.guided_eps(x.to(dev), t.to(dev), cond, uncond, guidance.to(dev))
         mean, std = obj.ddim_step_mean_std(x.to(dev), eps, self.abar[t].to(dev),
                                            self._abar_prev(t, torch.full((n,), n)).to(dev),
                                            float(traj.settings["eta"]))
         return obj.implied_noise(x_next.to(dev), mean, std).cpu()
 
     # ---- the two loss computations ----------------------------------------------------------------------------
+    def batch_loss(self, batch: list[TrainingPair], generator: torch.Generator, shard=_whole):
+        """The configured objective's loss on `shard(batch)` under the current adapter: `(DPOOutput, parts)`, where
+        the gradients of `parts` add up to the loss's (the loss itself, or one term per micro-batch). The random
+        draws (step indices, timesteps, noise) come from `generator` for the whole batch, so every process of a
+        run draws the same ones."""
+        step = self._diffusion_dpo_batch if self.config.objective == "diffusion-dpo" else self._dense_batch
+        return step(batch, generator, shard)
+
     def _dense_batch(self, batch: list[TrainingPair], gen: torch.Generator, shard=_whole):
         """The loss on `shard(batch)`; the random draws are made for the whole batch (the same on every process)."""
         cfg, dev = self.config, self.model.device
@@ -191,7 +201,7 @@ class Trainer:
         chunks = [slice(i, i + cfg.micro_batch) for i in range(0, n, cfg.micro_batch)] if cfg.micro_batch else []
 
         def logp(c: slice = slice(None)) -> torch.Tensor:
-            eps = self._guided_eps(x[c], t[c], cond[c], uncond[c], guidance[c])
+            eps = self.guided_eps(x[c], t[c], cond[c], uncond[c], guidance[c])
             out = torch.empty(len(eps), device=dev)
             e = etas[c]
             for eta in e.unique().tolist():  # usually one value; the objective takes a scalar eta
@@ -281,7 +291,7 @@ class Trainer:
     def train(self, pairs: list[TrainingPair], progress=None) -> TrainResult:
         cfg = self.config
         pairs = self.prepare_pairs(pairs)
-        self._fresh_adapter()
+        self.fresh_adapter()
         params = self.lora_parameters()
         accel = Accelerator(mixed_precision=cfg.mixed_precision, cpu=self.model.device.type == "cpu")
         ranks = Ranks(accel)  # one process: every call below is a no-op
@@ -294,7 +304,6 @@ class Trainer:
         opt = accel.prepare(opt)
         rng = random.Random(cfg.seed)
         gen = torch.Generator().manual_seed(cfg.seed)
-        step_fn = self._diffusion_dpo_batch if cfg.objective == "diffusion-dpo" else self._dense_batch
         history: list[dict] = []
         checkpoints: list[tuple[int, dict[str, torch.Tensor]]] = []
         t0 = time.perf_counter()
@@ -306,7 +315,7 @@ class Trainer:
                 batch = [pairs[rng.randrange(len(pairs))] for _ in range(cfg.batch_pairs)]
                 with accel.autocast():
                     # `parts`: tensors whose gradients add up to the loss's (the loss itself, or micro-batches)
-                    out, parts = step_fn(batch, gen, ranks.shard)
+                    out, parts = self.batch_loss(batch, gen, ranks.shard)
                     # the whole batch's figures: this slice's weighted by its share, summed over the processes
                     stats = ranks.sum(share * torch.stack([out.loss.detach(), out.margin.mean(),
                                                            out.accuracy.nan_to_num(0.0),

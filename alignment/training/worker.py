@@ -4,15 +4,17 @@ It wakes when `train_every` new preference votes exist since the last run, when 
 votes, or when `request_training()` is called ("Train now"). A run trains a fresh LoRA on all labeled pairs so far
 (optionally only some annotators'), checks the loss stayed finite and the fidelity guard passes, writes the adapter
 to the blob store and registers it; a passing adapter becomes live, a failing one is recorded as rejected with the
-reason. Failures are recorded as failed training runs and leave the live adapter as it was. Only one run at a time:
-in this process a lock, across processes and machines the database lease "trainer" (`Repository.acquire_lease`),
-renewed from the progress callback and released when the run ends; a worker that died holds it only until
-`lease_ttl_s` runs out. A run that finds the lease taken returns `{"status": "busy", "holder": ...}` untrained.
+reason, and one the guard could not measure (`FidelityReport.scored` false) stays a candidate with the reason, for
+an admin to judge. Failures are recorded as failed training runs and leave the live adapter as it was. Only one run
+at a time: in this process a lock, across processes and machines the database lease "trainer"
+(`Repository.acquire_lease`), renewed from the progress callback and released when the run ends; a worker that died
+holds it only until `lease_ttl_s` runs out, and registering or promoting checks the lease's fence in the same
+transaction. A run that finds the lease taken returns `{"status": "busy", "holder": ...}` untrained.
 Under `accelerate launch` with several processes this worker runs on the main process only and the others follow
 its runs (`alignment.training.distributed`).
 
-The worker touches storage and its own trainer, never the app's sampler: samplers follow the database through
-`alignment.serving.live.sync_live_adapter`. The same worker runs as a thread in the app or alone:
+The worker touches storage and its own trainer, never the app's sampler: the live model follows the database
+(`alignment.serving.live.LiveModel`). The same worker runs as a thread in the app or alone:
 
     python -m alignment.worker --data-dir studio-data [--database-url URL] [--train-every 8] [--once]
     accelerate launch --multi_gpu --num_processes 4 -m alignment.worker --database-url URL --data-dir /shared
@@ -34,6 +36,7 @@ from alignment.core.trajectory import Trajectory
 from alignment.families.loader import ModelLoadError
 from alignment.serving.sampler import Sampler
 from alignment.training.fidelity import FidelityGuard, FidelityReport
+from alignment.training.scorers import resolve_scorer
 from alignment.training.trainer import Trainer, TrainingPair
 from settings import SamplerConfig, TrainerConfig, WorkerConfig
 
@@ -100,6 +103,8 @@ class Worker:
         self._last_attempt_time = time.monotonic()
         self.lease_holder_id = f"{socket.gethostname()}:{os.getpid()}:{id(self)}"
         self._lease_renewed_at = 0.0
+        self._fence = None  # the lease's fencing token while this worker holds it
+        self._serving = False
 
     # ---- public API -------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -107,7 +112,7 @@ class Worker:
             return
         self._stop.clear()
         self._state = "idle"
-        self._thread = threading.Thread(target=self._loop, name="alignment-worker", daemon=True)
+        self._thread = threading.Thread(target=self.serve, name="alignment-worker", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float | None = 30.0) -> None:
@@ -124,6 +129,31 @@ class Worker:
         self._requested = True
         self._wake.set()
         return True
+
+    @property
+    def train_requested(self) -> bool:
+        """A "Train now" is pending: the next poll starts a run (if there are enough votes)."""
+        return self._requested
+
+    def serve(self, between_polls: Callable[[], None] | None = None) -> None:
+        """The polling loop, in the calling thread, until `stop()`: a run whenever `should_train()`; an error
+        (e.g. a database hiccup) is recorded and the loop goes on. `between_polls()` runs after every poll (the
+        main process of a multi-process run tells its followers it is idle there); its errors end the loop."""
+        self._serving = True
+        try:
+            while not self._stop.is_set():
+                try:
+                    if self.should_train():
+                        self.run_once()
+                except Exception as e:  # the loop must survive anything and report it
+                    self._last_error = f"{type(e).__name__}: {e}"
+                    log.exception("worker loop error")
+                if between_polls is not None:
+                    between_polls()
+                self._wake.wait(self.config.poll_s)
+                self._wake.clear()
+        finally:
+            self._serving = False
 
     def set_trainer_config(self, cfg: TrainerConfig) -> None:
         if not isinstance(cfg, TrainerConfig):
@@ -156,6 +186,12 @@ class Worker:
     def run_once(self) -> dict | None:
         """Train now if the lock is free; returns a summary of the run (None if another run holds the lock,
         `{"status": "busy", "holder": ...}` if another worker holds the database lease)."""
+        return self.run_exclusively(self._run)
+
+    def run_exclusively(self, run: Callable[[], dict]) -> dict | None:
+        """Call `run()` as this worker's one run: under the in-process lock (None, uncalled, when another run holds
+        it) and the database lease (`{"status": "busy", "holder": ...}`, uncalled, when another worker holds it),
+        which `report_progress` renews and which is released afterwards, also when `run` raises."""
         if not self._run_lock.acquire(blocking=False):
             return None
         try:
@@ -164,14 +200,16 @@ class Worker:
                 log.info("another worker holds the training lease: %s", held)
                 return {"status": "busy", "holder": held[0] if held else None}
             self._lease_renewed_at = time.monotonic()
+            self._fence = self.repo.fence(LEASE_NAME, self.lease_holder_id)
             try:
                 self._requested = False
                 self._state = "training"
-                return self._run()
+                return run()
             finally:
+                self._fence = None
                 self._release_lease()
         finally:
-            self._state = "idle" if self._thread is not None and not self._stop.is_set() else "stopped"
+            self._state = "idle" if self._serving and not self._stop.is_set() else "stopped"
             self._progress = None
             self._run_lock.release()
 
@@ -189,10 +227,24 @@ class Worker:
             labeled, pairs = load_training_pairs(self.repo, watermark, annotators)
             trainer = self.trainer()
             trainer.config = cfg
+            self.guard(trainer)  # a scorer that cannot be built (e.g. a CLIP model that does not load) fails first
             if self.before_train is not None:
                 self.before_train({"watermark": watermark, "annotators": annotators, "config": cfg.to_dict()})
-            result = trainer.train(pairs, progress=self._on_progress)
+            result = trainer.train(pairs, progress=self.report_progress)
             lora, report, chosen = self._guarded_choice(trainer, result)
+            metrics = {**result.metrics, **report.as_metrics(), **chosen}
+            metrics = {k: v for k, v in metrics.items() if v is not None}
+            # passed: live; measured and failed: rejected; not measured: stays a candidate for an admin to judge
+            status = "live" if report.passed else "rejected" if report.scored else "candidate"
+            if self._fence is None:
+                raise LeaseLostError(f"the training lease expired before the adapter could be registered "
+                                     f"(holder {self.lease_holder_id})")
+            record = self.repo.register_adapter(
+                lora, parent_version=parent.version if parent else None, objective=cfg.objective,
+                hyperparams={**cfg.to_dict(), "last_vote_id": watermark, "model_id": self.model_id},
+                votes_used=len(labeled),
+                metrics={**metrics, "loss_curve": [round(h["loss"], 5) for h in result.history]}, fence=self._fence)
+            self.repo.set_adapter_status(record.version, status, report.reason, fence=self._fence)
         except Exception as e:  # a run boundary: any failure is recorded, the live adapter stays as it was
             self._last_error = f"{type(e).__name__}: {e}"
             log.warning("training run %s failed: %s", run_id, self._last_error)
@@ -200,24 +252,18 @@ class Worker:
             self._last_run = {"run_id": run_id, "status": "failed", "error": self._last_error}
             self._notify()
             return self._last_run
-        metrics = {**result.metrics, **report.as_metrics(), **chosen}
-        metrics = {k: v for k, v in metrics.items() if v is not None}
-        record = self.repo.register_adapter(
-            lora, parent_version=parent.version if parent else None, objective=cfg.objective,
-            hyperparams={**cfg.to_dict(), "last_vote_id": watermark, "model_id": self.model_id},
-            votes_used=len(labeled), metrics={**metrics, "loss_curve": [round(h["loss"], 5) for h in result.history]})
-        status = "live" if report.passed else "rejected"
-        self.repo.set_adapter_status(record.version, status, report.reason)
-        self.repo.finish_training_run(run_id, "succeeded" if report.passed else "rejected", error=report.reason,
+        self.repo.finish_training_run(run_id, "rejected" if status == "rejected" else "succeeded", error=report.reason,
                                       metrics=metrics, adapter_version=record.version)
-        self._last_error = None if report.passed else report.reason
-        self._last_run = {"run_id": run_id, "status": status, "version": record.version, "metrics": metrics}
+        self._last_error = report.reason
+        self._last_run = {"run_id": run_id, "status": status, "version": record.version, "metrics": metrics,
+                          "reason": report.reason}
         self._notify()
         return self._last_run
 
     def _guarded_choice(self, trainer: Trainer, result) -> tuple[bytes, FidelityReport, dict]:
         """The adapter to register: the final weights if they pass the fidelity guard, else the latest checkpoint of
-        the run that does (early stopping on held-out fidelity); if none passes, the final weights, rejected."""
+        the run that does (early stopping on held-out fidelity); if none passes, the final weights with their own
+        report (rejected, or a candidate when the guard could not measure them)."""
         final_step, final_state = result.checkpoints[-1]
         # rendering for the guard takes a while: keep the lease before each check
         chosen, reports = self.guard(trainer).select(self._guard_sampler(trainer), trainer, result.checkpoints,
@@ -236,17 +282,24 @@ class Worker:
         return self._trainer
 
     def guard(self, trainer: Trainer) -> FidelityGuard:
+        """The fidelity guard for `trainer`'s model, built once from this worker's settings (`ScorerError` when
+        the scorer they name cannot be built)."""
         if self._guard is None:
-            self._guard = FidelityGuard(embedded=trainer.model.is_embedded, seeds=self.config.fidelity_seeds,
-                                        max_drop=self.config.fidelity_max_drop, limit=self.config.fidelity_prompts)
+            cfg, model = self.config, trainer.model
+            scorer = resolve_scorer(cfg.fidelity_scorer, embedded=model.is_embedded, clip_model=cfg.clip_model,
+                                    device=str(model.device))
+            self._guard = FidelityGuard(embedded=model.is_embedded, seeds=cfg.fidelity_seeds, scorer=scorer,
+                                        max_drop=cfg.fidelity_max_drop, limit=cfg.fidelity_prompts,
+                                        max_drift=cfg.fidelity_max_drift)
         return self._guard
 
     @staticmethod
     def _guard_sampler(trainer: Trainer) -> Sampler:
         return Sampler(trainer.model, SamplerConfig.from_defaults(trainer.model.sampler_defaults), fuse=False)
 
-    def _on_progress(self, step: int, total: int) -> None:
-        """Progress for the UI, and the lease heartbeat: renewed every third of its ttl."""
+    def report_progress(self, step: int, total: int) -> None:
+        """The trainer's progress callback: progress for the UI, and the lease heartbeat (renewed every third of
+        its ttl; `LeaseLostError` when the lease was lost, which stops the run)."""
         self._progress = (step, total)
         self._heartbeat()
 
@@ -272,17 +325,6 @@ class Worker:
     def _notify(self) -> None:
         if self.on_change is not None:
             self.on_change(self._last_run or {})
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                if self.should_train():
-                    self.run_once()
-            except Exception as e:  # the thread must survive anything (e.g. a database hiccup) and report it
-                self._last_error = f"{type(e).__name__}: {e}"
-                log.exception("worker loop error")
-            self._wake.wait(self.config.poll_s)
-            self._wake.clear()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -1,13 +1,18 @@
-"""`alignment.training.distributed.Ranks` within one process: how a global batch is split, and that one process changes
-nothing. The real multi-process runs (two processes under `accelerate launch`) are in tests/deploy/test_multi_gpu.py.
+"""`alignment.training.distributed` within one process: how `Ranks` splits a global batch and that one process
+changes nothing, how rank 0's `lead` drives the worker's own loop, and that the module does not import the trainer.
+The real multi-process runs (two processes under `accelerate launch`) are in tests/deploy/test_multi_gpu.py.
 """
 
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from alignment.training.distributed import Ranks, launched_processes
+from alignment.training import distributed, trainer
+from alignment.training.distributed import IDLE, STOP, Ranks, launched_processes
 
 
 def test_one_process_trains_on_the_whole_batch_and_needs_no_collectives():
@@ -46,3 +51,47 @@ def test_launched_processes_reads_the_launchers_world_size(monkeypatch):
     assert launched_processes() == 1
     monkeypatch.setenv("WORLD_SIZE", "4")
     assert launched_processes() == 4
+
+
+def test_the_distributed_module_imports_no_trainer_and_the_trainer_imports_it():
+    """One way only: trainer -> distributed (for `Ranks`); distributed knows the trainer's settings, not its module."""
+    code = ("import sys, alignment.training.distributed as d; "
+            "print(sorted(m for m in sys.modules if m.startswith('alignment.training')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[2]).stdout
+    assert out.strip() == "['alignment.training', 'alignment.training.distributed']"
+    assert "from alignment.training.distributed import Ranks" in Path(trainer.__file__).read_text()
+
+
+class FakeWorker:
+    """Records how `lead` drives it: `run_once` for one run, `serve(between_polls)` for the loop."""
+
+    def __init__(self, polls: int = 2, fail: bool = False):
+        self.polls, self.fail, self.calls = polls, fail, []
+
+    def run_once(self):
+        self.calls.append("run_once")
+        return {"status": "live", "version": 1}
+
+    def serve(self, between_polls=None):
+        self.calls.append("serve")
+        for _ in range(self.polls):
+            between_polls()
+        if self.fail:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("once", [True, False])
+def test_lead_drives_the_workers_own_loop_and_always_says_stop(monkeypatch, once):
+    words = []
+    monkeypatch.setattr(distributed, "send", words.append)
+    worker = FakeWorker()
+    run = distributed.lead(worker, once=once)
+    if once:
+        assert run == {"status": "live", "version": 1} and worker.calls == ["run_once"] and words == [STOP]
+    else:
+        assert run is None and worker.calls == ["serve"] and words == [IDLE, IDLE, STOP]
+    words.clear()
+    with pytest.raises(KeyboardInterrupt):  # the followers are told to stop however the loop ends
+        distributed.lead(FakeWorker(polls=1, fail=True))
+    assert words == [IDLE, STOP]

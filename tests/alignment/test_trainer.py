@@ -2,6 +2,7 @@
 
 import copy
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -38,13 +39,16 @@ def test_loss_falls_on_a_fixed_batch(labeled_pairs, objective):
 
     def full_loss():
         with torch.no_grad():
-            step = tr._dense_batch if objective != "diffusion-dpo" else tr._diffusion_dpo_batch
-            return step(pairs, torch.Generator().manual_seed(0))[0].loss.item()
+            return tr.batch_loss(pairs, torch.Generator().manual_seed(0))[0].loss.item()
 
-    tr._fresh_adapter()
+    tr.fresh_adapter()
     first = full_loss()
+    if objective == "discounted":  # a fresh adapter: policy == reference (diffusion-dpo weights by gamma^k)
+        assert first == pytest.approx(math.log(2), abs=1e-5)
     tr.train(pairs)
     assert full_loss() < first - 1e-3
+    tr.fresh_adapter()  # the trained adapter is replaced by a new one at the start again
+    assert full_loss() == pytest.approx(first, abs=1e-6)
 
 
 def test_gradient_checkpointing_trains_the_same_adapter(labeled_pairs, monkeypatch):
@@ -75,21 +79,21 @@ def test_micro_batches_give_the_whole_batch_gradient(labeled_pairs, micro_batch,
     and the UNet never sees more than one chunk at once."""
     cfg = TrainerConfig(batch_pairs=4, steps_per_pair=3, log_ratio_clip=0.05)
     tr = Trainer(load_pipeline(), cfg)
-    tr._fresh_adapter()
+    tr.fresh_adapter()
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():  # move off the start (lora_B = 0) so that every LoRA weight has a gradient
         for p in tr.lora_parameters():
             p.add_(torch.randn(p.shape, generator=g) * 0.02)
     sizes = []
-    real = tr._guided_eps
-    monkeypatch.setattr(tr, "_guided_eps", lambda x, *a: sizes.append(len(x)) or real(x, *a))
+    real = tr.guided_eps
+    monkeypatch.setattr(tr, "guided_eps", lambda x, *a: sizes.append(len(x)) or real(x, *a))
 
     def gradient(mb):
         tr.config = dataclasses.replace(cfg, micro_batch=mb)
         sizes.clear()
         for p in tr.lora_parameters():
             p.grad = None
-        out, parts = tr._dense_batch(labeled_pairs[:4], torch.Generator().manual_seed(1))
+        out, parts = tr.batch_loss(labeled_pairs[:4], torch.Generator().manual_seed(1))
         for part in parts:
             part.backward()
         return out.loss.item(), torch.cat([p.grad.flatten() for p in tr.lora_parameters()]), max(sizes)
@@ -180,7 +184,7 @@ def test_inconsistent_pairs_are_refused(labeled_pairs):
 
 def test_a_diverging_run_produces_no_adapter(labeled_pairs, monkeypatch):
     tr = Trainer(load_pipeline(), TrainerConfig(train_steps=3, batch_pairs=2))
-    real = tr._guided_eps
-    monkeypatch.setattr(tr, "_guided_eps", lambda *a: real(*a) * float("nan"))
+    real = tr.guided_eps
+    monkeypatch.setattr(tr, "guided_eps", lambda *a: real(*a) * float("nan"))
     with pytest.raises(TrainingDivergedError):
         tr.train(labeled_pairs)

@@ -1,6 +1,7 @@
 """The worker end to end on storage: train on votes, register, promote or reject, keep the live adapter on failure."""
 
-from dataclasses import replace
+import threading
+from dataclasses import fields, replace
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from alignment.core.lora_files import read_lora
 from alignment.eval.simulate import collect_round
 from alignment.training.trainer import Trainer
 from settings import TrainerConfig
-from alignment.training.worker import Worker
+from alignment.training.worker import LEASE_NAME, Worker
 from settings import WorkerConfig
 from storage import Repository
 
@@ -33,9 +34,16 @@ def load_labeler_larger():
     return larger
 
 
+GUARD_SETTINGS = {f.name for f in fields(WorkerConfig)}
+
+
 def make_worker(repo, **cfg):
+    """A worker on a fresh embedded trainer: keyword arguments go to TrainerConfig, or to WorkerConfig when they
+    name one of its fields (the fidelity guard's settings)."""
+    guard = {k: cfg.pop(k) for k in list(cfg) if k in GUARD_SETTINGS}
     tcfg = TrainerConfig(train_steps=3, batch_pairs=4, steps_per_pair=2, **cfg)
-    wcfg = WorkerConfig(train_every=3, min_votes=2, fidelity_seeds=(1000,), fidelity_prompts=6)
+    wcfg = WorkerConfig(**{"train_every": 3, "min_votes": 2, "fidelity_seeds": (1000,), "fidelity_prompts": 6,
+                           **guard})
     return Worker(repo, "embedded", tcfg, wcfg,
                   trainer=Trainer(load_pipeline(), tcfg))
 
@@ -60,7 +68,7 @@ def test_a_failing_run_is_recorded_and_keeps_the_live_adapter(repo_with_votes, m
     worker = make_worker(repo_with_votes)
     first = worker.run_once()
     repo_with_votes.set_adapter_status(first["version"], "live")
-    monkeypatch.setattr(worker.trainer(), "_guided_eps", lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
+    monkeypatch.setattr(worker.trainer(), "guided_eps", lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
     worker.request_training()
     run = worker.run_once()
     assert run["status"] == "failed" and "boom" in run["error"]
@@ -117,10 +125,89 @@ def test_when_no_checkpoint_passes_the_final_weights_are_recorded_as_rejected(re
     assert repo_with_votes.get_adapter(run["version"]).status_reason == "fidelity fell"
 
 
-def test_only_one_run_at_a_time(repo_with_votes):
+def test_only_one_run_at_a_time(repo_with_votes, monkeypatch):
     worker = make_worker(repo_with_votes)
-    with worker._run_lock:
+    inside, release = threading.Event(), threading.Event()
+
+    def blocked_train(pairs, progress=None):  # holds the run open until the test has tried a second one
+        inside.set()
+        release.wait(30)
+        raise RuntimeError("stand-in run ends here")
+
+    monkeypatch.setattr(worker.trainer(), "train", blocked_train)
+    first: list = []
+    thread = threading.Thread(target=lambda: first.append(worker.run_once()))
+    thread.start()
+    try:
+        assert inside.wait(60)
+        assert worker.state()["state"] == "training"
         assert worker.run_once() is None and worker.request_training() is False
+        assert not worker.train_requested
+    finally:
+        release.set()
+        thread.join(60)
+    assert first[0]["status"] == "failed" and "stand-in" in first[0]["error"]
+    assert worker.request_training() is True and worker.train_requested  # free again once the run ended
+
+
+def test_an_adapter_the_guard_cannot_measure_stays_a_candidate_with_the_reason(repo_with_votes):
+    """Fail-closed: a scorer that answers NaN decides nothing, and drift is off: registered, never promoted."""
+    worker = make_worker(repo_with_votes, fidelity_scorer="tests.support.scorers:nan_scorer", fidelity_max_drift=None)
+    run = worker.run_once()
+    assert run["status"] == "candidate" and "returned nan" in run["reason"]
+    record = repo_with_votes.get_adapter(run["version"])
+    assert record.status == "candidate" and "not promoted automatically" in record.status_reason
+    assert record.metrics["fidelity_scored"] is False and record.metrics["fidelity_passed"] is False
+    assert record.metrics["fidelity_scorer"] == "tests.support.scorers:nan_scorer"
+    assert repo_with_votes.live_adapter() is None and worker.state()["last_error"] == run["reason"]
+    assert repo_with_votes.list_training_runs()[0].status == "succeeded"  # training worked; the verdict is pending
+    repo_with_votes.set_adapter_status(run["version"], "live", "made live by admin")  # an admin still can
+    assert repo_with_votes.live_adapter().version == run["version"]
+
+
+def test_a_guard_with_no_prompts_leaves_the_adapter_a_candidate(repo_with_votes):
+    worker = make_worker(repo_with_votes, fidelity_seeds=(1000,), fidelity_prompts=None)
+    worker.guard(worker.trainer()).prompts = []  # e.g. a prompt list that came out empty
+    run = worker.run_once()
+    assert run["status"] == "candidate" and "no prompts" in run["reason"]
+    assert repo_with_votes.live_adapter() is None
+
+
+def test_a_scorer_that_cannot_be_built_fails_the_run_before_training(repo_with_votes, monkeypatch):
+    worker = make_worker(repo_with_votes, fidelity_scorer="tests.support.scorers:no_such_scorer")
+    monkeypatch.setattr(worker.trainer(), "train", lambda *a, **k: pytest.fail("trained before the guard was built"))
+    run = worker.run_once()
+    assert run["status"] == "failed" and "ScorerError" in run["error"] and "no_such_scorer" in run["error"]
+    assert repo_with_votes.list_adapters() == []
+
+
+def test_registering_and_promoting_check_the_workers_lease_fence(repo_with_votes, monkeypatch):
+    worker = make_worker(repo_with_votes)
+    fences = []
+    for name in ("register_adapter", "set_adapter_status"):
+        real = getattr(repo_with_votes, name)
+        monkeypatch.setattr(repo_with_votes, name,
+                            lambda *a, _real=real, _name=name, **k: fences.append((_name, k.get("fence"))) or _real(*a, **k))
+    run = worker.run_once()
+    assert [name for name, _ in fences] == ["register_adapter", "set_adapter_status"], run
+    assert all(f is not None and f.holder == worker.lease_holder_id and f.name == LEASE_NAME for _, f in fences)
+
+
+def test_serve_polls_until_stopped_and_survives_a_failing_poll(repo_with_votes, monkeypatch):
+    worker = make_worker(repo_with_votes)
+    worker.config = replace(worker.config, poll_s=0.01)
+    polls = []
+
+    def should_train():
+        polls.append(1)
+        if len(polls) == 1:
+            raise RuntimeError("database hiccup")
+        return False
+
+    monkeypatch.setattr(worker, "should_train", should_train)
+    worker.serve(between_polls=lambda: len(polls) >= 3 and worker.stop(timeout=0))
+    assert len(polls) == 3 and "database hiccup" in worker.state()["last_error"]
+    assert worker.state()["state"] == "stopped"
 
 
 def test_worker_cli_passes_gpu_training_settings_and_refuses_bad_ones(tmp_path):

@@ -34,7 +34,7 @@ def snapshot(studio) -> dict:
     return {"settings": studio.settings(), "live": studio.repo.live_adapter().version,
             "serving": studio.sampler.adapter_version, "counts": studio.counts(),
             "statuses": [(a.version, a.status) for a in studio.repo.list_adapters()],
-            "requested": studio.worker._requested}
+            "requested": studio.worker.train_requested}
 
 
 def test_non_admins_are_refused_every_admin_action_and_nothing_changes(public_studio, embedded, tmp_path, caplog):

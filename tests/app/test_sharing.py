@@ -41,7 +41,7 @@ def state_of(studio) -> dict:
     return {"settings": studio.settings(), "live": studio.repo.live_adapter().version,
             "serving": studio.sampler.adapter_version, "counts": studio.counts(),
             "statuses": [(a.version, a.status) for a in studio.repo.list_adapters()],
-            "requested": studio.worker._requested}
+            "requested": studio.worker.train_requested}
 
 
 def test_every_admin_endpoint_refuses_non_admins_and_works_for_admins(shared, embedded):
@@ -70,7 +70,7 @@ def test_every_admin_endpoint_refuses_non_admins_and_works_for_admins(shared, em
 
     alice = Client(url, auth=("alice", "pw-alice"), verbose=False)
     assert calls["/update_settings"](alice, "")["gamma"] == 0.5 and studio.worker.trainer_config.gamma == 0.5
-    assert calls["/train_now"](alice, "") == {"started": True} and studio.worker._requested
+    assert calls["/train_now"](alice, "") == {"started": True} and studio.worker.train_requested
     assert calls["/make_live"](alice, "") == {"live_adapter_version": v1, "live": f"v{v1}"}
     assert studio.repo.live_adapter().version == v1 and studio.sampler.adapter_version == v1
     assert calls["/rollback"](alice, "")["live"] == "base" and studio.sampler.adapter_version is None

@@ -1,6 +1,7 @@
 """Scale-out: the worker trains only while it holds the database lease "trainer".
 
-The training itself is replaced by a stand-in (``Worker._run``), so these tests check the lease wiring only: a
+The training itself is replaced by a stand-in run given to ``Worker.run_exclusively`` (what ``run_once`` wraps
+around the real run), so these tests check the lease wiring only: a
 second worker is refused while another holds the lease, a holder killed with SIGKILL blocks it only until the
 lease expires, the heartbeat keeps a long run's lease alive, a lost lease aborts the run, and the lease is
 released when the run ends (also when it fails). Real training runs are covered in ``tests/alignment``.
@@ -39,13 +40,13 @@ def repo(data_dir):
 
 
 def stand_in_run(worker: Worker, calls: list, steps: int = 0, step_s: float = 0.0):
-    """A ``_run`` that records who held the lease while it ran, reporting ``steps`` progress steps."""
+    """A run that records who held the lease while it ran, reporting ``steps`` progress steps."""
 
     def run() -> dict:
         calls.append(worker.repo.lease_holder(LEASE_NAME))
         for step in range(steps):
             time.sleep(step_s)
-            worker._on_progress(step + 1, steps)
+            worker.report_progress(step + 1, steps)
             calls.append(worker.repo.lease_holder(LEASE_NAME))
         return {"status": "live", "version": 1}
 
@@ -59,8 +60,7 @@ def make_worker(repo: Repository, ttl: float = 60.0) -> Worker:
 def test_a_run_holds_the_lease_and_releases_it(repo):
     worker = make_worker(repo)
     calls: list = []
-    worker._run = stand_in_run(worker, calls)
-    assert worker.run_once() == {"status": "live", "version": 1}
+    assert worker.run_exclusively(stand_in_run(worker, calls)) == {"status": "live", "version": 1}
     assert calls[0][0] == worker.lease_holder_id
     assert worker.lease_holder_id.count(":") == 2 and str(os.getpid()) in worker.lease_holder_id
     assert repo.lease_holder(LEASE_NAME) is None
@@ -73,15 +73,14 @@ def test_a_second_worker_is_busy_while_the_first_trains(repo, data_dir):
         seen: list = []
 
         def first_run() -> dict:
-            seen.append(second.run_once())  # the second worker tries while the first is inside its run
+            # the second worker tries while the first is inside its run
+            seen.append(second.run_exclusively(lambda: pytest.fail("the second worker trained under the lease")))
+            seen.append(second.run_once())  # the real run is refused the same way, before it loads anything
             return {"status": "live", "version": 1}
 
-        first._run = first_run
-        second._run = lambda: pytest.fail("the second worker trained while the first held the lease")
-        assert first.run_once()["status"] == "live"
-        assert seen == [{"status": "busy", "holder": first.lease_holder_id}]
-        second._run = lambda: {"status": "live", "version": 2}
-        assert second.run_once()["version"] == 2  # free again after the first released it
+        assert first.run_exclusively(first_run)["status"] == "live"
+        assert seen == [{"status": "busy", "holder": first.lease_holder_id}] * 2
+        assert second.run_exclusively(lambda: {"status": "live", "version": 2})["version"] == 2  # free again
     finally:
         other_repo.close()
 
@@ -92,29 +91,27 @@ def test_a_failing_run_still_releases_the_lease(repo):
     def boom() -> dict:
         raise RuntimeError("database went away mid-run")
 
-    worker._run = boom
-    with pytest.raises(RuntimeError):
-        worker.run_once()
+    with pytest.raises(RuntimeError, match="went away"):
+        worker.run_exclusively(boom)
     assert repo.lease_holder(LEASE_NAME) is None
 
 
 def test_the_heartbeat_keeps_a_long_run_leased_and_a_lost_lease_aborts(repo, data_dir):
     worker = make_worker(repo, ttl=0.6)
     calls: list = []
-    worker._run = stand_in_run(worker, calls, steps=8, step_s=0.15)  # 1.2 s: twice the ttl
-    assert worker.run_once()["status"] == "live"
+    # 1.2 s: twice the ttl
+    assert worker.run_exclusively(stand_in_run(worker, calls, steps=8, step_s=0.15))["status"] == "live"
     assert calls and all(held is not None and held[0] == worker.lease_holder_id for held in calls)
 
     def run_that_loses_the_lease() -> dict:
         time.sleep(0.8)  # no heartbeat for longer than the ttl: the lease expires ...
         with Repository(data_dir) as intruder:
             assert intruder.acquire_lease(LEASE_NAME, "intruder", 60)  # ... and someone else takes it
-        worker._on_progress(1, 10)
+        worker.report_progress(1, 10)
         return {"status": "live"}
 
-    worker._run = run_that_loses_the_lease
     with pytest.raises(LeaseLostError):
-        worker.run_once()
+        worker.run_exclusively(run_that_loses_the_lease)
     assert repo.lease_holder(LEASE_NAME)[0] == "intruder"  # the loser's release did not free someone else's
 
 
@@ -132,14 +129,16 @@ def test_a_holder_killed_with_sigkill_blocks_the_worker_only_until_expiry(repo, 
         if proc.stdout.readline().strip() != "acquired":
             pytest.fail(f"the lease holder did not start: {proc.communicate(timeout=30)[1][-2000:]}")
         worker = make_worker(repo)
-        worker._run = lambda: {"status": "live", "version": 1}
-        assert worker.run_once() == {"status": "busy", "holder": "killed-worker"}
+        def stand_in() -> dict:
+            return {"status": "live", "version": 1}
+
+        assert worker.run_exclusively(stand_in) == {"status": "busy", "holder": "killed-worker"}
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
         deadline = time.monotonic() + ttl + 10
         outcomes = []
         while time.monotonic() < deadline:
-            outcome = worker.run_once()
+            outcome = worker.run_exclusively(stand_in)
             outcomes.append(outcome["status"])
             if outcome["status"] == "live":
                 break

@@ -4,7 +4,8 @@ Pure functions, tensors in and tensors out. This module knows the DDIM reverse s
 16) exactly as diffusers' ``DDIMScheduler.step`` computes it for the three prediction types (``epsilon``,
 ``v_prediction``, ``sample``, with ``clip_sample=False`` and ``thresholding=False``), the scheduler's rule for the
 timestep a step lands on, zero-terminal-SNR schedules (Lin et al. 2023, ``rescale_betas_zero_snr``), and
-classifier-free guidance with ``guidance_rescale`` as the Stable Diffusion pipelines apply it. It knows nothing
+classifier-free guidance with ``guidance_rescale`` as the Stable Diffusion pipelines apply it, and what each
+prediction type is trained to output (the regression target of Diffusion-DPO). It knows nothing
 about UNets, scheduler objects, pipelines or devices: the caller runs the model, reads the scheduler's numbers
 (``alphas_cumprod``, ``final_alpha_cumprod``) and passes them in. The losses built on these log-probabilities are
 in ``alignment.core.objective``.
@@ -60,6 +61,7 @@ __all__ = [
     "prev_timestep",
     "step_alphas",
     "predicted_x0_eps",
+    "training_target",
     "classifier_free_guidance",
     "rescale_noise_cfg",
     "ddim_step_mean_std",
@@ -207,6 +209,23 @@ def predicted_x0_eps(x_k: torch.Tensor, model_output: torch.Tensor, abar_t: floa
     if prediction_type == "v_prediction":
         return sqrt_a * x - sqrt_b * m, sqrt_a * m + sqrt_b * x
     return m, (x - sqrt_a * m) / sqrt_b
+
+
+def training_target(x0: torch.Tensor, noise: torch.Tensor, abar_t: float | torch.Tensor,
+                    prediction_type: str = "epsilon") -> torch.Tensor:
+    """What the model is trained to output at ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise``: the noise
+    (``epsilon``), ``v = sqrt(abar_t) noise - sqrt(1 - abar_t) x0`` (``v_prediction``, as the schedulers'
+    ``get_velocity``) or ``x0`` (``sample``); the regression target of Diffusion-DPO's errors. Float32 or wider."""
+    _check_prediction_type(prediction_type)
+    if x0.shape != noise.shape:
+        raise ValueError(f"x0 {tuple(x0.shape)} and noise {tuple(noise.shape)} must have the same shape")
+    dtype = _compute_dtype(x0)
+    a_t = _per_sample(abar_t, x0, "abar_t")
+    if prediction_type == "epsilon":
+        return noise.to(dtype)
+    if prediction_type == "v_prediction":
+        return a_t.sqrt() * noise.to(dtype) - (1 - a_t).sqrt() * x0.to(dtype)
+    return x0.to(dtype)
 
 
 def ddim_step_mean_std(

@@ -65,6 +65,7 @@ from alignment.core.ddim import (
     prev_timestep,
     rescale_noise_cfg,
     step_alphas,
+    training_target,
 )
 
 __all__ = [
@@ -74,6 +75,7 @@ __all__ = [
     "prev_timestep",
     "step_alphas",
     "predicted_x0_eps",
+    "training_target",
     "classifier_free_guidance",
     "rescale_noise_cfg",
     "ddim_step_mean_std",
@@ -290,8 +292,9 @@ def diffusion_dpo_loss(
     """Diffusion-DPO (Wallace et al. 2023) on forward-noised images, for pairs without trajectories.
 
     Args:
-        err_w, ref_err_w: (B,) per-sample mean squared error ``||eps - eps_pred||^2`` (mean over latent elements)
-            of the policy / reference on the preferred image, noised at the same t and noise for both models.
+        err_w, ref_err_w: (B,) per-sample mean squared error ``||target - model_output||^2`` (mean over latent
+            elements; the target is the noise for epsilon models, see ``training_target``) of the policy /
+            reference on the preferred image, noised at the same t and noise for both models.
         err_l, ref_err_l: (B,) the same on the other image.
         beta: > 0. The implicit reward difference is ``d = -((err_w - ref_err_w) - (err_l - ref_err_l))`` and
             ``loss_i = -log sigmoid(beta * d)``. (diffusers' research example multiplies by ``-0.5 * beta_dpo``,

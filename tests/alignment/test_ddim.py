@@ -18,6 +18,7 @@ from alignment.core.ddim import (
     prev_timestep,
     rescale_noise_cfg,
     step_alphas,
+    training_target,
 )
 
 F64 = torch.float64
@@ -146,6 +147,22 @@ def test_zero_snr_step_is_exact_for_v_and_refused_for_epsilon():
     assert mean.item() == pytest.approx(0.8 * 0.3 + math.sqrt(0.36 - 0.09) * 0.7, rel=1e-12)
     with pytest.raises(ValueError, match="zero-terminal-SNR"):
         ddim_step_mean_std(x, v, 0.0, 0.64, eta=0.5, prediction_type="epsilon")
+
+
+def test_training_targets_match_the_schedulers_and_invert_the_step_conversion():
+    sched = scheduler("v_prediction")
+    gen = torch.Generator().manual_seed(4)
+    x0, noise = torch.randn(2, 4, 4, 4, generator=gen), torch.randn(2, 4, 4, 4, generator=gen)
+    t = torch.tensor([800, 50])
+    abar = sched.alphas_cumprod[t]
+    torch.testing.assert_close(training_target(x0, noise, abar, "v_prediction"), sched.get_velocity(x0, noise, t))
+    assert torch.equal(training_target(x0, noise, abar, "epsilon"), noise)
+    assert torch.equal(training_target(x0, noise, abar, "sample"), x0)
+    x_t = sched.add_noise(x0, noise, t)
+    for kind in ("epsilon", "v_prediction", "sample"):  # a perfect model's output gives back x0 and the noise
+        x0_hat, eps_hat = predicted_x0_eps(x_t, training_target(x0, noise, abar, kind), abar, kind)
+        torch.testing.assert_close(x0_hat, x0, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(eps_hat, noise, rtol=1e-4, atol=1e-4)
 
 
 # ------------------------------------------------------------------ guidance

@@ -1,10 +1,14 @@
-"""The Train and Data tabs' operations of `Studio`: training settings (whose votes included), Train now, the
-adapter history, make live / roll back, export / import, and the per-annotator tables.
+"""The work behind the Train and Data tabs' controls, as three small services with explicit dependencies.
 
-`AdminMixin` is part of `Studio` (it uses the studio's repository, worker, sampler and access policy); it is split
-out only to keep each file readable. Every method that changes something takes the acting `Actor` and first asks
-`AccessPolicy.require_admin`, so the UI and the API get the same answer; a refusal is logged and changes nothing.
-Knows no Gradio, no SQL and no tensor math.
+- `TrainingControls(repo, worker, trainer_config)`: the training settings (whose votes are included), Train now,
+  the adapter history and its loss curves.
+- `Releases(repo, live)`: make live and roll back; an adapter whose stored file does not hash to the SHA-256 in
+  its database row is refused before anything changes, and the live model then follows storage (`LiveModel.sync`).
+- `DataExchange(repo, export_dir)`: export / import of Pick-a-Pic Parquet files, counts and per-annotator tables.
+
+They check no permission: `app.studio.Studio` asks `AccessPolicy.require_admin` before it calls a changing method,
+so the UI and the API get the same answer. The acting admin's name (`by`) goes into the log and the adapter's
+status reason. Knows no Gradio, no SQL and no tensor math.
 """
 
 from __future__ import annotations
@@ -15,10 +19,10 @@ import logging
 import secrets
 from pathlib import Path
 
-from alignment.serving.live import sync_live_adapter
-from app.access import Actor
+from alignment.serving.live import LiveModel
 from app.inputs import SETTINGS, VOTE_CHOICES, StudioError, parse_setting
-from storage import BlobIntegrityError, BlobNotFoundError
+from settings import TrainerConfig
+from storage import BlobIntegrityError, BlobNotFoundError, Repository
 from storage.export import export_parquet, import_parquet
 
 log = logging.getLogger(__name__)
@@ -28,26 +32,26 @@ SHOWN_METRICS = ("accuracy", "margin", "fidelity_base", "fidelity_candidate", "d
                  "train_seconds")
 
 
-class AdminMixin:
-    """Train- and Data-tab methods of `Studio`."""
+class TrainingControls:
+    """Training settings for the next runs, Train now, and what past runs produced."""
 
-    # ---- Train tab --------------------------------------------------------------------------------------------
-    def is_admin(self, actor: Actor | None) -> bool:
-        return self.access.is_admin(actor)
+    def __init__(self, repo: Repository, worker=None, trainer_config: TrainerConfig | None = None):
+        self.repo = repo
+        self.worker = worker
+        self.trainer_config = trainer_config or (worker.trainer_config if worker is not None else TrainerConfig())
 
     def settings(self) -> dict:
         """The settings the Train tab edits (beta None = the objective's default; train_annotators None = all)."""
         c = self.trainer_config
         every = self.worker.config.train_every if self.worker is not None else None
-        chosen = self.worker.config.annotators if self.worker is not None else None
+        chosen = self.worker.config.train_annotators if self.worker is not None else None
         return {"objective": c.objective, "gamma": c.gamma, "beta": c.beta, "lr": c.lr,
                 "train_steps": c.train_steps, "train_every": every,
                 "train_annotators": list(chosen) if chosen else None}
 
-    def update_settings(self, *, actor: Actor, **changes) -> dict:
-        """New settings for the next runs (names as in `settings()`; admins only); a bad value raises StudioError,
-        changes nothing, and says why (the alignment core's `TrainerConfig` and `WorkerConfig` do the checking)."""
-        self.access.require_admin(actor, "changing the training settings")
+    def update_settings(self, changes: dict, *, by: str) -> dict:
+        """New settings for the next runs (names as in `settings()`); a bad value raises StudioError, changes
+        nothing, and says why (the alignment core's `TrainerConfig` and `WorkerConfig` do the checking)."""
         unknown = set(changes) - set(SETTINGS)
         if unknown:
             raise StudioError(f"unknown setting(s): {', '.join(sorted(unknown))}; known: {', '.join(SETTINGS)}")
@@ -56,7 +60,7 @@ class AdminMixin:
         if clean.get("train_every") is not None:
             worker_changes["train_every"] = clean["train_every"]
         if "train_annotators" in clean:
-            worker_changes["annotators"] = clean["train_annotators"]
+            worker_changes["train_annotators"] = clean["train_annotators"]
         clean.pop("train_every", None)
         clean.pop("train_annotators", None)
         try:
@@ -73,21 +77,20 @@ class AdminMixin:
             self.worker.set_trainer_config(config)
             if worker_config is not None:
                 self.worker.config = worker_config  # read by the worker's loop on its next poll
-        log.info("training settings changed by %r: %s", actor.name, changes)
+        log.info("training settings changed by %r: %s", by, changes)
         return self.settings()
 
-    def train_now(self, *, actor: Actor) -> bool:
-        """Ask the worker for a run now (admins only); False when one is already going."""
-        self.access.require_admin(actor, "train now")
+    def train_now(self, *, by: str) -> bool:
+        """Ask the worker for a run now; False when one is already going."""
         if self.worker is None:
             raise StudioError("this studio runs without a training worker (started with --no-worker)")
-        chosen = self.worker.config.annotators
+        chosen = self.worker.config.train_annotators
         have, need = self._preference_votes(chosen), self.worker.config.min_votes
         if have < need:
             whose = f" from {', '.join(chosen)}" if chosen else ""
             raise StudioError(f"training needs at least {need} preference votes (left, right or tie){whose}; "
                               f"there are {have} so far")
-        log.info("training requested by %r", actor.name)
+        log.info("training requested by %r", by)
         return self.worker.request_training()
 
     def _preference_votes(self, annotators) -> int:
@@ -109,27 +112,27 @@ class AdminMixin:
                          "note": a.status_reason or ""})
         return rows
 
-    def make_live(self, version: int | None, *, actor: Actor) -> int | None:
-        """Make `version` (None = the base model) the live adapter and swap it into the sampler (admins only).
+    def loss_points(self) -> list[dict]:
+        """Training loss per optimiser step of each adapter version, for the Train tab's plot."""
+        points = []
+        for a in self.repo.list_adapters():
+            curve = a.metrics.get("loss_curve")
+            if isinstance(curve, list):
+                points += [{"step": i + 1, "loss": float(loss), "version": f"v{a.version}"}
+                           for i, loss in enumerate(curve) if isinstance(loss, (int, float))]
+        return points
 
-        The adapter's file must match the SHA-256 the database recorded for it; otherwise nothing changes."""
-        self.access.require_admin(actor, "make live")
-        return self._make_live(version, by=actor.name)
 
-    def rollback(self, *, actor: Actor) -> int | None:
-        """Retire the live adapter and make the newest earlier version that had been live (or the base) live."""
-        self.access.require_admin(actor, "roll back")
-        live = self.repo.live_adapter()
-        if live is None:
-            raise StudioError("nothing to roll back: the base model is live")
-        earlier = [a.version for a in self.repo.list_adapters() if a.version < live.version and a.status == "retired"]
-        target = max(earlier) if earlier else None
-        if target is not None:
-            self._check_adapter_file(target)  # before anything changes
-        self.repo.set_adapter_status(live.version, "retired", reason=f"rolled back by {actor.name}")
-        return self._make_live(target, by=actor.name)
+class Releases:
+    """Which adapter version is live: storage is told first, then the live model follows it."""
 
-    def _make_live(self, version: int | None, *, by: str) -> int | None:
+    def __init__(self, repo: Repository, live: LiveModel):
+        self.repo = repo
+        self.live = live
+
+    def make_live(self, version: int | None, *, by: str) -> int | None:
+        """Make `version` (None = the base model) the live adapter and swap it into the live model. The adapter's
+        file must match the SHA-256 the database recorded for it; otherwise nothing changes."""
         if version is None:
             live = self.repo.live_adapter()
             if live is not None:
@@ -137,10 +140,21 @@ class AdminMixin:
         else:
             self._check_adapter_file(version)
             self.repo.set_adapter_status(version, "live", reason=f"made live by {by}")
-        with self.sampler.lock:
-            sync_live_adapter(self.sampler, self.repo)
+        self.live.sync()
         log.info("%s made live by %r", "base" if version is None else f"v{version}", by)
         return version
+
+    def rollback(self, *, by: str) -> int | None:
+        """Retire the live adapter and make the newest earlier version that had been live (or the base) live."""
+        live = self.repo.live_adapter()
+        if live is None:
+            raise StudioError("nothing to roll back: the base model is live")
+        earlier = [a.version for a in self.repo.list_adapters() if a.version < live.version and a.status == "retired"]
+        target = max(earlier) if earlier else None
+        if target is not None:
+            self._check_adapter_file(target)  # before anything changes
+        self.repo.set_adapter_status(live.version, "retired", reason=f"rolled back by {by}")
+        return self.make_live(target, by=by)
 
     def _check_adapter_file(self, version: int) -> None:
         """StudioError (logged) unless adapter `version`'s stored file hashes to the SHA-256 in its database row."""
@@ -152,46 +166,29 @@ class AdminMixin:
             raise StudioError(f"adapter v{version} is refused: its file does not match the SHA-256 recorded in "
                               f"the database ({e}). Nothing was changed.") from e
 
-    def loss_points(self) -> list[dict]:
-        """Training loss per optimiser step of each adapter version, for the Train tab's plot."""
-        points = []
-        for a in self.repo.list_adapters():
-            curve = a.metrics.get("loss_curve")
-            if isinstance(curve, list):
-                points += [{"step": i + 1, "loss": float(loss), "version": f"v{a.version}"}
-                           for i, loss in enumerate(curve) if isinstance(loss, (int, float))]
-        return points
 
-    def win_rate_points(self) -> list[dict]:
-        """Blind A/B win rate over the base per version (all annotators) with its 95 % interval."""
-        points = []
-        for version in self.versions():
-            w = self.win_rate(version)
-            if w["n"]:
-                for series in ("rate", "lo", "hi"):
-                    points.append({"version": f"v{version}", "win rate": w[series],
-                                   "series": {"rate": "win rate", "lo": "95% low", "hi": "95% high"}[series]})
-        return points
+class DataExchange:
+    """Votes in and out as Pick-a-Pic Parquet, and the Data tab's tables."""
 
-    # ---- Data tab ---------------------------------------------------------------------------------------------
-    def export(self, *, actor: Actor) -> tuple[Path, int]:
-        """All preference votes with their images as Pick-a-Pic Parquet (admins only); returns (file, rows)."""
-        self.access.require_admin(actor, "export")
+    def __init__(self, repo: Repository, export_dir: Path):
+        self.repo = repo
+        self.export_dir = Path(export_dir)
+
+    def export(self, *, by: str) -> tuple[Path, int]:
+        """All preference votes with their images as Pick-a-Pic Parquet; returns (file, rows)."""
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         path = self.export_dir / f"studio-votes-{stamp}-{secrets.token_hex(3)}.parquet"
         rows = export_parquet(self.repo, path)
-        log.info("%d votes exported by %r", rows, actor.name)
+        log.info("%d votes exported by %r", rows, by)
         return path, rows
 
-    def import_file(self, path, *, actor: Actor) -> int:
-        """Import a Pick-a-Pic Parquet file (admins only; all rows or none); returns the number of pairs added.
-
-        `path` is a file the server chose (the UI and the API pass Gradio's upload of the person's file only)."""
-        self.access.require_admin(actor, "import")
+    def import_file(self, path, *, by: str) -> int:
+        """Import a Pick-a-Pic Parquet file (all rows or none); returns the number of pairs added. `path` is a file
+        the server chose (the UI and the API pass Gradio's upload of the person's file only)."""
         if not path:
             raise StudioError("choose a .parquet file to import first")
         added = import_parquet(self.repo, Path(path))
-        log.info("%d pairs imported by %r", added, actor.name)
+        log.info("%d pairs imported by %r", added, by)
         return added
 
     def counts(self) -> dict:

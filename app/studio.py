@@ -1,19 +1,19 @@
-"""The Studio service: the live sampler, the repository and the training worker behind the few methods the UI calls.
+"""The Studio facade: the few methods the UI and the API call, over the live model, the repository and the worker.
 
 Every Gradio handler (and so every API endpoint) goes through one `Studio`. It turns a prompt into a stored pair,
 a click into a committed vote, two adapter versions into a side-by-side comparison, and a blind A/B choice into a
-trial stored apart from the training votes. Generation always runs under the sampler's lock, and the sampler is
-synchronised with the repository's live adapter (`alignment.serving.live.sync_live_adapter`) right before it generates,
-so a pair never mixes two adapters and a freshly trained adapter is used from the next pair on. Showing another
-version (compare, blind A/B) swaps it in, generates and swaps the live one back, all inside the same lock.
+trial stored apart from the training votes. Images come from the studio's `LiveModel`
+(`alignment.serving.live`), which alone decides which adapter version the pipeline serves: a pair comes from the
+version storage says is live when it is asked for, and compare / blind A/B ask it for images at a given version
+without changing what is live. The Studio takes no lock.
 
+The Train and Data tabs' work is done by the services of `app.admin` (`TrainingControls`, `Releases`,
+`DataExchange`), each built here with what it needs. Every admin action (settings, train now, make live, roll
+back, import, export) takes the acting `Actor` and is checked here, against `self.access`, before its service is
+called, so the UI and the API cannot differ; generation and votes count against the annotator's `RateLimits`.
 Bad input from a person or an API client raises `StudioError` (or the storage/sampler error that says what is
-wrong) before anything is written. The annotator is a parameter of every method that records or generates
-something, and the acting `Actor` of every admin action (settings, train now, make live, roll back, import,
-export); the UI and the API take both from the server side of the request (`app.session`), never from what a
-client sends. Admin actions (in `app.admin`, part of `Studio`) check `AccessPolicy`, so the UI and the API
-cannot differ; generation and votes count against the annotator's `RateLimits`. This module knows no Gradio, no
-SQL and no tensor math.
+wrong) before anything is written. The annotator and the actor come from the server side of the request
+(`app.session`), never from what a client sends. This module knows no Gradio, no SQL and no tensor math.
 """
 
 from __future__ import annotations
@@ -29,16 +29,15 @@ from pathlib import Path
 
 from PIL import Image
 
-from alignment.serving.live import LiveFollower, load_version, sync_live_adapter
-from alignment.families.loader import load_pipeline
-from alignment.core.objective import paired_win_rate
-from alignment.serving.sampler import Sampler
 from alignment.core.limits import validate_prompt
-from settings import TrainerConfig
+from alignment.core.objective import paired_win_rate
+from alignment.families.loader import load_pipeline
+from alignment.serving.live import LiveModel
+from alignment.serving.sampler import Sampler
 from alignment.training.worker import Worker
-from settings import WorkerConfig
-from app.access import AccessPolicy, RateLimits
-from app.admin import AdminMixin
+from app.access import AccessPolicy, Actor, RateLimits
+from app.admin import DataExchange, Releases, TrainingControls
+from settings import TrainerConfig
 from app.config import StudioConfig
 from app.inputs import BLIND_CHOICES, VOTE_CHOICES, StudioError, parse_pair_id, parse_seeds
 from storage import NewGeneration, Repository
@@ -93,57 +92,46 @@ def json_safe(value):
     return json.loads(json.dumps(value, default=str))
 
 
-class Studio(AdminMixin):
-    """Sampler + repository + worker, and the operations of the four tabs (Train and Data: `AdminMixin`)."""
+class Studio:
+    """The operations of the four tabs over a live model, a repository and (optionally) a training worker."""
 
     def __init__(self, sampler: Sampler, repo: Repository, worker=None, trainer_config: TrainerConfig | None = None,
                  suggestions: list[str] | None = None, access: AccessPolicy | None = None,
                  limits: RateLimits | None = None):
-        """`access` defaults to a local studio's (everyone is an admin), `limits` to none."""
-        self.sampler = sampler
+        """`sampler` is served through a `LiveModel` that follows `repo` (it owns the sampler's pipeline from now
+        on); `access` defaults to a local studio's (everyone is an admin), `limits` to none."""
         self.repo = repo
         self.worker = worker
-        self.follower = LiveFollower(sampler, repo)  # started with the server: new adapters go live beside requests
+        self.live = LiveModel(sampler, repo)  # its follower starts with the server: new adapters go live promptly
         self.access = access or AccessPolicy()
         self.limits = limits or RateLimits.off()
-        self.trainer_config = trainer_config or (worker.trainer_config if worker is not None else TrainerConfig())
-        self.suggestions = suggestions or self.default_suggestions(sampler.model)
+        self.suggestions = suggestions or default_suggestions(sampler.model)
         self.export_dir = Path(tempfile.mkdtemp(prefix="studio-export-"))
+        self.training = TrainingControls(repo, worker, trainer_config)
+        self.releases = Releases(repo, self.live)
+        self.data = DataExchange(repo, self.export_dir)
         self._status_cache: tuple[float, dict] | None = None
 
     @classmethod
     def open(cls, config: StudioConfig) -> Studio:
         """Load the model, open (and migrate) the repository, and prepare the worker (not started yet)."""
-        try:
-            trainer_config = TrainerConfig(**config.objective_settings())
-        except ValueError as e:
-            raise StudioError(f"invalid objective settings: {e}") from e
+        trainer_config = config.trainer_config()  # checked with the rest of the config at start-up
         model = load_pipeline(config.model, device=config.device)
         repo = Repository(config.data_dir, config.database_url)
         worker = None
         if config.worker:
-            worker = Worker(repo, model.model_id, trainer_config,
-                            WorkerConfig(train_every=config.train_every, interval_s=config.train_interval_s,
-                                         min_votes=config.min_votes, annotators=config.train_annotators),
-                            device=config.device)
+            worker = Worker(repo, model.model_id, trainer_config, config.worker_config(), device=config.device)
         return cls(Sampler(model), repo, worker, trainer_config, access=config.access_policy(),
                    limits=config.rate_limits())
 
-    @staticmethod
-    def default_suggestions(model) -> list[str]:
-        if model.is_embedded:
-            from alignment.embedded.data import grammar_prompts
-            return grammar_prompts(seed=0, n=24)
-        return list(BUILTIN_PROMPTS)
-
     def start(self) -> None:
-        """Start the background threads: the follower of the live adapter, and the worker when there is one."""
-        self.follower.start()
+        """Start the background threads: the live model's follower of storage, and the worker when there is one."""
+        self.live.start()
         if self.worker is not None:
             self.worker.start()
 
     def close(self) -> None:
-        self.follower.stop()
+        self.live.stop()
         if self.worker is not None:
             self.worker.stop()
         shutil.rmtree(self.export_dir, ignore_errors=True)
@@ -152,14 +140,12 @@ class Studio(AdminMixin):
     # ---- Label tab --------------------------------------------------------------------------------------------
     def new_pair(self, prompt: str, seeds=None, *, annotator: str) -> PairView:
         """Generate two images of `prompt` with the live adapter and store them as a pair served to `annotator`."""
-        prompt = self._prompt(prompt)
-        chosen = parse_seeds(seeds, 2) or self._random_seeds(2)
+        prompt = checked_prompt(prompt)
+        chosen = parse_seeds(seeds, 2) or random_seeds(2)
         if chosen[0] == chosen[1]:
             raise StudioError(f"the two seeds are equal ({chosen[0]}): a pair needs two different images")
         self.limits.pairs.check(annotator)
-        with self.sampler.lock:
-            sync_live_adapter(self.sampler, self.repo)  # usually the follower has swapped already: a no-op
-            left, right = self.sampler.generate_pair(prompt, chosen)
+        left, right = self.live.generate_pair(prompt, chosen)  # at the version storage says is live now
         gens = [NewGeneration(seed=g.seed, model_id=g.trajectory.model_id, adapter_version=g.trajectory.adapter_version,
                               sampler_settings=g.trajectory.settings, image_png=png_bytes(g.image),
                               trajectory=g.trajectory.to_bytes()) for g in (left, right)]
@@ -186,35 +172,27 @@ class Studio(AdminMixin):
 
     def compare(self, prompt: str, seed, version_a: int | None, version_b: int | None, *, annotator: str
                 ) -> tuple[Image.Image, Image.Image]:
-        """The images of two versions (None = base) from the same prompt and seed."""
-        prompt = self._prompt(prompt)
-        chosen = self._one_seed(seed)
-        for v in (version_a, version_b):
-            if v is not None:
-                self.repo.get_adapter(v)  # UnknownAdapterError before any swap
+        """The images of two versions (None = base) from the same prompt and seed; what is live stays live (and a
+        swap the live model has prepared stays prepared)."""
+        prompt = checked_prompt(prompt)
+        chosen = one_seed(seed)
+        view_a = self.live.at(version_a)  # UnknownAdapterError before anything is rendered
+        view_b = view_a if version_b == version_a else self.live.at(version_b)
         self.limits.pairs.check(annotator)
-        with self.sampler.lock:
-            try:
-                a = self._render(prompt, chosen, version_a)
-                b = a if version_b == version_a else self._render(prompt, chosen, version_b)
-            finally:
-                sync_live_adapter(self.sampler, self.repo)
+        a = view_a.generate(prompt, [chosen])[0].image
+        b = a if view_b is view_a else view_b.generate(prompt, [chosen])[0].image
         return a, b
 
     def blind_trial(self, prompt: str, seed=None, *, annotator: str) -> BlindTrial:
         """Base vs. the live adapter from one seed, sides shuffled."""
-        prompt = self._prompt(prompt)
+        prompt = checked_prompt(prompt)
         live = self.repo.live_adapter()
         if live is None:
             raise StudioError("no adapter is live yet: vote on a few pairs until the first training run finishes")
-        chosen = self._one_seed(seed)
+        chosen = one_seed(seed)
+        views = self.live.at(None), self.live.at(live.version)
         self.limits.pairs.check(annotator)
-        with self.sampler.lock:
-            try:
-                base = self._render(prompt, chosen, None)
-                adapted = self._render(prompt, chosen, live.version)
-            finally:
-                sync_live_adapter(self.sampler, self.repo)
+        base, adapted = (view.generate(prompt, [chosen])[0].image for view in views)
         side = random.choice(("left", "right"))
         left, right = (adapted, base) if side == "left" else (base, adapted)
         return BlindTrial(prompt, chosen, live.version, side, left, right)
@@ -238,6 +216,17 @@ class Studio(AdminMixin):
         rate, lo, hi = paired_win_rate(counts["adapter"], counts["tie"], n)
         return {"version": version, "n": n, **counts, "rate": None if n == 0 else rate, "lo": lo, "hi": hi}
 
+    def win_rate_points(self) -> list[dict]:
+        """Blind A/B win rate over the base per version (all annotators) with its 95 % interval."""
+        points = []
+        for version in self.versions():
+            w = self.win_rate(version)
+            if w["n"]:
+                for series in ("rate", "lo", "hi"):
+                    points.append({"version": f"v{version}", "win rate": w[series],
+                                   "series": {"rate": "win rate", "lo": "95% low", "hi": "95% high"}[series]})
+        return points
+
     # ---- status -----------------------------------------------------------------------------------------------
     def status(self, max_age_s: float = 0.0) -> dict:
         """What the status bar and `/status` show: votes, live adapter, worker state.
@@ -257,33 +246,85 @@ class Studio(AdminMixin):
         worker = json_safe(self.worker.state()) if self.worker is not None else {"state": "off"}
         return {"votes": counts["votes"], "pairs": counts["pairs"], "annotators": counts["annotators"],
                 "live_adapter_version": None if live is None else live.version,
-                "serving_adapter_version": self.sampler.adapter_version,
+                "serving_adapter_version": self.live.adapter_version,
                 "worker_state": worker.get("state"), "worker_error": worker.get("last_error"),
                 "training_progress": worker.get("progress"),
                 "votes_pending": worker.get("votes_pending"), "last_run": worker.get("last_run")}
 
-    # ---- helpers ----------------------------------------------------------------------------------------------
-    @staticmethod
-    def _prompt(prompt) -> str:
-        try:
-            prompt = validate_prompt(prompt)
-        except ValueError as e:
-            raise StudioError(str(e)) from e
-        if "\x00" in prompt:
-            raise StudioError("the prompt contains a NUL character")
-        return prompt
+    # ---- Train and Data tabs: admins only for what changes something (checked here, done by app.admin) --------
+    def is_admin(self, actor: Actor | None) -> bool:
+        return self.access.is_admin(actor)
 
-    @classmethod
-    def _one_seed(cls, seed) -> int:
-        given = parse_seeds([seed] if isinstance(seed, (int, float)) else seed, 1)
-        return (given or cls._random_seeds(1))[0]
+    def settings(self) -> dict:
+        """The settings the Train tab edits (beta None = the objective's default; train_annotators None = all)."""
+        return self.training.settings()
 
-    @staticmethod
-    def _random_seeds(n: int) -> list[int]:
-        return random.sample(range(RANDOM_SEED_LIMIT), n)
+    def update_settings(self, *, actor: Actor, **changes) -> dict:
+        """New settings for the next runs (admins only); a bad value raises StudioError and changes nothing."""
+        self.access.require_admin(actor, "changing the training settings")
+        return self.training.update_settings(changes, by=actor.name)
 
-    def _render(self, prompt: str, seed: int, version: int | None) -> Image.Image:
-        """One image from `version` (None = base); the caller holds the sampler lock and restores the live one."""
-        if self.sampler.adapter_version != version:
-            load_version(self.sampler, self.repo, version)
-        return self.sampler.generate(prompt, [seed])[0].image
+    def train_now(self, *, actor: Actor) -> bool:
+        """Ask the worker for a run now (admins only); False when one is already going."""
+        self.access.require_admin(actor, "train now")
+        return self.training.train_now(by=actor.name)
+
+    def adapters(self) -> list[dict]:
+        return self.training.adapters()
+
+    def loss_points(self) -> list[dict]:
+        return self.training.loss_points()
+
+    def make_live(self, version: int | None, *, actor: Actor) -> int | None:
+        """Make `version` (None = the base model) live (admins only); a file that does not match its recorded
+        SHA-256 is refused and nothing changes."""
+        self.access.require_admin(actor, "make live")
+        return self.releases.make_live(version, by=actor.name)
+
+    def rollback(self, *, actor: Actor) -> int | None:
+        """Retire the live adapter and make the newest earlier version that had been live (or the base) live."""
+        self.access.require_admin(actor, "roll back")
+        return self.releases.rollback(by=actor.name)
+
+    def export(self, *, actor: Actor) -> tuple[Path, int]:
+        """All preference votes with their images as Pick-a-Pic Parquet (admins only); returns (file, rows)."""
+        self.access.require_admin(actor, "export")
+        return self.data.export(by=actor.name)
+
+    def import_file(self, path, *, actor: Actor) -> int:
+        """Import a Pick-a-Pic Parquet file the server chose (admins only; all rows or none); returns pairs added."""
+        self.access.require_admin(actor, "import")
+        return self.data.import_file(path, by=actor.name)
+
+    def counts(self) -> dict:
+        return self.data.counts()
+
+    def annotator_rows(self) -> tuple[list[dict], list[dict]]:
+        return self.data.annotator_rows()
+
+
+def default_suggestions(model) -> list[str]:
+    """Prompts to start from: the embedded model's grammar, or a few general ones."""
+    if model.is_embedded:
+        from alignment.embedded.data import grammar_prompts
+        return grammar_prompts(seed=0, n=24)
+    return list(BUILTIN_PROMPTS)
+
+
+def checked_prompt(prompt) -> str:
+    try:
+        prompt = validate_prompt(prompt)
+    except ValueError as e:
+        raise StudioError(str(e)) from e
+    if "\x00" in prompt:
+        raise StudioError("the prompt contains a NUL character")
+    return prompt
+
+
+def one_seed(seed) -> int:
+    given = parse_seeds([seed] if isinstance(seed, (int, float)) else seed, 1)
+    return (given or random_seeds(1))[0]
+
+
+def random_seeds(n: int) -> list[int]:
+    return random.sample(range(RANDOM_SEED_LIMIT), n)

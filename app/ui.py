@@ -173,6 +173,6 @@ def launch(demo: gr.Blocks, studio: Studio, *, host: str = "127.0.0.1", port: in
     """Queue and launch; `auth` is Gradio's password login; `kwargs` go to `Blocks.launch` (tests pass
     prevent_thread_lock, quiet)."""
     demo.queue(default_concurrency_limit=concurrency)
-    pixelated = min(studio.sampler.config.width, studio.sampler.config.height) < 256
+    pixelated = min(studio.live.config.width, studio.live.config.height) < 256
     return demo.launch(server_name=host, server_port=port, head=HEAD, css=css(pixelated), auth=auth or None,
                        auth_message="Alignment Studio: log in to vote under your name" if auth else None, **kwargs)

@@ -11,8 +11,8 @@
 1. pair latency: `Sampler.generate_pair` (trajectory capture) vs the plain pipeline call with the same batch, seeds
    and settings (interleaved, medians) -> capture overhead;
 2. per-step cost of a pair;
-3. hot-swap of a new adapter version vs a full pipeline reload: the whole swap under the lock, and prepared beside
-   generation, where generation waits only for the commit;
+3. hot-swap of a new adapter version (`SwapSlot`) vs a full pipeline reload: the whole swap, during which generation
+   waits, and prepared beside generation, where generation waits only for the commit;
 4. sampling with a live adapter (fused, as the sampler keeps it) vs the base, and unfused for reference;
 5. one training step of the discounted objective (batch 8 pairs, M 3);
 6. trainer peak memory while training (in a child process: peak RSS on a CPU, reset after loading; peak CUDA
@@ -101,44 +101,45 @@ def pair_latency(model_id: str, repeats: int) -> dict:
 
 def hotswap(model_id: str, repeats: int) -> dict:
     """Section `swap`: making a new adapter version live in place vs loading the pipeline again. Two ways: the
-    whole swap under the sampler's lock (`set_adapter` alone), and `prepare` beside generation followed by the
-    `set_adapter` that only commits (how the studio's follower swaps): generation waits only for the commit."""
+    whole swap (`SwapSlot.load` alone; the live model holds its generation lock throughout), and `prepare` beside
+    generation followed by the commit (how the live model's follower swaps): generation waits only for the
+    commit."""
     from alignment.families.loader import load_pipeline
-    from alignment.serving.sampler import Sampler
+    from alignment.serving.swap import SwapSlot
 
-    s = Sampler(load_pipeline(model_id))
+    s = SwapSlot(load_pipeline(model_id).pipe)
     lora_a, lora_b = random_adapters(model_id, 2)
-    s.set_adapter(1, lora_a)
+    s.load(1, lora_a)
     swaps, prepares, commits = [], [], []
     for i in range(repeats):
         lora = lora_b if i % 2 == 0 else lora_a
-        swaps.append(seconds(partial(s.set_adapter, 100 + i, lora)))  # the whole swap, lock held throughout
+        swaps.append(seconds(partial(s.load, 100 + i, lora)))  # the whole swap
         prepares.append(seconds(partial(s.prepare, 200 + i, lora)))
-        commits.append(s.set_adapter(200 + i, lora))  # the seconds set_adapter held the lock
-    assert s.adapter_version == 200 + repeats - 1 and s._prepared is None
+        commits.append(seconds(partial(s.commit, 200 + i)))  # how the live model commits a prepared version
+    if s.version != 200 + repeats - 1 or s.prepared_version is not None:
+        raise RuntimeError(f"the swaps did not end on a committed version {200 + repeats - 1} ({s.version})")
     # the part of a whole swap that rewrites the fused weights (base + delta), timed alone
-    fuse_pass = statistics.median(seconds(s._fuse) for _ in range(repeats))
-    layers = s._base_weights
-    fused_mb = sum(w.numel() * w.element_size() for _, w in layers) / 2**20
+    fuse_pass = statistics.median(seconds(s.refuse) for _ in range(repeats))
+    layers, fused_mb = s.wrapped_layers, s.fused_weights_bytes / 2**20
     del s
     t_reload = timed(lambda: load_pipeline(model_id), max(3, repeats // 3))
     swap, prepare, commit = (statistics.median(x) for x in (swaps, prepares, commits))
     return {"hotswap_s": swap, "reload_s": t_reload, "hotswap_vs_reload": swap / t_reload,
             "prepare_s": prepare, "commit_s": commit, "commit_vs_reload": commit / t_reload,
             "prepared_total_vs_reload": (prepare + commit) / t_reload, "fuse_pass_s": fuse_pass,
-            "lora_layers": len(layers), "fused_weights_mb": fused_mb}
+            "lora_layers": layers, "fused_weights_mb": fused_mb}
 
 
 def live_adapter(model_id: str, repeats: int) -> dict:
     """Section `adapter`: sampling with a live adapter (fused, as the sampler keeps it; and unfused) vs the base."""
     from alignment.families.loader import load_pipeline
     from alignment.serving.sampler import Sampler
+    from alignment.serving.swap import SwapSlot
 
     (lora,) = random_adapters(model_id, 1)
-    base, fused, unfused = (Sampler(load_pipeline(model_id)), Sampler(load_pipeline(model_id)),
-                            Sampler(load_pipeline(model_id), fuse=False))
-    fused.set_adapter(1, lora)
-    unfused.set_adapter(1, lora)
+    base, fused, unfused = (Sampler(load_pipeline(model_id)) for _ in range(3))
+    SwapSlot(fused.pipe).load(1, lora)
+    SwapSlot(unfused.pipe, fuse=False).load(1, lora)
     t_base, t_live = interleaved(lambda: base.generate_pair(PROMPT, (0, 1)),
                                  lambda: fused.generate_pair(PROMPT, (0, 1)), repeats)
     t_base2, t_unfused = interleaved(lambda: base.generate_pair(PROMPT, (0, 1)),

@@ -1,5 +1,5 @@
 """Fixtures of the app tests: a Studio on a temporary data dir, with the shared embedded model when no adapter is
-swapped in, or with a private sampler (reset to the base after each test) when one is."""
+swapped in, or with a private pipeline when one is."""
 
 from __future__ import annotations
 
@@ -24,9 +24,10 @@ def studio(embedded, tmp_path):
     s.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def own_sampler():
-    """A sampler on a private copy of the embedded model, for tests that hot-swap adapters."""
+    """A sampler on a private copy of the embedded model, for tests that hot-swap adapters (the studio's live model
+    owns its pipeline from then on, so every test gets its own)."""
     from alignment.families.loader import load_pipeline
     from alignment.serving.sampler import Sampler
 
@@ -35,7 +36,7 @@ def own_sampler():
 
 @pytest.fixture
 def swap_studio(own_sampler, tmp_path):
-    """A Studio whose sampler may swap adapters, with a (not started) worker; back on the base afterwards."""
+    """A Studio whose live model may swap adapters, with a (not started) worker."""
     from alignment.training.worker import Worker
     from settings import WorkerConfig
     from app.studio import Studio
@@ -44,5 +45,4 @@ def swap_studio(own_sampler, tmp_path):
     repo = Repository(tmp_path / "data")
     s = Studio(own_sampler, repo, Worker(repo, "embedded", config=WorkerConfig(train_every=8)))
     yield s
-    own_sampler.set_adapter(None)
     s.close()

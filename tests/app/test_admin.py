@@ -7,11 +7,12 @@ from __future__ import annotations
 import logging
 
 import pytest
+import torch
 
 from app.access import AccessPolicy, Actor, AdminRequiredError, RateLimitedError, RateLimits
 from app.studio import StudioError
 from storage import Repository
-from tests.support.lora import random_lora
+from tests.support.lora import latents, random_lora
 from tests.support.studio import register_adapter, stored_votes
 from tests.support.storage import generation
 
@@ -32,7 +33,7 @@ def public_studio(swap_studio):
 
 def snapshot(studio) -> dict:
     return {"settings": studio.settings(), "live": studio.repo.live_adapter().version,
-            "serving": studio.sampler.adapter_version, "counts": studio.counts(),
+            "serving": studio.live.adapter_version, "counts": studio.counts(),
             "statuses": [(a.version, a.status) for a in studio.repo.list_adapters()],
             "requested": studio.worker.train_requested}
 
@@ -64,13 +65,13 @@ def test_non_admins_are_refused_every_admin_action_and_nothing_changes(public_st
 
     assert studio.update_settings(actor=ALICE, gamma=0.5)["gamma"] == 0.5
     assert studio.train_now(actor=TOKEN_HOLDER) is True
-    assert studio.rollback(actor=TOKEN_HOLDER) == v1 and studio.sampler.adapter_version == v1
-    assert studio.make_live(v2, actor=ALICE) == v2 and studio.sampler.adapter_version == v2
+    assert studio.rollback(actor=TOKEN_HOLDER) == v1 and studio.live.adapter_version == v1
+    assert studio.make_live(v2, actor=ALICE) == v2 and studio.live.adapter_version == v2
     assert studio.import_file(str(path), actor=ALICE) == 5
     assert "made live by 'alice'" in caplog.text
 
 
-def test_a_tampered_adapter_file_is_refused_and_the_live_sampler_is_unchanged(swap_studio, embedded, caplog):
+def test_a_tampered_adapter_file_is_refused_and_the_live_sampler_is_unchanged(swap_studio, caplog):
     studio, repo = swap_studio, swap_studio.repo
     v1 = register_adapter(repo, random_lora(1))
     v2 = register_adapter(repo, random_lora(2), live=False)
@@ -79,17 +80,17 @@ def test_a_tampered_adapter_file_is_refused_and_the_live_sampler_is_unchanged(sw
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF  # one flipped bit in the weights: same size, same safetensors header
     path.write_bytes(bytes(data))
-    before = studio.sampler.pipe.unet.state_dict()["conv_in.weight"].clone()
+    before = latents(studio.live)
     with pytest.raises(StudioError, match=f"adapter v{v2} is refused: its file does not match the SHA-256"):
         studio.make_live(v2, actor=ALICE)
     assert repo.live_adapter().version == v1 and repo.get_adapter(v2).status == "candidate"
-    assert studio.sampler.adapter_version == v1
-    assert studio.sampler.pipe.unet.state_dict()["conv_in.weight"].equal(before)
+    assert studio.live.adapter_version == v1
+    assert torch.equal(latents(studio.live), before)  # the weights still hold v1
     assert f"adapter v{v2} refused" in caplog.text
     path.unlink()  # a missing file is refused the same way
     with pytest.raises(StudioError, match="does not match the SHA-256"):
         studio.make_live(v2, actor=ALICE)
-    assert repo.live_adapter().version == v1 and studio.sampler.adapter_version == v1
+    assert repo.live_adapter().version == v1 and studio.live.adapter_version == v1
 
 
 def test_rollback_onto_a_tampered_version_changes_nothing(swap_studio, embedded):
@@ -100,7 +101,7 @@ def test_rollback_onto_a_tampered_version_changes_nothing(swap_studio, embedded)
     repo.blobs.path(repo.get_adapter(v1).file_hash).write_bytes(b"not the adapter")
     with pytest.raises(StudioError, match=f"adapter v{v1} is refused"):
         studio.rollback(actor=ALICE)
-    assert repo.live_adapter().version == v2 and studio.sampler.adapter_version == v2
+    assert repo.live_adapter().version == v2 and studio.live.adapter_version == v2
     assert repo.get_adapter(v1).status == "retired"
 
 
@@ -137,17 +138,17 @@ def test_training_can_be_limited_to_chosen_annotators(swap_studio):
     assert studio.settings()["train_annotators"] is None
     after = studio.update_settings(actor=ALICE, train_annotators="alice, carol")
     assert after["train_annotators"] == ["alice", "carol"]
-    assert studio.worker.config.annotators == ("alice", "carol")  # what the worker's next run reads
+    assert studio.worker.config.train_annotators == ("alice", "carol")  # what the worker's next run reads
     with pytest.raises(StudioError, match=r"at least 4 preference votes \(left, right or tie\) from alice, carol; "
                                           r"there are 1"):
         studio.train_now(actor=ALICE)
     assert studio.update_settings(actor=ALICE, train_annotators=[])["train_annotators"] is None
-    assert studio.worker.config.annotators is None
+    assert studio.worker.config.train_annotators is None
     assert studio.train_now(actor=ALICE) is True
     for bad in (42, ["x" * 101], [None]):
         with pytest.raises(StudioError, match="annotator"):
             studio.update_settings(actor=ALICE, train_annotators=bad)
-    assert studio.worker.config.annotators is None
+    assert studio.worker.config.train_annotators is None
 
 
 def test_annotator_table_of_the_data_tab(studio):

@@ -30,8 +30,8 @@ def test_new_pair_stores_both_generations_for_the_annotator(studio):
     assert (pair.prompt, pair.served_to) == (PROMPT, "ann")
     assert (pair.left.seed, pair.right.seed) == (12, 34)
     assert pair.left.trajectory_hash and pair.right.trajectory_hash
-    direct = studio.sampler.generate(PROMPT, [12])[0].image
-    assert np.array_equal(pixels(direct), pixels(view.left))  # reproducible from (prompt, seed, version)
+    direct = studio.live.at(None).generate(PROMPT, [12, 34])[0].image
+    assert np.array_equal(pixels(direct), pixels(view.left))  # reproducible from (prompt, seeds, version)
 
 
 def test_random_seeds_differ_and_whitespace_is_normalised(studio):
@@ -107,23 +107,28 @@ def test_new_pairs_follow_the_live_adapter(swap_studio, embedded):
     assert swap_studio.status()["serving_adapter_version"] == version
 
 
-def test_compare_renders_any_version_and_restores_the_live_one(swap_studio, embedded):
-    repo, sampler = swap_studio.repo, swap_studio.sampler
+def test_compare_renders_any_version_and_leaves_the_live_one_serving(swap_studio, embedded):
+    repo, live = swap_studio.repo, swap_studio.live
     v1 = register_adapter(repo, random_lora(1))
     v2 = register_adapter(repo, random_lora(2))
+    assert live.sync() and live.adapter_version == v2
+    served = swap_studio.new_pair(PROMPT, "5, 6", annotator="ann")
     base_a, v1_b = swap_studio.compare(PROMPT, 5, None, v1, annotator="ann")
-    assert sampler.adapter_version == v2  # the live one is back
+    assert live.adapter_version == v2  # still serving the live one
+    _, v2_b = swap_studio.compare(PROMPT, 5, v1, v2, annotator="ann")
+    assert np.array_equal(pixels(v2_b), pixels(swap_studio.live.at(v2).generate(PROMPT, [5])[0].image))
+    assert served.adapter_version == v2 and not np.array_equal(pixels(v1_b), pixels(v2_b))
     base_again, same = swap_studio.compare(PROMPT, "5", None, None, annotator="ann")
     assert np.array_equal(pixels(base_a), pixels(base_again)) and same is base_again
     assert not np.array_equal(pixels(base_a), pixels(v1_b))
     with pytest.raises(UnknownAdapterError):
         swap_studio.compare(PROMPT, 5, None, 99, annotator="ann")
-    assert sampler.adapter_version == v2
+    assert live.adapter_version == v2
 
 
 def test_pairs_never_see_a_compared_version(swap_studio, embedded):
     """Compare swaps other versions in and out while pairs are generated: every pair uses the live adapter."""
-    repo, sampler = swap_studio.repo, swap_studio.sampler
+    repo, live = swap_studio.repo, swap_studio.live
     v1 = register_adapter(repo, random_lora(1))
     v2 = register_adapter(repo, random_lora(2))
     errors: list[BaseException] = []
@@ -141,7 +146,7 @@ def test_pairs_never_see_a_compared_version(swap_studio, embedded):
     thread.join()
     assert not errors
     assert {repo.get_pair(v.id).left.adapter_version for v in views} == {v2}
-    assert sampler.adapter_version == v2
+    assert live.adapter_version == v2
 
 
 def test_blind_trials_are_stored_apart_from_votes(swap_studio, embedded, monkeypatch):
@@ -182,17 +187,17 @@ def test_settings_are_validated_and_reach_the_worker(swap_studio):
 
 
 def test_make_live_and_roll_back(swap_studio, embedded):
-    repo, sampler = swap_studio.repo, swap_studio.sampler
+    repo, live = swap_studio.repo, swap_studio.live
     v1 = register_adapter(repo, random_lora(1))
     v2 = register_adapter(repo, random_lora(2))
     assert swap_studio.rollback(actor=ME) == v1
-    assert repo.live_adapter().version == v1 and sampler.adapter_version == v1
+    assert repo.live_adapter().version == v1 and live.adapter_version == v1
     assert repo.get_adapter(v2).status == "retired"
-    assert swap_studio.rollback(actor=ME) is None and sampler.adapter_version is None
+    assert swap_studio.rollback(actor=ME) is None and live.adapter_version is None
     with pytest.raises(StudioError, match="nothing to roll back"):
         swap_studio.rollback(actor=ME)
     swap_studio.make_live(v2, actor=ME)
-    assert repo.live_adapter().version == v2 and sampler.adapter_version == v2
+    assert repo.live_adapter().version == v2 and live.adapter_version == v2
     rows = swap_studio.adapters()
     assert [r["version"] for r in rows] == [v2, v1] and rows[0]["status"] == "live"
     assert {p["version"] for p in swap_studio.loss_points()} == {f"v{v1}", f"v{v2}"}
@@ -200,17 +205,18 @@ def test_make_live_and_roll_back(swap_studio, embedded):
         swap_studio.make_live(42, actor=ME)
 
 
-def test_export_then_import_into_another_studio(studio, tmp_path):
+def test_export_then_import_into_another_studio(studio, embedded, tmp_path):
     for choice in ("left", "tie", "skip"):
         view = studio.new_pair(PROMPT, annotator="ann")
         studio.vote(view.id, choice, annotator="ann")
     path, rows = studio.export(actor=ME)
     assert rows == 2 and path.is_file()  # skip says nothing about which image is better
 
+    from alignment.serving.sampler import Sampler
     from app.studio import Studio
     from storage import Repository
 
-    other = Studio(studio.sampler, Repository(tmp_path / "other"))
+    other = Studio(Sampler(embedded), Repository(tmp_path / "other"))
     assert other.import_file(str(path), actor=ME) == 2
     assert other.counts()["votes"] == 2 and other.counts()["per_choice"]["tie"] == 1
     bad = tmp_path / "bad.parquet"

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from alignment.training.fidelity import FidelityGuard
-from alignment.serving.live import sync_live_adapter
+from alignment.serving.live import LiveModel
 from alignment.families.loader import load_pipeline
 from alignment.serving.sampler import Sampler
 from alignment.core.lora_files import read_lora
@@ -56,9 +56,9 @@ def test_a_run_registers_a_live_adapter_that_the_sampler_picks_up(repo_with_vote
     record = repo_with_votes.get_adapter(run["version"])
     assert record.votes_used == 6 and record.metrics["pairs"] >= 1 and "fidelity_base" in record.metrics
     if run["status"] == "live":
-        sampler = Sampler(load_pipeline())
-        assert sync_live_adapter(sampler, repo_with_votes) and sampler.adapter_version == run["version"]
-        assert not sync_live_adapter(sampler, repo_with_votes)  # nothing changed: no swap
+        live = LiveModel(Sampler(load_pipeline()), repo_with_votes)
+        assert live.sync() and live.adapter_version == run["version"]
+        assert not live.sync()  # nothing changed: no swap
     assert not worker.should_train()  # no new votes since the run
     runs = repo_with_votes.list_training_runs()
     assert runs[0].status in ("succeeded", "rejected") and runs[0].adapter_version == run["version"]

@@ -1,13 +1,22 @@
-"""Every setting of the studio, defined once: typed dataclasses with defaults, help and validation.
+"""Every setting of the studio, defined once: name, type, default, help and validation, in typed dataclasses.
 
 The command lines of the app, the worker, the simulation and the generate command, and the `STUDIO_*`
-environment variables, are derived from these classes; nothing else defines a default. This module imports no
-torch, no gradio and no SQL, so every layer can read it.
+environment variables, are derived from these classes (`settings_cli`); nothing else defines a default, a flag
+or a variable. The limits that several layers check (prompt length, annotator names, vote choices) live here too.
+Each class checks its own values in `__post_init__` and raises ValueError with a message a user can act on.
+This module imports no torch, no gradio and no SQL, so every layer can read it; it knows neither how a setting
+is used nor how a command line is parsed.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+
+# Limits checked by storage, the sampler and the UI alike.
+MAX_PROMPT_CHARS = 500  # prompts longer than this are refused; CLIP reads ~300 characters anyway
+MAX_ANNOTATOR_CHARS = 100  # annotator names, as storage keeps them
+VOTE_CHOICES = ("left", "right", "tie", "both_bad", "skip")
 
 OBJECTIVES = ("discounted", "trajectory", "diffusion-dpo")
 DEFAULT_BETA = {"discounted": 10.0, "trajectory": 10.0, "diffusion-dpo": 2500.0}
@@ -19,17 +28,91 @@ FIDELITY_SCORERS = ("auto", "drift", "embedded", "clip")  # or "module:function"
 # "some other picture" than to "the base's picture, changed".
 MAX_DRIFT = 0.5
 
+# Guards of a public studio (bound to another address than loopback, or on a Space); off on localhost.
+PUBLIC_PAIRS_PER_MINUTE = 30  # generated pairs per annotator (compare and blind A/B renders count too)
+PUBLIC_VOTES_PER_MINUTE = 120  # votes per annotator (blind A/B choices count too)
+PUBLIC_MODELS = ("embedded",)  # the models a public studio may load unless allow_models says otherwise
+
+
+def setting(default=MISSING, help: str = "", *, choices: tuple | None = None, aliases: tuple[str, ...] = (),
+            secret: bool = False, metavar: str | None = None):
+    """A dataclass field with the metadata the command lines are derived from. `secret` keeps the value out of
+    repr (and so out of logs); `aliases` are extra flags kept for documented command lines."""
+    metadata = {"help": help}
+    if choices is not None:
+        metadata["choices"] = tuple(choices)
+    if aliases:
+        metadata["aliases"] = tuple(aliases)
+    if metavar is not None:
+        metadata["metavar"] = metavar
+    if secret:
+        metadata["secret"] = True
+    return field(default=default, repr=not secret, metadata=metadata)
+
+
+def default(cls, name: str):
+    """The default of field `name` of dataclass `cls`: for code that must agree with a setting's default."""
+    for f in fields(cls):
+        if f.name == name:
+            return f.default
+    raise AttributeError(f"{cls.__name__} has no setting {name!r}")
+
+
+def names(value, what: str) -> tuple[str, ...]:
+    """Distinct, stripped, non-empty names from "a, b", a sequence of names, or a sequence of such strings."""
+    items = [value] if isinstance(value, str) else list(value)
+    out = []
+    for item in items:
+        if not isinstance(item, str):
+            raise ValueError(f"{what}: expected names, got {item!r:.40}")
+        for name in item.split(","):
+            if name.strip() and name.strip() not in out:
+                out.append(name.strip())
+    return tuple(out)
+
+
+def _whole(value, what: str, low: int, high: int | None = None) -> int:
+    if isinstance(value, bool) or int(value) != value or value < low or (high is not None and value > high):
+        where = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise ValueError(f"{what} must be a whole number {where}, got {value}")
+    return int(value)
+
+
+@dataclass
+class ModelConfig:
+    """Which model to load, and where."""
+
+    model: str = setting("embedded", "'embedded' (offline, CPU), a hub id like org/name or a local diffusers folder")
+    device: str | None = setting(None, "cpu, cuda or cuda:N; unset = a GPU when there is one, else the CPU")
+
+    def __post_init__(self):
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise ValueError("model must be 'embedded', a hub id like 'org/name' or a local folder")
+
+
+@dataclass
+class StoreConfig:
+    """Where votes, images, trajectories and adapters are kept."""
+
+    data_dir: Path = setting(Path("studio-data"), "the blob store (images, trajectories, adapters) and, without "
+                                                  "database_url, the SQLite database")
+    database_url: str | None = setting(None, "any SQLAlchemy URL (e.g. postgresql+psycopg://...) instead of SQLite "
+                                             "in the data dir", secret=True)
+
+    def __post_init__(self):
+        self.data_dir = Path(self.data_dir)
+
 
 @dataclass
 class SamplerConfig:
     """Settings of the stochastic DDIM sampler (the trainer re-uses them for the log-probabilities)."""
 
-    steps: int = 20
-    guidance_scale: float = 5.0
-    eta: float = 1.0
-    height: int = 32
-    width: int = 32
-    negative_prompt: str = ""
+    steps: int = setting(20, "DDIM steps per image (K)")
+    guidance_scale: float = setting(5.0, "classifier-free guidance scale (1 = none)")
+    eta: float = setting(1.0, "DDIM eta in (0, 1]: the noise of each step (the objective needs eta > 0)")
+    height: int = setting(32, "image height in pixels, a multiple of 8")
+    width: int = setting(32, "image width in pixels, a multiple of 8")
+    negative_prompt: str = setting("", "the prompt guidance steers away from")
 
     def __post_init__(self):
         if not 1 <= int(self.steps) <= 1000:
@@ -53,31 +136,37 @@ class SamplerConfig:
 class TrainerConfig:
     """Objective and optimiser settings. Defaults are tuned for the embedded model (see README, 'Tuning')."""
 
-    objective: str = field(default="discounted", metadata={"help": "discounted | trajectory | diffusion-dpo"})
-    gamma: float = field(default=0.9, metadata={"help": "temporal discount in (0, 1]; trajectory forces 1"})
-    beta: float | None = field(default=None, metadata={"help": "DPO inverse temperature; None = per objective"})
-    log_ratio_clip: float = field(default=1e-2, metadata={"help": "eps: per-step log-ratio clamp"})
-    steps_per_pair: int = field(default=3, metadata={"help": "M: step indices sampled per pair and update"})
-    train_steps: int = field(default=120, metadata={"help": "optimiser steps per training run"})
-    batch_pairs: int = field(default=8, metadata={"help": "pairs per optimiser step"})
-    lr: float = 3e-4  # with 120 steps and checkpoints every 10: see README, "What the studio serves"
-    weight_decay: float = 2e-3
-    grad_clip: float = 1.0
-    lora_rank: int = 4
-    lora_alpha: float | None = None  # None = rank (scale 1)
-    target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
-    tie_policy: str = field(default="drop", metadata={"help": "drop ties, or 'half': target 0.5"})
-    mixed_precision: str = "no"
-    checkpoint_every: int = field(default=10, metadata={
-        "help": "keep the LoRA weights every N steps too (0 = only the final ones), so that the fidelity guard can "
-                "fall back to the latest earlier state that passes when the final one drifts too far"})
-    gradient_checkpointing: bool = field(default=False, metadata={
-        "help": "recompute UNet activations in the backward pass: less memory, more time (large models)"})
-    micro_batch: int = field(default=0, metadata={
-        "help": "trajectory steps per UNet call in training (0 = the whole batch at once). With a size, the policy "
-                "is evaluated once without gradients, the loss's derivative by each log-prob is taken, and the "
-                "gradient is accumulated chunk by chunk: activation memory is one chunk's, for one more forward"})
-    seed: int = 0
+    objective: str = setting("discounted", "discounted: the paper's gamma-weighted dense DPO; trajectory: gamma = 1; "
+                                           "diffusion-dpo: forward-noised images (imported pairs)", choices=OBJECTIVES)
+    gamma: float = setting(0.9, "temporal discount in (0, 1]: step k (0 = noisiest) weighs gamma^k; trajectory "
+                                "forces 1")
+    beta: float | None = setting(None, "DPO inverse temperature; unset = the objective's default "
+                                       f"({', '.join(f'{k} {v:g}' for k, v in DEFAULT_BETA.items())})")
+    log_ratio_clip: float = setting(1e-2, "eps: each step's log-ratio is clamped to [-eps, eps]")
+    steps_per_pair: int = setting(3, "M: step indices sampled per pair and update")
+    train_steps: int = setting(120, "optimiser steps per training run")
+    batch_pairs: int = setting(8, "pairs per optimiser step (at least the number of training processes)")
+    lr: float = setting(3e-4, "AdamW learning rate (with 120 steps and checkpoints every 10: README, 'What the "
+                              "studio serves')")
+    weight_decay: float = setting(2e-3, "AdamW weight decay")
+    grad_clip: float = setting(1.0, "gradient norm clip")
+    lora_rank: int = setting(4, "rank of the LoRA matrices", aliases=("--rank",))
+    lora_alpha: float | None = setting(None, "LoRA alpha; unset = the rank (scale 1)")
+    target_modules: tuple[str, ...] = setting(("to_q", "to_k", "to_v", "to_out.0"),
+                                              "modules the LoRA wraps, e.g. to_q,to_k,to_v,to_out.0,conv1,conv2")
+    tie_policy: str = setting("drop", "ties: drop them, or 'half': train towards 0.5", choices=("drop", "half"))
+    mixed_precision: str = setting("no", "autocast for training on a GPU: bf16 (Ampere or newer), fp16 (e.g. a T4)",
+                                   choices=("no", "fp16", "bf16"))
+    checkpoint_every: int = setting(10, "keep the LoRA weights every N steps too (0 = only the final ones), so that "
+                                        "the fidelity guard can fall back to the latest earlier state that passes "
+                                        "when the final one drifts too far")
+    gradient_checkpointing: bool = setting(False, "recompute UNet activations in the backward pass: less memory, "
+                                                  "more time (large models)")
+    micro_batch: int = setting(0, "trajectory steps per UNet call in training (0 = the whole batch at once). With a "
+                                  "size, the policy is evaluated once without gradients, the loss's derivative by "
+                                  "each log-prob is taken, and the gradient is accumulated chunk by chunk: "
+                                  "activation memory is one chunk's, for one more forward")
+    seed: int = setting(0, "seed of a training run (LoRA initialisation, pair order, step indices)")
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -102,7 +191,9 @@ class TrainerConfig:
             raise ValueError(f"tie_policy must be 'drop' or 'half', got {self.tie_policy!r}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
-        self.target_modules = tuple(self.target_modules)
+        self.target_modules = names(self.target_modules, "target_modules")
+        if not self.target_modules:
+            raise ValueError("target_modules must name at least one module, e.g. to_q,to_k,to_v,to_out.0")
 
     @property
     def effective_gamma(self) -> float:
@@ -120,34 +211,53 @@ class TrainerConfig:
 
 @dataclass
 class WorkerConfig:
-    train_every: int = 8  # new preference votes that trigger a run
-    interval_s: float | None = None  # also train this often when there are any new votes
-    min_votes: int = 4  # never train on fewer preference votes than this
-    poll_s: float = 1.0
-    annotators: tuple[str, ...] | None = None  # train only on these annotators' votes
-    fidelity_max_drop: float = 0.05
-    fidelity_seeds: tuple[int, ...] = (1000, 1001, 1002, 1003)  # 16 held-out prompts x 4 = 64 images
-    fidelity_prompts: int | None = None  # how many held-out prompts the guard renders (None = all)
-    fidelity_scorer: str = field(default="auto", metadata={
-        "help": "prompt-fidelity scorer of the guard: auto (the embedded model's image analysis; CLIP when "
-                "clip_model is set; else drift alone), drift, embedded, clip, or module:function "
-                "((images, prompts) -> float in [0, 1])"})
-    clip_model: str | None = field(default=None, metadata={
-        "help": "CLIP model for the clip scorer: a hub id (e.g. openai/clip-vit-base-patch32) or a local folder"})
-    fidelity_max_drift: float | None = field(default=MAX_DRIFT, metadata={
-        "help": "reject a candidate whose images moved from the base's at equal seeds by more than this fraction "
-                "of the distance between two different base images (None = no drift check)"})
-    lease_ttl_s: float = 600.0  # a dead worker blocks others this long at most; renewed every third of it
+    """When the worker trains, on whose votes, and what a candidate must pass to go live."""
+
+    train_every: int = setting(8, "new preference votes that start a training run")
+    train_interval_s: float | None = setting(None, "also train every this many seconds when there are new votes "
+                                                   "(unset = on votes only)")
+    min_votes: int = setting(4, "never train on fewer preference votes than this")
+    poll_s: float = setting(1.0, "seconds between the worker's looks at the vote count")
+    train_annotators: tuple[str, ...] | None = setting(None, "train only on these annotators' votes (names "
+                                                             "separated by commas; unset = everyone's)")
+    fidelity_max_drop: float = setting(0.05, "the fidelity guard rejects a candidate whose prompt fidelity is more "
+                                             "than this below the base's")
+    fidelity_seeds: tuple[int, ...] = setting((1000, 1001, 1002, 1003), "seeds the guard renders each held-out "
+                                                                        "prompt with (16 prompts x 4 = 64 images)")
+    fidelity_prompts: int | None = setting(None, "held-out prompts the fidelity guard renders (unset = all)")
+    fidelity_scorer: str = setting("auto", "prompt-fidelity scorer of the guard: auto (the embedded model's image "
+                                           "analysis; CLIP when clip_model is set; else drift alone), drift, "
+                                           "embedded, clip, or module:function ((images, prompts) -> float in [0, 1])")
+    clip_model: str | None = setting(None, "CLIP model for the clip scorer: a hub id (e.g. "
+                                           "openai/clip-vit-base-patch32) or a local folder")
+    fidelity_max_drift: float | None = setting(MAX_DRIFT, "reject a candidate whose images moved from the base's at "
+                                                          "equal seeds by more than this fraction of the distance "
+                                                          "between two different base images (unset = no drift "
+                                                          "check)")
+    lease_ttl_s: float = setting(600.0, "seconds a dead worker can block others; the training lease is renewed from "
+                                        "the training steps, so this must exceed the time to load the model and to "
+                                        "run the fidelity guard", aliases=("--lease-ttl",))
 
     def __post_init__(self):
-        if self.train_every < 1 or self.min_votes < 1:
-            raise ValueError("train_every and min_votes must be at least 1")
-        if self.interval_s is not None and self.interval_s <= 0:
-            raise ValueError("interval_s must be positive")
-        if self.poll_s <= 0:
-            raise ValueError("poll_s must be positive")
+        if int(self.train_every) < 1:
+            raise ValueError(f"train_every must be at least 1 vote, got {self.train_every}")
+        if int(self.min_votes) < 1:
+            raise ValueError(f"min_votes must be at least 1, got {self.min_votes}")
+        if self.train_interval_s is not None and not self.train_interval_s > 0:
+            raise ValueError(f"train_interval_s must be positive seconds or unset, got {self.train_interval_s}")
+        if not self.poll_s > 0:
+            raise ValueError(f"poll_s must be positive, got {self.poll_s}")
         if not 0 < self.lease_ttl_s <= 7 * 24 * 3600:
-            raise ValueError("lease_ttl_s must be positive and at most a week")
+            raise ValueError(f"lease_ttl_s must be positive and at most a week, got {self.lease_ttl_s}")
+        if not 0 <= self.fidelity_max_drop < 1:
+            raise ValueError(f"fidelity_max_drop must be in [0, 1), got {self.fidelity_max_drop}")
+        self.fidelity_seeds = tuple(int(s) for s in self.fidelity_seeds)
+        if not self.fidelity_seeds:
+            raise ValueError("fidelity_seeds must hold at least one seed")
+        if self.fidelity_prompts is not None:
+            self.fidelity_prompts = _whole(self.fidelity_prompts, "fidelity_prompts", 1)
+        self.train_annotators = (None if self.train_annotators is None
+                                 else names(self.train_annotators, "train_annotators") or None)
         module, colon, function = self.fidelity_scorer.partition(":")
         if self.fidelity_scorer not in FIDELITY_SCORERS and not (colon and module and function):
             raise ValueError(f"fidelity_scorer must be one of {', '.join(FIDELITY_SCORERS)} or module:function, "
@@ -159,3 +269,96 @@ class WorkerConfig:
         if self.fidelity_max_drift is not None and not self.fidelity_max_drift > 0:
             raise ValueError(f"fidelity_max_drift must be positive (or None: no drift check), got "
                              f"{self.fidelity_max_drift}")
+        self.train_every, self.min_votes = int(self.train_every), int(self.min_votes)
+
+
+@dataclass
+class ServerConfig:
+    """How the browser studio is served."""
+
+    host: str = setting("127.0.0.1", "address to listen on; any but loopback makes the studio public (README, "
+                                     "'Sharing and security')")
+    port: int = setting(7860, "port to listen on")
+    concurrency: int = setting(8, "events served at once; generation always queues on one slot")
+    worker: bool = setting(True, "train in a thread of the app; --no-worker leaves it to `python -m "
+                                 "alignment.worker` against the same data")
+
+    def __post_init__(self):
+        if not isinstance(self.host, str) or not self.host.strip():
+            raise ValueError("host must be an address to listen on, e.g. 127.0.0.1 or 0.0.0.0")
+        self.port = _whole(self.port, "port", 1, 65535)
+        self.concurrency = _whole(self.concurrency, "concurrency", 1)
+
+
+@dataclass
+class SharingConfig:
+    """Who may vote and administer a shared studio, and how often (README, 'Sharing and security')."""
+
+    auth: tuple[str, ...] = setting((), "a password login, repeatable; votes are recorded under USER (STUDIO_AUTH: "
+                                        "entries separated by commas)", secret=True, metavar="USER:PASSWORD")
+    auth_file: Path | None = setting(None, "one USER:PASSWORD per line; blank lines and # comments are skipped")
+    admins: tuple[str, ...] = setting((), "signed-in names that may train, change settings, make live, roll back, "
+                                          "import and export", metavar="NAME,NAME")
+    admin_token: str | None = setting(None, "a secret (16+ characters) that unlocks admin controls in the UI and the "
+                                            "API; prefer STUDIO_ADMIN_TOKEN, a flag shows in the process list",
+                                      secret=True, metavar="TOKEN")
+    secret: str | None = setting(None, "the key that signs browser-kept annotator ids; studios sharing a database "
+                                       "need the same one; unset = one kept in the data dir (app-secret)",
+                                 secret=True, metavar="KEY")
+    pairs_per_minute: int | None = setting(None, "generated pairs per annotator per minute; 0 = no limit; unset = "
+                                                 f"{PUBLIC_PAIRS_PER_MINUTE} when public, no limit on localhost")
+    votes_per_minute: int | None = setting(None, "votes per annotator per minute; 0 = no limit; unset = "
+                                                 f"{PUBLIC_VOTES_PER_MINUTE} when public, no limit on localhost")
+    allow_models: tuple[str, ...] | None = setting(None, "models a public studio may load; unset = only "
+                                                         f"{', '.join(PUBLIC_MODELS)} when public, any on localhost",
+                                                   metavar="ID,ID")
+
+    def __post_init__(self):
+        self.auth = tuple(self.auth)
+        self.auth_file = None if self.auth_file is None else Path(self.auth_file)
+        self.admins = names(self.admins, "admins")
+        self.allow_models = None if self.allow_models is None else names(self.allow_models, "allow_models")
+        if self.admin_token is not None and not self.admin_token.strip():
+            self.admin_token = None
+        if self.secret is not None and not self.secret.strip():
+            self.secret = None
+        for name in ("pairs_per_minute", "votes_per_minute"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or int(value) != value or value < 0):
+                raise ValueError(f"{name} must be a whole number >= 0 (0 = no limit), got {value}")
+
+
+@dataclass
+class GenerateConfig:
+    """What `python -m alignment.generate` renders and writes."""
+
+    seed: int = setting(0, "seed of the first image; the others use seed+1, seed+2, ...")
+    n: int = setting(1, "number of images (1 to 64), saved side by side")
+    out: Path = setting(Path("out.png"), "the PNG file to write")
+    adapter: str | None = setting(None, "a LoRA folder or .safetensors file to apply")
+    scale: int = setting(1, "enlarge the saved image by this factor (1 to 32, nearest neighbour)")
+
+    def __post_init__(self):
+        self.n = _whole(self.n, "n", 1, 64)
+        self.scale = _whole(self.scale, "scale", 1, 32)
+        self.out = Path(self.out)
+
+
+@dataclass
+class SimulationConfig:
+    """The headless loop of `python -m alignment.simulate`: who labels, how many pairs, how it is judged."""
+
+    labeler: str = setting("alignment.eval.labelers:larger", "the labeler, as module:function")
+    pairs: int = setting(64, "pairs generated and labeled in all")
+    rounds: int = setting(1, "on-policy rounds: each samples pairs / rounds pairs from the live model, then trains")
+    eval_prompts: int = setting(32, "held-out prompts of the final evaluation")
+    eval_seeds: int = setting(4, "seeds per held-out prompt")
+    seed: int = setting(0, "seed of the prompts, the pairs, the evaluation seeds and the training runs")
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+    def __post_init__(self):
+        if self.pairs < 2 or self.rounds < 1 or self.rounds > self.pairs:
+            raise ValueError(f"need pairs >= 2 and 1 <= rounds <= pairs, got pairs {self.pairs} and rounds "
+                             f"{self.rounds}")
+        if self.eval_prompts < 1 or self.eval_seeds < 1:
+            raise ValueError("eval_prompts and eval_seeds must be at least 1")

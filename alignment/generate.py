@@ -1,18 +1,17 @@
 """Try the model from the command line.
 
     python -m alignment.generate "a large red circle on a blue background" --seed 0 --out out.png
-    python -m alignment.generate "a blue square" --n 4 --steps 30 --guidance 7 --scale 8 --out grid.png
+    python -m alignment.generate "a blue square" --n 4 --steps 30 --guidance-scale 7 --scale 8 --out grid.png
     python -m alignment.generate "a blue square" --adapter studio-data/adapter.safetensors --out aligned.png
 
 Images are sampled exactly as the studio samples them (stochastic DDIM, the model's default settings unless given);
-`--n` images use seeds seed, seed+1, ... and are saved side by side. Bad input gets a one-line error and exit code 2.
+`--n` images use seeds seed, seed+1, ... and are saved side by side. Every option has a STUDIO_* variable too (see
+--help). Bad input gets a one-line error and exit code 2, before any weights are loaded.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
 
 from PIL import Image
 
@@ -20,7 +19,9 @@ from alignment.families.loader import ModelLoadError, load_pipeline
 from alignment.core.lora_files import AdapterLoadError
 from alignment.core.limits import PromptError, validate_prompt, validate_seeds
 from alignment.serving.sampler import Sampler
-from settings import SamplerConfig
+from alignment.serving.swap import SwapSlot
+from settings import GenerateConfig, ModelConfig, SamplerConfig
+from settings_cli import CommandLine
 
 
 def side_by_side(images: list[Image.Image], scale: int) -> Image.Image:
@@ -32,40 +33,31 @@ def side_by_side(images: list[Image.Image], scale: int) -> Image.Image:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("prompt")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n", type=int, default=1, help="number of images (seeds seed .. seed+n-1)")
-    p.add_argument("--out", type=Path, default=Path("out.png"))
-    p.add_argument("--model", default="embedded", help="'embedded', a hub id or a local diffusers folder")
-    p.add_argument("--steps", type=int)
-    p.add_argument("--guidance", type=float)
-    p.add_argument("--eta", type=float)
-    p.add_argument("--device", default=None)
-    p.add_argument("--adapter", default=None, help="a LoRA folder or .safetensors file to apply")
-    p.add_argument("--scale", type=int, default=1, help="enlarge the saved image by this factor (nearest)")
-    a = p.parse_args(argv)
+    cli = CommandLine(GenerateConfig, ModelConfig, SamplerConfig, prog="python -m alignment.generate",
+                      description=__doc__, defaults_elsewhere={SamplerConfig: "the model's"})
+    cli.add_argument("prompt", help="what the image should show")
+    parsed = cli.parse(argv)
+    gen, where = parsed.build(GenerateConfig), parsed.build(ModelConfig)
+    sampling = parsed.given(SamplerConfig)
+    parsed.build(SamplerConfig)  # checks the given sampler settings before any weights are loaded
     try:
-        if not 1 <= a.n <= 64:
-            raise ValueError(f"--n must be between 1 and 64, got {a.n}")
-        if not 1 <= a.scale <= 32:
-            raise ValueError(f"--scale must be between 1 and 32, got {a.scale}")
-        validate_prompt(a.prompt)  # fail before loading any weights
-        validate_seeds([a.seed, a.seed + a.n - 1])
-        SamplerConfig(**{k: v for k, v in (("steps", a.steps), ("guidance_scale", a.guidance), ("eta", a.eta))
-                         if v is not None})
-        model = load_pipeline(a.model, device=a.device)
-        cfg = SamplerConfig.from_defaults(model.sampler_defaults, steps=a.steps, guidance_scale=a.guidance, eta=a.eta)
+        validate_prompt(parsed.extra.prompt)
+        validate_seeds([gen.seed, gen.seed + gen.n - 1])
+    except ValueError as e:
+        parsed.error(str(e))
+    try:
+        model = load_pipeline(where.model, device=where.device)
+        cfg = SamplerConfig.from_defaults(model.sampler_defaults, **sampling)
         sampler = Sampler(model, cfg)
-        if a.adapter:
-            sampler.set_adapter(1, a.adapter)
-        gens = sampler.generate(a.prompt, list(range(a.seed, a.seed + a.n)))
+        if gen.adapter:
+            SwapSlot(model.pipe).load(1, gen.adapter)  # fused, as the studio serves it
+        gens = sampler.generate(parsed.extra.prompt, list(range(gen.seed, gen.seed + gen.n)))
     except (ModelLoadError, PromptError, AdapterLoadError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    side_by_side([g.image for g in gens], a.scale).save(a.out)
-    print(f"wrote {a.out} ({a.n} image(s), {cfg.steps} steps, guidance {cfg.guidance_scale}, eta {cfg.eta})")
+    gen.out.parent.mkdir(parents=True, exist_ok=True)
+    side_by_side([g.image for g in gens], gen.scale).save(gen.out)
+    print(f"wrote {gen.out} ({gen.n} image(s), {cfg.steps} steps, guidance {cfg.guidance_scale}, eta {cfg.eta})")
     return 0
 
 

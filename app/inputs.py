@@ -2,7 +2,8 @@
 
 Each parser returns the value in the type the lower layers expect, or raises `StudioError` with a message the UI
 shows as is. Range checks that belong to a lower layer (prompt length, objective values) stay there; this module
-only makes the raw widget and JSON values comparable. It knows no Gradio and nothing below `alignment.serving.sampler`.
+only makes the raw widget and JSON values comparable. The Train tab's settings take their types from the settings
+dataclasses. It knows no Gradio and nothing below `alignment.core.limits` and `settings`.
 """
 
 from __future__ import annotations
@@ -11,13 +12,17 @@ import re
 
 from alignment.core.limits import MAX_SEED
 from app.errors import StudioError
+from settings import MAX_ANNOTATOR_CHARS, VOTE_CHOICES, TrainerConfig, WorkerConfig
+from settings_cli import kinds
 
-VOTE_CHOICES = ("left", "right", "tie", "both_bad", "skip")
-# Settings the Train tab edits: name -> type; beta may be empty (None = the objective's default), and so may
-# train_annotators (None = everyone's votes).
-SETTINGS = {"objective": str, "gamma": float, "beta": float, "lr": float, "train_steps": int, "train_every": int,
-            "train_annotators": tuple}
-MAX_NAME_CHARS = 100  # storage keeps annotator names up to this length
+__all__ = ["BLIND_CHOICES", "SETTINGS", "VOTE_CHOICES", "StudioError", "parse_names", "parse_pair_id", "parse_seeds",
+           "parse_setting"]
+
+# Settings the Train tab edits, with their kinds from the dataclasses: beta may be empty (None = the objective's
+# default), and so may train_annotators (None = everyone's votes).
+_KINDS = kinds(TrainerConfig) | kinds(WorkerConfig)
+SETTINGS = {name: _KINDS[name] for name in ("objective", "gamma", "beta", "lr", "train_steps", "train_every",
+                                            "train_annotators")}
 BLIND_CHOICES = ("left", "right", "tie")  # what the person clicks in blind A/B mode
 
 
@@ -59,13 +64,13 @@ def parse_pair_id(pair_id) -> int:
 def parse_setting(name: str, value):
     """One Train-tab value as the type the alignment core expects; StudioError if it cannot be."""
     kind = SETTINGS[name]
-    if kind is tuple:
+    if kind.many:
         return parse_names(value, name)
     if value is None or value == "":
-        if name == "beta":
+        if kind.optional:
             return None
         raise StudioError(f"{name} is empty: give a value")
-    if kind is str:
+    if kind.scalar is str:
         return str(value)
     if isinstance(value, str):  # a text field (beta, so that it can be left empty)
         try:
@@ -74,7 +79,7 @@ def parse_setting(name: str, value):
             raise StudioError(f"{name} must be a number, got {value!r:.40}") from None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise StudioError(f"{name} must be a number, got {value!r:.40}")
-    if kind is int:
+    if kind.scalar is int:
         if float(value) != int(value):
             raise StudioError(f"{name} must be a whole number, got {value}")
         return int(value)
@@ -90,7 +95,7 @@ def parse_names(value, what: str = "names") -> tuple[str, ...] | None:
         raise StudioError(f"{what} must be names separated by commas or a list of names, got {value!r:.40}")
     names = []
     for item in items:
-        if not isinstance(item, str) or len(item.strip()) > MAX_NAME_CHARS or "\x00" in item:
+        if not isinstance(item, str) or len(item.strip()) > MAX_ANNOTATOR_CHARS or "\x00" in item:
             raise StudioError(f"{what}: {item!r:.40} is not an annotator name")
         if item.strip() and item.strip() not in names:
             names.append(item.strip())

@@ -30,15 +30,14 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from settings import MAX_ANNOTATOR_CHARS, MAX_PROMPT_CHARS, VOTE_CHOICES  # the limits every layer checks
+
 from .sqltypes import UTCDateTime, utcnow
 
-MAX_PROMPT_CHARS = 500  # prompts longer than this are refused; CLIP reads ~300 characters anyway
-MAX_ANNOTATOR_CHARS = 100
 MAX_MODEL_ID_CHARS = 200
 MAX_LEASE_NAME_CHARS = 64
 MAX_LEASE_HOLDER_CHARS = 200
 
-VOTE_CHOICES = ("left", "right", "tie", "both_bad", "skip")
 PREFERENCE_CHOICES = ("left", "right", "tie")  # the votes that say which image is better
 AB_CHOICES = ("adapter", "base", "tie")
 AB_SIDES = ("left", "right")

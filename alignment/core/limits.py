@@ -6,7 +6,8 @@ the model stack.
 
 from __future__ import annotations
 
-MAX_PROMPT_CHARS = 500
+from settings import MAX_PROMPT_CHARS
+
 MAX_SEED = 2**63 - 1
 
 

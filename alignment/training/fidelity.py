@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 from alignment.embedded.evaluate import held_out_cases
 from alignment.serving.sampler import Sampler
 from alignment.training.scorers import Scorer, drift, embedded_fidelity, scorer_name
-from settings import MAX_DRIFT
+from settings import MAX_DRIFT, WorkerConfig, default
 
 if TYPE_CHECKING:
     from alignment.training.trainer import Trainer
@@ -69,9 +69,9 @@ class FidelityGuard:
     otherwise `prompts` (default `GENERAL_PROMPTS`) and `scorer` (None: drift alone decides). `limit` keeps the
     first prompts only; `max_drift=None` switches the drift check off (then a scorer must decide)."""
 
-    def __init__(self, embedded: bool = False, seeds: Sequence[int] = (1000, 1001, 1002, 1003),
-                 max_drop: float = 0.05, scorer: Scorer | None = None, prompts: Sequence[str] | None = None,
-                 limit: int | None = None, max_drift: float | None = MAX_DRIFT):
+    def __init__(self, embedded: bool = False, seeds: Sequence[int] = default(WorkerConfig, "fidelity_seeds"),
+                 max_drop: float = default(WorkerConfig, "fidelity_max_drop"), scorer: Scorer | None = None,
+                 prompts: Sequence[str] | None = None, limit: int | None = None, max_drift: float | None = MAX_DRIFT):
         if not 0 <= max_drop < 1:
             raise ValueError(f"max_drop must be in [0, 1), got {max_drop}")
         if max_drift is not None and not max_drift > 0:

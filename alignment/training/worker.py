@@ -1,7 +1,7 @@
 """The training worker: when to train, train, check, register, promote.
 
-It wakes when `train_every` new preference votes exist since the last run, when `interval_s` has passed with new
-votes, or when `request_training()` is called ("Train now"). A run trains a fresh LoRA on all labeled pairs so far
+It wakes when `train_every` new preference votes exist since the last run, when `train_interval_s` has passed with
+new votes, or when `request_training()` is called ("Train now"). A run trains a fresh LoRA on all labeled pairs so far
 (optionally only some annotators'), checks the loss stayed finite and the fidelity guard passes, writes the adapter
 to the blob store and registers it; a passing adapter becomes live, a failing one is recorded as rejected with the
 reason, and one the guard could not measure (`FidelityReport.scored` false) stays a candidate with the reason, for
@@ -22,7 +22,6 @@ The worker touches storage and its own trainer, never the app's sampler: the liv
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import socket
@@ -38,7 +37,8 @@ from alignment.serving.sampler import Sampler
 from alignment.training.fidelity import FidelityGuard, FidelityReport
 from alignment.training.scorers import resolve_scorer
 from alignment.training.trainer import Trainer, TrainingPair
-from settings import SamplerConfig, TrainerConfig, WorkerConfig
+from settings import ModelConfig, SamplerConfig, StoreConfig, TrainerConfig, WorkerConfig
+from settings_cli import CommandLine, Parsed
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ class Worker:
             return True
         if pending >= self.config.train_every:
             return True
-        timer = self.config.interval_s
+        timer = self.config.train_interval_s
         return bool(timer and pending and time.monotonic() - self._last_attempt_time >= timer)
 
     def run_once(self) -> dict | None:
@@ -223,7 +223,7 @@ class Worker:
         run_id = self.repo.start_training_run({**cfg.to_dict(), "model_id": self.model_id})
         parent = self.repo.live_adapter()
         try:
-            annotators = list(self.config.annotators) if self.config.annotators else None
+            annotators = list(self.config.train_annotators) if self.config.train_annotators else None
             labeled, pairs = load_training_pairs(self.repo, watermark, annotators)
             trainer = self.trainer()
             trainer.config = cfg
@@ -327,57 +327,23 @@ class Worker:
             self.on_change(self._last_run or {})
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m alignment.worker", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", default="studio-data")
-    p.add_argument("--database-url", default=None)
-    p.add_argument("--model", default="embedded")
-    p.add_argument("--device", default=None)
-    p.add_argument("--train-every", type=int, default=8)
-    p.add_argument("--interval", type=float, default=None, help="seconds between timed runs")
-    p.add_argument("--min-votes", type=int, default=4, help="never train on fewer preference votes")
-    # Objective settings: left out, TrainerConfig's defaults apply.
-    p.add_argument("--objective", default=None, help="discounted | trajectory | diffusion-dpo")
-    p.add_argument("--gamma", type=float, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--train-steps", type=int, default=None)
-    p.add_argument("--rank", type=int, default=None, help="LoRA rank")
-    p.add_argument("--batch-pairs", type=int, default=None, help="pairs per optimiser step")
-    p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default=None,
-                   help="autocast for training on a GPU (bf16 on Ampere or newer, fp16 on a T4)")
-    p.add_argument("--gradient-checkpointing", action="store_true", default=None,
-                   help="recompute UNet activations in the backward pass (SD-sized models on small GPUs)")
-    p.add_argument("--micro-batch", type=int, default=None,
-                   help="trajectory steps per UNet call in training (default: the whole batch); less memory")
-    p.add_argument("--fidelity-prompts", type=int, default=None,
-                   help="held-out prompts the fidelity guard renders (default: all)")
-    p.add_argument("--lease-ttl", type=float, default=600.0,
-                   help="seconds a dead worker can block others; the training lease is renewed from the training "
-                        "steps, so this must exceed the time to load the model and to run the fidelity guard")
-    p.add_argument("--once", action="store_true", help="train once now (if there are votes) and exit")
-    return p.parse_args(argv)
+def parse_args(argv: list[str] | None = None) -> Parsed:
+    """The worker's settings (the app's training settings, under the same names) from `argv` and STUDIO_*."""
+    cli = CommandLine(ModelConfig, StoreConfig, TrainerConfig, WorkerConfig, prog="python -m alignment.worker",
+                      description=__doc__)
+    cli.add_argument("--once", action="store_true", help="train once now (if there are votes) and exit")
+    return cli.parse(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     from alignment.training import distributed
     from storage import Repository, StorageError, masked_url
 
-    args = parse_args(argv)
+    parsed = parse_args(argv)
+    tcfg, wcfg = parsed.build(TrainerConfig), parsed.build(WorkerConfig)  # a bad value exits here, with code 2
+    model, store, once = parsed.build(ModelConfig), parsed.build(StoreConfig), parsed.extra.once
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    settings = {k: v for k, v in {"objective": args.objective, "gamma": args.gamma, "lr": args.lr,
-                                  "train_steps": args.train_steps, "lora_rank": args.rank,
-                                  "batch_pairs": args.batch_pairs,
-                                  "mixed_precision": args.mixed_precision,
-                                  "gradient_checkpointing": args.gradient_checkpointing,
-                                  "micro_batch": args.micro_batch}.items() if v is not None}
-    try:
-        tcfg = TrainerConfig(**settings)
-        wcfg = WorkerConfig(train_every=args.train_every, interval_s=args.interval, min_votes=args.min_votes,
-                            fidelity_prompts=args.fidelity_prompts, lease_ttl_s=args.lease_ttl)
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
-    processes, device, state = distributed.launched_processes(), args.device, None
+    processes, device, state = distributed.launched_processes(), model.device, None
     if processes > 1:  # started by `accelerate launch` (or torchrun) with several processes
         import torch
         cpu = (device or "").startswith("cpu") or not torch.cuda.is_available()
@@ -385,14 +351,14 @@ def main(argv: list[str] | None = None) -> None:
         device = device or ("cpu" if cpu else str(state.device))
     try:
         if state is None:
-            repo = Repository(args.data_dir, args.database_url)
+            repo = Repository(store.data_dir, store.database_url)
         else:
             with state.main_process_first():  # rank 0 migrates the database; the others then open it
-                repo = Repository(args.data_dir, args.database_url)
+                repo = Repository(store.data_dir, store.database_url)
     except StorageError as e:  # e.g. an unreachable database URL: one clear line, not a traceback
         raise SystemExit(f"error: {e}") from None
     try:  # loaded before the first run, so a bad --model fails at start and the lease never waits for a load
-        trainer = Trainer(args.model, tcfg, device=device)
+        trainer = Trainer(model.model, tcfg, device=device)
     except ModelLoadError as e:
         raise SystemExit(f"error: {e}") from None
     if state is not None and not state.is_main_process:
@@ -403,13 +369,13 @@ def main(argv: list[str] | None = None) -> None:
                     on_change=lambda run: log.info("run: %s", run),
                     before_train=distributed.announce if state is not None else None)
     log.info("worker %s watching %s with blobs in %s (%d training process(es))", worker.lease_holder_id,
-             masked_url(repo.engine.url), args.data_dir, processes)
+             masked_url(repo.engine.url), store.data_dir, processes)
     if state is not None:
-        run = distributed.lead(worker, once=args.once)
-        if args.once:
+        run = distributed.lead(worker, once=once)
+        if once:
             print(run)
         return
-    if args.once:
+    if once:
         print(worker.run_once())
         return
     worker.start()

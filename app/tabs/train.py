@@ -12,7 +12,7 @@ from __future__ import annotations
 import gradio as gr
 import pandas as pd
 
-from app.config import OBJECTIVES
+from settings import OBJECTIVES
 from app.session import actor_of, user_errors
 from app.studio import Studio
 from app.tabs import AdminArea

@@ -23,10 +23,21 @@ def test_simulation_runs_end_to_end_with_any_labeler(tmp_path, capsys):
     assert "win rate" in capsys.readouterr().out
 
 
-def test_bad_simulation_input_is_refused(tmp_path):
-    with pytest.raises(SystemExit):
-        main(["--objective", "ppo", "--data-dir", str(tmp_path)])
-    with pytest.raises(ValueError):
-        main(["--pairs", "4", "--rounds", "5", "--data-dir", str(tmp_path)])
-    with pytest.raises(ValueError, match="gamma"):
-        main(["--gamma", "1.5", "--data-dir", str(tmp_path)])
+@pytest.mark.parametrize("argv, message", [
+    (["--objective", "ppo"], "invalid choice: 'ppo'"),
+    (["--pairs", "4", "--rounds", "5"], "need pairs >= 2 and 1 <= rounds <= pairs"),
+    (["--gamma", "1.5"], "gamma must be in (0, 1]"),
+    (["--eps", "0.1"], "unrecognized arguments: --eps"),
+])
+def test_bad_simulation_input_is_refused(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--data-dir", str(tmp_path / "d")])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+
+
+def test_the_simulation_needs_a_data_dir(capsys, monkeypatch):
+    monkeypatch.delenv("STUDIO_DATA_DIR", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--pairs", "4"])
+    assert exit_info.value.code == 2 and "--data-dir (or STUDIO_DATA_DIR)" in capsys.readouterr().err

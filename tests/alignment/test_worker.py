@@ -210,11 +210,21 @@ def test_serve_polls_until_stopped_and_survives_a_failing_poll(repo_with_votes, 
     assert worker.state()["state"] == "stopped"
 
 
-def test_worker_cli_passes_gpu_training_settings_and_refuses_bad_ones(tmp_path):
-    from alignment.training.worker import main
+def test_worker_cli_passes_gpu_training_settings_and_refuses_bad_ones(tmp_path, capsys, monkeypatch):
+    from alignment.training.worker import main, parse_args
 
-    with pytest.raises(SystemExit, match="lora_rank must be at least 1"):
-        main(["--data-dir", str(tmp_path), "--rank", "0"])
-    with pytest.raises(SystemExit):  # argparse: not one of no, fp16, bf16
-        main(["--data-dir", str(tmp_path), "--mixed-precision", "fp8"])
+    monkeypatch.delenv("STUDIO_MICRO_BATCH", raising=False)
+    parsed = parse_args(["--data-dir", str(tmp_path), "--mixed-precision", "bf16", "--gradient-checkpointing",
+                         "--rank", "8", "--batch-pairs", "2", "--lease-ttl", "60", "--once"])
+    trainer, worker = parsed.build(TrainerConfig), parsed.build(WorkerConfig)
+    assert (trainer.mixed_precision, trainer.gradient_checkpointing, trainer.lora_rank, trainer.batch_pairs) == (
+        "bf16", True, 8, 2)
+    assert worker.lease_ttl_s == 60 and parsed.extra.once
+    monkeypatch.setenv("STUDIO_MICRO_BATCH", "2")
+    assert parse_args([]).build(TrainerConfig).micro_batch == 2
+    for argv, message in ((["--rank", "0"], "lora_rank must be at least 1"),
+                          (["--mixed-precision", "fp8"], "invalid choice: 'fp8'")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--data-dir", str(tmp_path), *argv])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # refused before touching the data dir

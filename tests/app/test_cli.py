@@ -2,54 +2,66 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
 from app.__main__ import browser_secret, main, parse_args
-from app.config import StudioConfig
+from app.config import PARTS, StudioConfig
+from settings import TrainerConfig, WorkerConfig
 
 
 def test_defaults_then_environment_then_flags(monkeypatch):
     for name in ("STUDIO_MODEL", "STUDIO_DATA_DIR", "STUDIO_PORT", "STUDIO_HOST", "STUDIO_TRAIN_EVERY",
-                 "STUDIO_GAMMA", "STUDIO_DEVICE"):
+                 "STUDIO_GAMMA", "STUDIO_DEVICE", "STUDIO_WORKER", "STUDIO_OBJECTIVE", "STUDIO_TRAIN_STEPS"):
         monkeypatch.delenv(name, raising=False)
     config = parse_args([])
     assert (config.model, config.data_dir, config.host, config.port) == ("embedded", Path("studio-data"),
                                                                          "127.0.0.1", 7860)
-    assert config.train_every == 8 and config.worker and config.objective_settings() == {"objective": "discounted"}
+    assert config.train_every == 8 and config.worker and config.trainer_config() == TrainerConfig()
 
     monkeypatch.setenv("STUDIO_DATA_DIR", "/srv/studio")
     monkeypatch.setenv("STUDIO_PORT", "9000")
     monkeypatch.setenv("STUDIO_TRAIN_EVERY", "3")
     monkeypatch.setenv("STUDIO_GAMMA", "0.8")
+    monkeypatch.setenv("STUDIO_WORKER", "false")
     config = parse_args([])
     assert (config.data_dir, config.port, config.train_every) == (Path("/srv/studio"), 9000, 3)
-    assert config.objective_settings() == {"objective": "discounted", "gamma": 0.8}
+    assert config.trainer_config() == TrainerConfig(gamma=0.8) and not config.worker
 
     config = parse_args(["--port", "9100", "--gamma", "1.0", "--objective", "trajectory", "--train-steps", "20",
-                         "--no-worker"])
-    assert config.port == 9100 and not config.worker
-    assert config.objective_settings() == {"objective": "trajectory", "gamma": 1.0, "train_steps": 20}
+                         "--worker", "--train-every", "8"])
+    assert config.port == 9100 and config.worker and config.train_every == 8  # a flag wins, even the default
+    assert config.trainer_config() == TrainerConfig(objective="trajectory", gamma=1.0, train_steps=20)
+    assert not parse_args(["--no-worker"]).worker and config.data_dir == Path("/srv/studio")
 
 
 @pytest.mark.parametrize("argv, env, message", [
-    (["--port", "0"], {}, "port must be between 1 and 65535"),
+    (["--port", "0"], {}, "port must be a whole number between 1 and 65535"),
     (["--train-every", "0"], {}, "train_every must be at least 1"),
     (["--objective", "ppo"], {}, "invalid choice"),
-    ([], {"STUDIO_PORT": "http"}, "invalid int value"),
+    ([], {"STUDIO_PORT": "http"}, "STUDIO_PORT: invalid int value: 'http'"),
+    ([], {"STUDIO_OBJECTIVE": "ppo"}, "STUDIO_OBJECTIVE: invalid choice 'ppo'"),
+    ([], {"STUDIO_WORKER": "perhaps"}, "STUDIO_WORKER: invalid bool value"),
+    ([], {"STUDIO_GAMMA": "2"}, "gamma must be in (0, 1]"),
+    (["--log-ratio-clip", "0"], {}, "log_ratio_clip must be positive"),
+    (["--train-interval-s", "0"], {}, "train_interval_s must be positive"),
+    (["--eps", "0.1"], {}, "unrecognized arguments: --eps"),
 ])
 def test_impossible_flags_and_variables_are_refused(monkeypatch, capsys, argv, env, message):
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     with pytest.raises(SystemExit) as exit_info:
         parse_args(argv)
-    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err.strip().splitlines()[-1] and "Traceback" not in err
 
 
 def test_bad_objective_settings_stop_the_start_before_anything_is_loaded(tmp_path, capsys):
-    assert main(["--gamma", "2", "--data-dir", str(tmp_path / "data")]) == 2
-    assert "gamma must be in (0, 1]" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--gamma", "2", "--data-dir", str(tmp_path / "data")])
+    assert exit_info.value.code == 2 and "gamma must be in (0, 1]" in capsys.readouterr().err
     assert not (tmp_path / "data").exists()
 
 
@@ -58,15 +70,41 @@ def test_config_validation():
         StudioConfig(objective="sft")
     with pytest.raises(ValueError, match="train_interval_s"):
         StudioConfig(train_interval_s=0)
+    config = StudioConfig(train_every=3, train_interval_s=60, lr=1e-3, train_annotators="a,b")
+    assert config.worker_config() == WorkerConfig(train_every=3, train_interval_s=60, train_annotators=("a", "b"))
+    assert config.trainer_config() == TrainerConfig(lr=1e-3)
+
+
+def test_help_lists_every_setting_with_its_variable_and_no_secret(monkeypatch, capsys):
+    monkeypatch.setenv("STUDIO_ADMIN_TOKEN", "a-secret-token-nobody-sees")
+    monkeypatch.setenv("STUDIO_AUTH", "alice:pw-nobody-sees")
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(["--help"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0
+    assert "nobody-sees" not in out
+    for part in PARTS:
+        for f in dataclasses.fields(part):
+            assert f"--{f.name.replace('_', '-')}" in out and f"STUDIO_{f.name.upper()}" in out
+            assert " ".join(f.metadata["help"].split()[:3]) in " ".join(out.split())
+    assert "--no-worker" in out and "--on-spaces" not in out and "STUDIO_ON_SPACES" not in out
+
+
+def test_secrets_stay_out_of_the_config_repr(monkeypatch):
+    monkeypatch.delenv("STUDIO_AUTH", raising=False)
+    config = parse_args(["--auth", "alice:pw-hidden", "--admin-token", TOKEN, "--secret", "key-hidden",
+                         "--database-url", "sqlite:///x.db"])
+    assert config.admin_token == TOKEN and config.secret == "key-hidden"
+    assert all(word not in repr(config) for word in ("pw-hidden", TOKEN, "key-hidden", "sqlite:///x.db"))
 
 
 def test_browser_secret_is_kept_in_the_data_dir(tmp_path, monkeypatch):
     monkeypatch.delenv("STUDIO_SECRET", raising=False)
-    first = browser_secret(tmp_path / "data")
+    first = browser_secret(tmp_path / "data", parse_args([]).secret)
     assert first == browser_secret(tmp_path / "data") and len(first) >= 24
     assert (tmp_path / "data" / "app-secret").stat().st_mode & 0o077 == 0
     monkeypatch.setenv("STUDIO_SECRET", "from-env")
-    assert browser_secret(tmp_path / "data") == "from-env"
+    assert browser_secret(tmp_path / "data", parse_args([]).secret) == "from-env"
 
 
 def test_studios_starting_together_agree_on_one_secret(tmp_path, monkeypatch):
@@ -99,7 +137,7 @@ def test_sharing_flags(clean_env, tmp_path):
     config = parse_args(["--auth", "alice:pw-a", "--auth", "bob:pw:b", "--auth-file", str(logins),
                          "--admins", "alice,carol", "--admin-token", TOKEN, "--pairs-per-minute", "5",
                          "--votes-per-minute", "0", "--train-annotators", "alice, bob"])
-    assert config.auth == (("alice", "pw-a"), ("bob", "pw:b"), ("carol", "pw-c"))
+    assert config.logins == (("alice", "pw-a"), ("bob", "pw:b"), ("carol", "pw-c"))
     assert config.admins == ("alice", "carol") and config.admin_token == TOKEN
     assert (config.rate_limits().pairs.limit, config.rate_limits().votes.limit) == (5, 0)
     assert config.train_annotators == ("alice", "bob") and not config.public and not config.on_spaces
@@ -114,10 +152,10 @@ def test_sharing_variables(clean_env, tmp_path):
                         "SPACE_ID": "someone/studio"}.items():
         clean_env.setenv(name, value)
     config = parse_args([])
-    assert [user for user, _ in config.auth] == ["alice", "bob", "carol"] and config.admins == ("carol",)
+    assert [user for user, _ in config.logins] == ["alice", "bob", "carol"] and config.admins == ("carol",)
     assert config.on_spaces and config.public and config.allowed_models() == ("embedded", "org/model")
     assert (config.rate_limits().pairs.limit, config.rate_limits().votes.limit) == (30, 120)  # public defaults
-    assert parse_args(["--auth", "dave:pw-d", "--admins", "dave"]).auth == (("dave", "pw-d"), ("carol", "pw-c"))
+    assert parse_args(["--auth", "dave:pw-d", "--admins", "dave"]).logins == (("dave", "pw-d"), ("carol", "pw-c"))
 
 
 @pytest.mark.parametrize("argv, env, message", [
@@ -139,4 +177,5 @@ def test_bad_sharing_settings_stop_the_start(clean_env, capsys, tmp_path, argv, 
         clean_env.setenv(name, value)
     with pytest.raises(SystemExit) as exit_info:
         parse_args(argv)
-    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and "pw" not in err  # a login's password is never echoed

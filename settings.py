@@ -118,7 +118,8 @@ class SamplerConfig:
         if not 1 <= int(self.steps) <= 1000:
             raise ValueError(f"steps must be between 1 and 1000, got {self.steps}")
         if self.guidance_scale < 1.0:
-            raise ValueError(f"guidance_scale must be >= 1 (1 = no classifier-free guidance), got {self.guidance_scale}")
+            raise ValueError(f"guidance_scale must be >= 1 (1 = no classifier-free guidance), got "
+                             f"{self.guidance_scale}")
         if not 0.0 < self.eta <= 1.0:
             raise ValueError(f"eta must be in (0, 1]: the objective needs a stochastic chain, got {self.eta}")
         if self.height % 8 or self.width % 8 or self.height <= 0 or self.width <= 0:

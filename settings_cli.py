@@ -20,7 +20,6 @@ import os
 import types
 import typing
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, NoReturn
 
 ENV_PREFIX = "STUDIO_"
@@ -140,9 +139,9 @@ class CommandLine:
     def _view(self, cls, chosen, elsewhere: str | None):
         """A dataclass of `cls`'s fields as `HfArgumentParser` reads them: tuples as lists, help with the variable
         and the default, and no fields another part already offers."""
-        specs = []
+        specs, of_cls = [], kinds(cls)
         for f in dataclasses.fields(cls):
-            kind = kinds(cls).get(f.name)
+            kind = of_cls.get(f.name)
             if kind is None or kind.nested or (chosen is not None and f.name not in chosen) or f.name in self.kinds:
                 continue
             help_text = f.metadata.get("help")

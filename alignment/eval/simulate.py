@@ -149,7 +149,8 @@ def main(argv: list[str] | None = None) -> None:
     result = simulate(cfg, parsed.build(StoreConfig).data_dir, parsed.build(ModelConfig).model)
     print(f"{cfg.labeler} {tcfg.objective} gamma={tcfg.effective_gamma} labels={result['labels']}: "
           f"win rate {result['win_rate']:.3f} [{result['ci_low']:.3f}, {result['ci_high']:.3f}] "
-          f"fidelity {result.get('fidelity_base', float('nan')):.3f} -> {result.get('fidelity_aligned', float('nan')):.3f} "
+          f"fidelity {result.get('fidelity_base', float('nan')):.3f} -> "
+          f"{result.get('fidelity_aligned', float('nan')):.3f} "
           f"train {result['train_seconds']:.1f}s")
     if parsed.extra.json:
         parsed.extra.json.parent.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,8 @@
 
 Images are sampled exactly as the studio samples them (stochastic DDIM, the model's default settings unless given);
 `--n` images use seeds seed, seed+1, ... and are saved side by side. Every option has a STUDIO_* variable too (see
---help). Bad input gets a one-line error and exit code 2, before any weights are loaded.
+--help). Bad input gets a one-line error and exit code 2; flags, variables and the prompt are checked before any
+weights are loaded.
 """
 
 from __future__ import annotations

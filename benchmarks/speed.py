@@ -119,7 +119,7 @@ def hotswap(model_id: str, repeats: int) -> dict:
     if s.version != 200 + repeats - 1 or s.prepared_version is not None:
         raise RuntimeError(f"the swaps did not end on a committed version {200 + repeats - 1} ({s.version})")
     # the part of a whole swap that rewrites the fused weights (base + delta), timed alone
-    fuse_pass = statistics.median(seconds(s.refuse) for _ in range(repeats))
+    fuse_pass = statistics.median(seconds(s.fuse_again) for _ in range(repeats))
     layers, fused_mb = s.wrapped_layers, s.fused_weights_bytes / 2**20
     del s
     t_reload = timed(lambda: load_pipeline(model_id), max(3, repeats // 3))

@@ -189,12 +189,13 @@ class SwapSlot:
         finally:
             self.load(live_version, live_lora)
 
-    def refuse(self) -> None:
+    def fuse_again(self) -> None:
         """Write the live adapter's fused weights again from the saved base and A and B: the part of a whole swap
         that rewrites the weights, on its own (for benchmarks; the result is the same weights)."""
         with self._lock, self._work():
             if self._ab_version != self._version or self._version is None or not self._fused:
-                raise RuntimeError("refuse needs a fused live adapter whose A and B are loaded (right after a load)")
+                raise RuntimeError("fuse_again needs a fused live adapter whose A and B are loaded "
+                                   "(after a load or commit)")
             self._fuse()
 
     # ---- internals ----------------------------------------------------------------------------------------------

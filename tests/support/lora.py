@@ -41,5 +41,6 @@ def random_lora(seed: int = 0, *, scale: float = 0.3, rank: int = 4, targets=ATT
 
 
 def latents(sampler, prompt: str = "a blue square on a yellow background", seed: int = 4) -> torch.Tensor:
-    """The trajectory of one image from `sampler`: what tests compare to tell which weights generated it."""
+    """The trajectory of one image from `sampler` (a `Sampler`, a `LiveModel` or one of its `at(version)` views):
+    what tests compare to tell which weights generated it."""
     return sampler.generate(prompt, [seed])[0].trajectory.latents

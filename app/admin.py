@@ -22,7 +22,7 @@ from pathlib import Path
 from alignment.serving.live import LiveModel
 from app.inputs import SETTINGS, VOTE_CHOICES, StudioError, parse_setting
 from settings import TrainerConfig
-from storage import BlobIntegrityError, BlobNotFoundError, Repository
+from storage import BlobIntegrityError, BlobNotFoundError, InvalidStatusError, Repository
 from storage.export import export_parquet, import_parquet
 
 log = logging.getLogger(__name__)
@@ -145,16 +145,21 @@ class Releases:
         return version
 
     def rollback(self, *, by: str) -> int | None:
-        """Retire the live adapter and make the newest earlier version that had been live (or the base) live."""
-        live = self.repo.live_adapter()
-        if live is None:
-            raise StudioError("nothing to roll back: the base model is live")
-        earlier = [a.version for a in self.repo.list_adapters() if a.version < live.version and a.status == "retired"]
-        target = max(earlier) if earlier else None
-        if target is not None:
-            self._check_adapter_file(target)  # before anything changes
-        self.repo.set_adapter_status(live.version, "retired", reason=f"rolled back by {by}")
-        return self.make_live(target, by=by)
+        """Mark the live adapter rolled back and make the newest earlier version that had been live (or the base)
+        live, in one transaction; a rolled-back version is never a later roll back's target."""
+        try:
+            live = self.repo.live_adapter()
+            if live is None:
+                raise StudioError("nothing to roll back: the base model is live")
+            target = self.repo.rollback_target()
+            if target is not None:
+                self._check_adapter_file(target)  # before anything changes
+            self.repo.roll_back(live.version, target, reason=f"rolled back by {by}")
+        except InvalidStatusError as e:  # e.g. the worker promoted a new version meanwhile
+            raise StudioError(str(e)) from e
+        self.live.sync()
+        log.info("v%d rolled back by %r; %s is live", live.version, by, "base" if target is None else f"v{target}")
+        return target
 
     def _check_adapter_file(self, version: int) -> None:
         """StudioError (logged) unless adapter `version`'s stored file hashes to the SHA-256 in its database row."""

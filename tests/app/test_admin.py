@@ -105,6 +105,19 @@ def test_rollback_onto_a_tampered_version_changes_nothing(swap_studio, embedded)
     assert repo.get_adapter(v1).status == "retired"
 
 
+def test_a_rolled_back_version_never_comes_back_by_a_later_roll_back(swap_studio):
+    studio, repo = swap_studio, swap_studio.repo
+    v1 = register_adapter(repo, random_lora(1))
+    v2 = register_adapter(repo, random_lora(2))
+    assert studio.rollback(actor=ALICE) == v1 and repo.get_adapter(v2).status == "rolled_back"
+    v3 = register_adapter(repo, random_lora(3))  # the worker promotes a new version
+    assert studio.rollback(actor=ALICE) == v1  # not v2, which was rolled back
+    assert studio.live.adapter_version == v1 and repo.get_adapter(v3).status == "rolled_back"
+    assert studio.rollback(actor=ALICE) is None and studio.live.adapter_version is None  # then the base
+    with pytest.raises(StudioError, match="base model is live"):
+        studio.rollback(actor=ALICE)
+
+
 def test_rate_limits_per_annotator_write_nothing_when_hit(embedded, tmp_path):
     from alignment.serving.sampler import Sampler
     from app.studio import Studio

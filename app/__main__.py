@@ -27,6 +27,7 @@ from app.config import PARTS, StudioConfig
 from settings_cli import CommandLine
 
 SECRET_FILE = "app-secret"  # in the data dir: keeps anonymous annotator ids valid across restarts
+MIN_SECRET_CHARS = 16
 
 
 def command_line() -> CommandLine:
@@ -45,22 +46,40 @@ def parse_args(argv: list[str] | None = None) -> StudioConfig:
 
 
 def browser_secret(data_dir: Path, secret: str | None = None) -> str:
-    """The key of the browser-stored annotator id: `secret` (the `secret` setting), or one kept in the data dir."""
+    """The key of the browser-stored annotator id: `secret` (the `secret` setting), or one kept in the data dir.
+
+    The file is written to a temporary name, fsynced, hard-linked into place (atomic, and it never overwrites: the
+    first studio's secret is everyone's) and the directory fsynced, so a crash leaves either no file or a whole
+    one. A file that is empty or too short (e.g. left by an older version that did not fsync) is refused with
+    what to do, rather than each process inventing its own key."""
     if secret:
         return secret
     path = data_dir / SECRET_FILE
     if not path.is_file():
         data_dir.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.{secrets.token_hex(4)}.tmp")  # one per process: studios may race
-        tmp.write_text(secrets.token_urlsafe(24))
-        tmp.chmod(0o600)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            os.link(tmp, path)  # atomic and never overwrites: the first studio's secret is everyone's
+            os.write(fd, secrets.token_urlsafe(24).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)
         except FileExistsError:
             pass
         finally:
             tmp.unlink()
-    return path.read_text().strip()
+        dir_fd = os.open(data_dir, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    value = path.read_text().strip()
+    if len(value) < MIN_SECRET_CHARS:
+        raise SystemExit(f"error: {path} holds no usable secret ({len(value)} characters); delete it to make a new "
+                         "one (anonymous annotators then get new ids) or set STUDIO_SECRET")
+    return value
 
 
 def stop_on_sigterm(signum, frame):

@@ -179,3 +179,23 @@ def test_bad_sharing_settings_stop_the_start(clean_env, capsys, tmp_path, argv, 
         parse_args(argv)
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and message in err and "pw" not in err  # a login's password is never echoed
+
+
+def test_an_empty_secret_file_is_refused_instead_of_each_process_inventing_a_key(tmp_path, monkeypatch):
+    monkeypatch.delenv("STUDIO_SECRET", raising=False)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "app-secret").write_text("")  # what a crash before fsync can leave
+    with pytest.raises(SystemExit, match="holds no usable secret"):
+        browser_secret(tmp_path / "data")
+    assert (tmp_path / "data" / "app-secret").read_text() == ""  # left for the operator to decide
+
+
+def test_the_secret_is_fsynced_before_it_is_linked_into_place(tmp_path, monkeypatch):
+    import os
+
+    synced, linked = [], []
+    real_fsync, real_link = os.fsync, os.link
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    monkeypatch.setattr(os, "link", lambda a, b: (linked.append(len(synced)), real_link(a, b))[1])
+    browser_secret(tmp_path / "data")
+    assert linked == [1] and len(synced) == 2  # the file before the link, the directory after it

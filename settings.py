@@ -113,6 +113,8 @@ class SamplerConfig:
     height: int = setting(32, "image height in pixels, a multiple of 8")
     width: int = setting(32, "image width in pixels, a multiple of 8")
     negative_prompt: str = setting("", "the prompt guidance steers away from")
+    guidance_rescale: float = setting(0.0, "phi in [0, 1]: rescales the guided prediction towards the conditional "
+                                           "one's std (Lin et al. 2023; 0.7 suits zero-terminal-SNR models)")
 
     def __post_init__(self):
         if not 1 <= int(self.steps) <= 1000:
@@ -122,6 +124,8 @@ class SamplerConfig:
                              f"{self.guidance_scale}")
         if not 0.0 < self.eta <= 1.0:
             raise ValueError(f"eta must be in (0, 1]: the objective needs a stochastic chain, got {self.eta}")
+        if not 0.0 <= self.guidance_rescale <= 1.0:
+            raise ValueError(f"guidance_rescale must be in [0, 1] (0 = off), got {self.guidance_rescale}")
         if self.height % 8 or self.width % 8 or self.height <= 0 or self.width <= 0:
             raise ValueError(f"height and width must be positive multiples of 8, got {self.height}x{self.width}")
 

@@ -136,18 +136,29 @@ def step_weights(
 
 
 def sample_step_indices(
-    num_steps: int, gamma: float, m: int, generator: torch.Generator | None = None
+    num_steps: int, gamma: float, m: int, generator: torch.Generator | None = None,
+    allowed: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(m,) long step indices drawn with replacement, ``P(k) = gamma^k / sum_j gamma^j``.
 
     The mean of ``r_theta(tau, k)`` over them is an unbiased estimate of the normalised discounted sum
     ``s_theta(tau)`` (formula step 8). The caller must evaluate the *same* indices for ``tau_w`` and ``tau_l``
     of a pair; for a batch of B pairs draw ``m = B * M`` and reshape to (B, M). ``generator`` is a CPU
-    generator; the indices live on the CPU.
+    generator; the indices live on the CPU. ``allowed`` ((K,) bool) restricts the draw to the steps that have a
+    log-density (``linspace`` spacing ends in a deterministic identity step), the weights renormalised over them;
+    all True draws exactly what no mask draws.
     """
     _check_num_steps(num_steps)
     _check_num_steps(m, "m")
     probs = step_weights(num_steps, gamma, dtype=torch.float64)
+    if allowed is not None:
+        allowed = torch.as_tensor(allowed, dtype=torch.bool).cpu()
+        if allowed.shape != (num_steps,):
+            raise ValueError(f"allowed must be a ({num_steps},) bool mask, got shape {tuple(allowed.shape)}")
+        if not bool(allowed.any()):
+            raise ValueError("allowed excludes every step: there is no step to draw")
+        if not bool(allowed.all()):
+            probs = probs * allowed
     return torch.multinomial(probs, m, replacement=True, generator=generator)
 
 

@@ -1,9 +1,14 @@
 """Generation with trajectory capture over one loaded pipeline, whatever weights it holds.
 
-A `Sampler` wraps a loaded Stable Diffusion pipeline. `generate(prompt, seeds)` runs all seeds as one batch with
-stochastic DDIM (eta > 0) and returns, for every image, its full trajectory x_0 .. x_K (x_0 = the start noise,
-k = 0 the noisiest step), the timesteps and the settings needed to re-evaluate each reverse step's Gaussian under
-another set of weights. Capture is one `clone()` per step in the pipeline's step-end callback.
+A `Sampler` wraps a loaded pipeline of any family (`alignment.families`: SD 1.x/2.x, SDXL, their few-step
+variants). `generate(prompt, seeds)` runs all seeds as one batch with stochastic DDIM (eta > 0) and returns, for
+every image, its full trajectory x_0 .. x_K (x_0 = the start noise, k = 0 the noisiest step), the timesteps, the
+settings needed to re-evaluate each reverse step's Gaussian under another set of weights (the sampler's, plus the
+family and noise schedule) and the conditioning the prompt alone does not give back (the family decides: SDXL's
+pooled embeddings and size micro-conditioning). Capture is one `clone()` per step in the pipeline's step-end
+callback; the prompt arguments, the callback's tensors and what is kept of them come from the family, so the
+pipeline call is the one plain diffusers makes. Settings whose chain has no step log-probability are refused
+before anything is generated (`alignment.families.schedules.check_sampling`).
 
 Each image gets its own seeded generator: it draws that image's start noise and the noise of every DDIM step.
 The same call (prompt, seeds in the same order, settings, weights) gives bit-identical images and trajectories on
@@ -29,6 +34,7 @@ from PIL import Image
 from alignment.core.limits import validate_prompt, validate_seeds
 from alignment.core.trajectory import Trajectory
 from alignment.families.loader import LoadedModel
+from alignment.families.schedules import check_sampling
 from settings import SamplerConfig
 
 
@@ -73,25 +79,32 @@ class Sampler:
 
     def _generate(self, prompt: str, seeds: list[int], cfg: SamplerConfig,
                   adapter_version: int | None) -> list[Generation]:
-        pipe, dev = self.pipe, self.model.device
-        unet_dtype = pipe.unet.dtype
+        pipe, dev, fam = self.pipe, self.model.device, self.model.family
+        check_sampling(pipe.scheduler, cfg.steps, cfg.eta)  # a chain the trainer could not score is refused here
+        guided = cfg.guidance_scale > 1  # the pipelines skip classifier-free guidance at w <= 1
+        n = len(seeds)
         shape = (pipe.unet.config.in_channels, cfg.height // pipe.vae_scale_factor, cfg.width // pipe.vae_scale_factor)
         gens = [torch.Generator(dev).manual_seed(s) for s in seeds]
         x0 = torch.stack([torch.randn(shape, generator=g, device=dev, dtype=torch.float32) for g in gens])
         x0 = x0 * pipe.scheduler.init_noise_sigma
         steps: list[torch.Tensor] = [x0]
+        extras: list[dict[str, torch.Tensor]] = [{} for _ in seeds]
 
-        def capture(_pipe, _i, _t, kwargs):
+        def capture(_pipe, i, _t, kwargs):
+            nonlocal extras
             steps.append(kwargs["latents"].detach().clone())
+            if i == 0:  # the conditioning is the same at every step: keep the first step's
+                extras = fam.captured(kwargs, n, guided)
             return kwargs
 
-        out = pipe(prompt=[prompt] * len(seeds), negative_prompt=[cfg.negative_prompt] * len(seeds),
+        out = pipe(**fam.prompt_kwargs([prompt] * n, [cfg.negative_prompt] * n),
                    height=cfg.height, width=cfg.width, num_inference_steps=cfg.steps,
-                   guidance_scale=cfg.guidance_scale, eta=cfg.eta, generator=gens, latents=x0.to(unet_dtype),
-                   callback_on_step_end=capture, callback_on_step_end_tensor_inputs=["latents"], output_type="pil")
+                   guidance_scale=cfg.guidance_scale, guidance_rescale=cfg.guidance_rescale, eta=cfg.eta,
+                   generator=gens, latents=x0.to(pipe.unet.dtype), callback_on_step_end=capture,
+                   callback_on_step_end_tensor_inputs=list(fam.callback_tensor_inputs), output_type="pil")
         latents = torch.stack(steps, dim=1).to("cpu", torch.float16)  # (B, K+1, C, h, w)
         timesteps = pipe.scheduler.timesteps.detach().to("cpu", torch.long).clone()
-        settings = asdict(cfg)
+        settings = {**asdict(cfg), **self.model.settings}  # the family and schedule the chain was sampled under
         return [Generation(img, Trajectory(latents[i].clone(), timesteps.clone(), prompt, seed, settings,
-                                           self.model.model_id, adapter_version))
+                                           self.model.model_id, adapter_version, extras[i]))
                 for i, (img, seed) in enumerate(zip(out.images, seeds))]

@@ -4,17 +4,27 @@ The trainer owns its own copy of the pipeline (never the live sampler's), adds a
 every run and trains it on all pairs given:
 
 - `discounted` / `trajectory`: for each pair, M step indices k ~ gamma^k (shared by the preferred trajectory w and
-  the other l); the stored x_k is re-noised-predicted with classifier-free guidance at the sampling-time settings,
-  giving log pi_theta(x_{k+1} | x_k, c); the reference log pi_ref is the same UNet with the adapter disabled under
-  no_grad (no second UNet). `trajectory` is the same with gamma = 1 (the bandit / D3PO-style baseline).
+  the other l; steps without a density, such as `linspace` spacing's final identity step, are never drawn); the
+  UNet is run on the stored x_k exactly as the pipeline ran it (the family's conditioning, with SDXL's stored
+  pooled embeddings and time ids; classifier-free guidance and `guidance_rescale` at the sampling-time settings),
+  and the output is read by the scheduler's prediction type, giving log pi_theta(x_{k+1} | x_k, c); the reference
+  log pi_ref is the same UNet with the adapter disabled under no_grad (no second UNet). `trajectory` is the same
+  with gamma = 1 (the bandit / D3PO-style baseline).
 - `diffusion-dpo`: Wallace et al.'s loss on forward-noised final latents (or VAE-encoded images for imported pairs
-  without trajectories), optionally weighted by gamma^k of the timestep's reverse-step index.
+  without trajectories, fitted to the model's size; SDXL is told each image's original size and crop), the
+  regression target of the prediction type, optionally weighted by gamma^k of the timestep's reverse-step index.
+
+Memory: on a GPU the frozen base (UNet, text encoders, VAE) stays in the sampler's half-precision dtype and only
+the LoRA parameters, so the optimizer state, are float32 (as diffusers' LoRA training scripts do); a VAE that asks
+for it (`force_upcast`) encodes in float32. On a CPU everything is float32.
 
 accelerate owns device placement, mixed precision and gradient clipping; under `accelerate launch` with several
-processes each trains on its slice of every batch and the LoRA gradients are all-reduced (`alignment.training.distributed`).
-A run whose loss goes non-finite raises
-`TrainingDivergedError` and produces no adapter. The result is a diffusers-format LoRA file (bytes) that
-`pipe.load_lora_weights` reads. The trainer knows nothing about storage, threads or the UI.
+processes each trains on its slice of every batch and the LoRA gradients are all-reduced
+(`alignment.training.distributed`). Pairs this model cannot score faithfully (another family or schedule, an
+unscorable chain, an imported image without a usable size) are refused before the first step. A run whose loss
+goes non-finite raises `TrainingDivergedError` and produces no adapter. The result is a diffusers-format LoRA file
+(bytes) that the family's plain pipeline reads with `load_lora_weights`. The trainer knows nothing about storage,
+threads or the UI; the pairs it takes are `alignment.training.pairs`'.
 """
 
 from __future__ import annotations
@@ -23,11 +33,9 @@ import logging
 import math
 import random
 import time
-from dataclasses import dataclass, field
-
-import numpy as np
 import torch
 from accelerate import Accelerator
+from diffusers.training_utils import cast_training_params
 from diffusers.utils import convert_state_dict_to_diffusers
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
@@ -36,9 +44,15 @@ from PIL import Image
 from alignment.core import objective as obj
 from alignment.core.lora_files import save_lora_bytes
 from alignment.core.trajectory import Trajectory
+from alignment.families.base import Conditioning
+from alignment.families.images import fit_image, image_size
 from alignment.families.loader import LoadedModel, load_pipeline
+from alignment.families.replay import Replay
 from alignment.training.distributed import Ranks
+from alignment.training.pairs import PairError, TrainingDivergedError, TrainingPair, TrainResult
 from settings import TrainerConfig
+
+__all__ = ["ADAPTER", "PairError", "Trainer", "TrainingDivergedError", "TrainingPair", "TrainResult"]
 
 log = logging.getLogger(__name__)
 ADAPTER = "preference"  # not "train": ModuleDict keys must not shadow nn.Module attributes
@@ -48,84 +62,31 @@ def _whole(items):
     return items  # the single-process "shard" of a batch
 
 
-class TrainingDivergedError(RuntimeError):
-    """The loss or the weights went non-finite; no adapter was produced."""
-
-
-class PairError(ValueError):
-    """A training pair is inconsistent (different prompts, mismatched trajectories, no data)."""
-
-
-@dataclass
-class TrainingPair:
-    """One judged pair: w preferred over l (target 1), or a tie (target 0.5). Trajectories or images."""
-
-    prompt: str
-    w: Trajectory | None
-    l: Trajectory | None
-    target: float = 1.0
-    w_image: Image.Image | None = None
-    l_image: Image.Image | None = None
-
-    def validate(self, needs_trajectory: bool) -> None:
-        if needs_trajectory and (self.w is None or self.l is None):
-            raise PairError(f"pair for {self.prompt!r} has no trajectories; use the diffusion-dpo objective")
-        if self.w is not None and self.l is not None:
-            if self.w.prompt != self.l.prompt:
-                raise PairError(f"pair mixes prompts {self.w.prompt!r} and {self.l.prompt!r}")
-            if self.w.latents.shape != self.l.latents.shape or not torch.equal(self.w.timesteps, self.l.timesteps):
-                raise PairError(f"pair for {self.prompt!r} has trajectories of different shapes or timesteps")
-            if self.w.settings != self.l.settings:
-                raise PairError(f"pair for {self.prompt!r} was sampled with different settings")
-        elif self.w_image is None or self.l_image is None:
-            raise PairError(f"pair for {self.prompt!r} has neither trajectories nor images")
-        if self.target not in (0.5, 1.0):
-            raise PairError(f"target must be 1 (w preferred) or 0.5 (tie), got {self.target}")
-
-
-@dataclass
-class TrainResult:
-    lora: bytes
-    metrics: dict
-    history: list[dict]
-    # (step, LoRA weights on the CPU) every `checkpoint_every` steps, ascending; the last one is the final state
-    checkpoints: list[tuple[int, dict[str, torch.Tensor]]] = field(default_factory=list)
-
-
 class Trainer:
     """Owns a private pipeline copy; `train(pairs)` returns a new LoRA and its metrics."""
 
     def __init__(self, model: str | LoadedModel = "embedded", config: TrainerConfig | None = None,
-                 device: str | None = None):
-        self.model = model if isinstance(model, LoadedModel) else load_pipeline(model, device=device, dtype="fp32")
+                 device: str | None = None, dtype: str | None = None):
+        """`model`: a loaded model (used as it is) or what `load_pipeline` loads, on `device` in `dtype` (unset: the
+        sampler's choice, half precision on a GPU and float32 on a CPU; the LoRA weights are float32 either way)."""
+        self.model = model if isinstance(model, LoadedModel) else load_pipeline(model, device=device, dtype=dtype)
         self.config = config or TrainerConfig()
         pipe = self.model.pipe
+        self.family = self.model.family
         self.unet, self.vae, self.scheduler = pipe.unet, pipe.vae, pipe.scheduler
-        self.tokenizer, self.text_encoder = pipe.tokenizer, pipe.text_encoder
-        for m in (self.unet, self.vae, self.text_encoder):
-            m.requires_grad_(False)
+        for module in pipe.components.values():
+            if isinstance(module, torch.nn.Module):
+                module.requires_grad_(False)
+        if self.vae.dtype != torch.float32 and self.vae.config.get("force_upcast", False):
+            self.vae.to(torch.float32)  # SD/SDXL VAEs overflow in fp16; encoding imports is rare and small
+        self.prediction_type = self.scheduler.config.prediction_type
         self.abar = self.scheduler.alphas_cumprod.to(torch.float32)
         self.final_abar = float(self.scheduler.final_alpha_cumprod)
-        self._embed_cache: dict[str, torch.Tensor] = {}
-
-    # ---- helpers ----------------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def embed(self, texts: list[str]) -> torch.Tensor:
-        missing = [t for t in dict.fromkeys(texts) if t not in self._embed_cache]
-        if missing:
-            ids = self.tokenizer(missing, padding="max_length", truncation=True,
-                                 max_length=self.tokenizer.model_max_length, return_tensors="pt").input_ids
-            out = self.text_encoder(ids.to(self.model.device))[0].float()
-            self._embed_cache.update(zip(missing, out))
-        return torch.stack([self._embed_cache[t] for t in texts])
-
-    def _abar_prev(self, t: torch.Tensor, num_steps: torch.Tensor) -> torch.Tensor:
-        prev = t - self.scheduler.config.num_train_timesteps // num_steps  # diffusers' DDIM rule
-        out = self.abar[prev.clamp(min=0)]
-        return torch.where(prev >= 0, out, torch.full_like(out, self.final_abar))
+        self.replay = Replay(self.model)  # the conditioning and scored steps of stored chains, cached
 
     def fresh_adapter(self) -> None:
-        """Replace the adapter with a new LoRA from `config` (seeded; lora_B = 0, so the policy is the reference)."""
+        """Replace the adapter with a new LoRA from `config` (seeded; lora_B = 0, so the policy is the reference).
+        Its weights are float32 whatever the base's dtype."""
         cfg = self.config
         if ADAPTER in getattr(self.unet, "peft_config", {}):
             self.unet.delete_adapters(ADAPTER)
@@ -134,38 +95,41 @@ class Trainer:
                                          init_lora_weights="gaussian", target_modules=list(cfg.target_modules)),
                               adapter_name=ADAPTER)
         self.unet.set_adapter(ADAPTER)
+        cast_training_params(self.unet, dtype=torch.float32)  # only the trainable (LoRA) parameters
 
     def lora_parameters(self) -> list[torch.nn.Parameter]:
         return [p for n, p in self.unet.named_parameters() if "lora_" in n and ADAPTER in n]
 
-    def guided_eps(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
-                   guidance: torch.Tensor) -> torch.Tensor:
-        """CFG noise prediction, exactly as the pipeline computes it at sampling time: every step log-probability
-        of the dense objectives (policy and reference) goes through this one UNet call."""
-        dt = self.unet.dtype
-        eps = self.unet(torch.cat([x, x]).to(dt), torch.cat([t, t]), torch.cat([uncond, cond]).to(dt)).sample.float()
-        eps_u, eps_c = eps.chunk(2)
-        return eps_u + guidance.view(-1, 1, 1, 1) * (eps_c - eps_u)
+    def guided_eps(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning, guidance: torch.Tensor,
+                   rescale: float | torch.Tensor = 0.0) -> torch.Tensor:
+        """The guided model output (noise, v or x0, as the scheduler's prediction type says), exactly as the
+        pipeline passed it to `scheduler.step`: every step log-probability of the dense objectives (policy and
+        reference) goes through this one call."""
+        return self.family.guided_output(self.unet, x, t, cond, guidance, rescale)
 
     @torch.no_grad()
     def implied_noise(self, traj: Trajectory) -> torch.Tensor:
-        """(K, C, h, w): the noise z_k that turns x_k into the stored x_{k+1} under the current weights.
+        """(K', C, h, w): the noise z_k that turns x_k into the stored x_{k+1} under the current weights, for the
+        K' steps of the chain that have a density (all K but `linspace` spacing's last).
 
         For a trajectory sampled by the same weights this is standard normal: a check that the log-probabilities
         the objective uses describe the chain the sampler actually ran.
         """
-        k = torch.arange(traj.num_steps)
-        x, x_next, t = traj.latents[:-1].float(), traj.latents[1:].float(), traj.timesteps
-        n = len(k)
-        cond = self.embed([traj.prompt] * n)
-        uncond = self.embed([traj.settings.get("negative_prompt", "")] * n)
-        guidance = torch.full((n,), float(traj.settings["guidance_scale"]))
-        dev = self.model.device
-        eps = self.guided_eps(x.to(dev), t.to(dev), cond, uncond, guidance.to(dev))
-        mean, std = obj.ddim_step_mean_std(x.to(dev), eps, self.abar[t].to(dev),
-                                           self._abar_prev(t, torch.full((n,), n)).to(dev),
-                                           float(traj.settings["eta"]))
-        return obj.implied_noise(x_next.to(dev), mean, std).cpu()
+        dev, s = self.model.device, traj.settings
+        k = torch.arange(traj.num_steps)[self.replay.stochastic_steps(traj)]
+        n, scale = len(k), float(s["guidance_scale"])
+        x, x_next = traj.latents[k].float().to(dev), traj.latents[k + 1].float().to(dev)
+        t = traj.timesteps[k].to(dev)
+        cond = self.replay.of_trajectory(traj, guided=scale > 1).repeat_interleave(n)
+        guidance = torch.full((n,), scale, device=dev)
+        rescale = torch.full((n,), float(s.get("guidance_rescale", 0.0)), device=dev)
+        step = self.config.micro_batch or n
+        out = torch.cat([self.guided_eps(x[c], t[c], cond[c], guidance[c], rescale[c])
+                         for c in (slice(i, i + step) for i in range(0, n, step))])
+        abar_t, abar_prev = obj.step_alphas(self.abar, self.final_abar, t, traj.num_steps)
+        mean, std = obj.ddim_step_mean_std(x, out, abar_t, abar_prev, float(s["eta"]),
+                                           prediction_type=self.prediction_type)
+        return obj.implied_noise(x_next, mean, std).cpu()
 
     # ---- the two loss computations ----------------------------------------------------------------------------
     def batch_loss(self, batch: list[TrainingPair], generator: torch.Generator, shard=_whole):
@@ -180,8 +144,8 @@ class Trainer:
         """The loss on `shard(batch)`; the random draws are made for the whole batch (the same on every process)."""
         cfg, dev = self.config, self.model.device
         # M step indices per pair, drawn once and shared by its w and l trajectories.
-        ks = [obj.sample_step_indices(p.w.num_steps, cfg.effective_gamma, cfg.steps_per_pair, generator=gen)
-              for p in batch]
+        ks = [obj.sample_step_indices(p.w.num_steps, cfg.effective_gamma, cfg.steps_per_pair, generator=gen,
+                                      allowed=self.replay.stochastic_steps(p.w)) for p in batch]
         batch, ks = shard(batch), shard(ks)
         m, b = cfg.steps_per_pair, len(batch)
         items = [(getattr(p, side), k) for side in ("w", "l") for p, k in zip(batch, ks)]
@@ -189,26 +153,29 @@ class Trainer:
         x_next = torch.cat([tr.latents[k + 1].float() for tr, k in items]).to(dev)
         t = torch.cat([tr.timesteps[k] for tr, k in items])
         steps = torch.tensor([tr.num_steps for tr, _ in items]).repeat_interleave(m)
-        abar_t, abar_prev = self.abar[t].to(dev), self._abar_prev(t, steps).to(dev)
-        cond = self.embed([tr.prompt for tr, _ in items for _ in range(m)])
-        uncond = self.embed([tr.settings.get("negative_prompt", "") for tr, _ in items for _ in range(m)])
-        guidance = torch.tensor([float(tr.settings["guidance_scale"]) for tr, _ in items], device=dev)
-        guidance = guidance.repeat_interleave(m)
-        etas = torch.tensor([float(tr.settings["eta"]) for tr, _ in items]).repeat_interleave(m)
+        abar_t, abar_prev = (a.to(dev) for a in obj.step_alphas(self.abar, self.final_abar, t, steps))
+
+        def per_step(key: str, default=None) -> torch.Tensor:  # (2*B*M,) one sampling setting of each item
+            values = [float(tr.settings.get(key, default)) for tr, _ in items]
+            return torch.tensor(values, device=dev).repeat_interleave(m)
+
+        guidance, rescale, etas = per_step("guidance_scale"), per_step("guidance_rescale", 0.0), per_step("eta")
+        guided = bool((guidance > 1).any())  # one negative half for the whole batch when any item is guided
+        cond = Conditioning.cat([self.replay.of_trajectory(tr, guided) for tr, _ in items]).repeat_interleave(m)
         t = t.to(dev)
 
         n = len(x)
         chunks = [slice(i, i + cfg.micro_batch) for i in range(0, n, cfg.micro_batch)] if cfg.micro_batch else []
 
         def logp(c: slice = slice(None)) -> torch.Tensor:
-            eps = self.guided_eps(x[c], t[c], cond[c], uncond[c], guidance[c])
-            out = torch.empty(len(eps), device=dev)
+            out = self.guided_eps(x[c], t[c], cond[c], guidance[c], rescale[c])
+            logps = torch.empty(len(out), device=dev)
             e = etas[c]
             for eta in e.unique().tolist():  # usually one value; the objective takes a scalar eta
-                sel = (e == eta).to(dev)
-                out[sel] = obj.ddim_step_log_prob(x_next[c][sel], x[c][sel], eps[sel], abar_t[c][sel],
-                                                  abar_prev[c][sel], eta)
-            return out
+                sel = e == eta
+                logps[sel] = obj.ddim_step_log_prob(x_next[c][sel], x[c][sel], out[sel], abar_t[c][sel],
+                                                    abar_prev[c][sel], eta, prediction_type=self.prediction_type)
+            return logps
 
         def all_logp() -> torch.Tensor:
             return torch.cat([logp(c) for c in chunks]) if chunks else logp()
@@ -234,32 +201,54 @@ class Trainer:
         (dl_dlogp,) = torch.autograd.grad(out.loss, pol)
         return out, ((logp(c) * dl_dlogp[c]).sum() for c in chunks)
 
+    def latent_size(self, pair: TrainingPair) -> tuple[int, int, int]:
+        """(C, h, w) of the clean latents Diffusion-DPO trains `pair` on."""
+        if pair.w is not None:
+            return tuple(pair.w.latents.shape[-3:])
+        h, w = self.import_size()
+        scale = self.model.pipe.vae_scale_factor
+        return self.unet.config.in_channels, h // scale, w // scale
+
+    def import_size(self) -> tuple[int, int]:
+        """The (height, width) imported images are trained at: the model's sampler default."""
+        d = self.model.sampler_defaults
+        return int(d["height"]), int(d["width"])
+
     @torch.no_grad()
-    def _clean_latent(self, traj: Trajectory | None, image: Image.Image | None) -> torch.Tensor:
+    def clean_sample(self, prompt: str, traj: Trajectory | None, image: Image.Image | None
+                     ) -> tuple[torch.Tensor, Conditioning]:
+        """A Diffusion-DPO sample: (clean latent (C, h, w) float32 on the CPU, its unguided conditioning). A
+        trajectory gives its final latent and stored conditioning; an image is fitted to `import_size`, encoded
+        with the VAE, and conditioned on its original size and crop (SDXL's micro-conditioning)."""
         if traj is not None:
-            return traj.latents[-1].float()  # the latent the image was decoded from
-        arr = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
-        lat = self.vae.encode(arr[None].to(self.model.device, self.vae.dtype)).latent_dist.mean
-        return (lat * self.vae.config.scaling_factor)[0].float().cpu()
+            return traj.latents[-1].float(), self.replay.of_trajectory(traj, guided=False)
+        size = self.import_size()
+        pixels, original, crop = fit_image(image, size)
+        lat = self.vae.encode(pixels[None].to(self.model.device, self.vae.dtype)).latent_dist.mean
+        cond = self.replay.conditioning(prompt, guided=False, size=size, original_size=original, crop_top_left=crop)
+        return (lat * self.vae.config.scaling_factor)[0].float().cpu(), cond
 
     def _diffusion_dpo_batch(self, batch: list[TrainingPair], gen: torch.Generator, shard=_whole):
         cfg, dev = self.config, self.model.device
         full = len(batch)
         batch = shard(batch)
-        zw = torch.stack([self._clean_latent(p.w, p.w_image) for p in batch])
-        zl = torch.stack([self._clean_latent(p.l, p.l_image) for p in batch])
+        samples = [self.clean_sample(p.prompt, getattr(p, side), getattr(p, side + "_image"))
+                   for side in ("w", "l") for p in batch]
+        z = torch.stack([lat for lat, _ in samples])  # (2B, C, h, w): the w samples, then the l samples
+        cond = Conditioning.cat([c for _, c in samples]).to(dev)
         n_train = self.scheduler.config.num_train_timesteps
         t = shard(torch.randint(0, n_train, (full,), generator=gen))
         # the same noise and t for w and l, as in Diffusion-DPO
-        noise = shard(torch.randn((full, *zw.shape[1:]), generator=gen))
-        a = self.abar[t].view(-1, 1, 1, 1)
-        noisy = torch.cat([a.sqrt() * zw + (1 - a).sqrt() * noise, a.sqrt() * zl + (1 - a).sqrt() * noise]).to(dev)
-        tt, target_noise = torch.cat([t, t]).to(dev), torch.cat([noise, noise]).to(dev)
-        cond = self.embed([p.prompt for p in batch] * 2)
+        noise = shard(torch.randn((full, *z.shape[1:]), generator=gen))
+        tt, noise2 = torch.cat([t, t]), torch.cat([noise, noise])
+        a = self.abar[tt].view(-1, 1, 1, 1)
+        noisy = (a.sqrt() * z + (1 - a).sqrt() * noise2).to(dev)
+        target = obj.training_target(z, noise2, self.abar[tt], self.prediction_type).to(dev)
+        tt = tt.to(dev)
 
         def err():
-            pred = self.unet(noisy.to(self.unet.dtype), tt, cond.to(self.unet.dtype)).sample.float()
-            return (pred - target_noise).pow(2).flatten(1).mean(1)
+            pred = self.family.guided_output(self.unet, noisy, tt, cond, 1.0)
+            return (pred - target).pow(2).flatten(1).mean(1)
 
         with torch.no_grad():
             self.unet.disable_adapters()
@@ -267,7 +256,7 @@ class Trainer:
             self.unet.enable_adapters()
         pol = err()
         b = len(batch)
-        k = batch[0].w.num_steps if batch[0].w is not None else 20
+        k = batch[0].w.num_steps if batch[0].w is not None else int(self.model.sampler_defaults["steps"])
         weight = obj.timestep_discount(t, n_train, k, cfg.effective_gamma).to(dev)
         target = torch.tensor([p.target for p in batch], device=dev)
         out = obj.diffusion_dpo_loss(pol[:b], ref[:b], pol[b:], ref[b:], beta=cfg.effective_beta, weight=weight,
@@ -280,6 +269,19 @@ class Trainer:
         kept = [p for p in pairs if not (p.target == 0.5 and self.config.tie_policy == "drop")]
         for p in kept:
             p.validate(needs_trajectory=dense)
+        for p in kept:  # a pair this model cannot score faithfully fails the run before anything is trained
+            for traj in (p.w, p.l):
+                if traj is not None:
+                    self.model.check_trajectory_settings(traj.settings)
+                    if dense:
+                        self.replay.stochastic_steps(traj)
+            for image in (p.w_image, p.l_image) if p.w is None else ():
+                image_size(image)
+        if not dense:  # w and l of a batch share one noise tensor: every sample needs the same latent size
+            sizes = {self.latent_size(p) for p in kept}
+            if len(sizes) > 1:
+                raise PairError(f"the pairs have latents of different sizes {sorted(sizes)}; Diffusion-DPO trains "
+                                "on one image size (sample at one size, or train on the imported pairs alone)")
         finite = [p for p in kept if all(t is None or bool(torch.isfinite(t.latents).all()) for t in (p.w, p.l))]
         if len(finite) < len(kept):  # an fp16 overflow in a stored chain would make every loss NaN: skip it
             log.warning("skipping %d pair(s) whose stored trajectories hold non-finite latents", len(kept) - len(finite))
@@ -288,12 +290,20 @@ class Trainer:
             raise PairError("no usable pairs to train on (ties are dropped with tie_policy='drop')")
         return kept
 
+    def mixed_precision(self) -> str:
+        """accelerate's mixed precision for a run: the config's, or on a GPU the half dtype the base is kept in
+        (autocast around the frozen half-precision base and the float32 LoRA; fp16 also scales the loss so that
+        its gradients do not underflow)."""
+        if self.config.mixed_precision != "no" or self.model.device.type != "cuda":
+            return self.config.mixed_precision
+        return {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(self.unet.dtype, "no")
+
     def train(self, pairs: list[TrainingPair], progress=None) -> TrainResult:
         cfg = self.config
         pairs = self.prepare_pairs(pairs)
         self.fresh_adapter()
         params = self.lora_parameters()
-        accel = Accelerator(mixed_precision=cfg.mixed_precision, cpu=self.model.device.type == "cpu")
+        accel = Accelerator(mixed_precision=self.mixed_precision(), cpu=self.model.device.type == "cpu")
         ranks = Ranks(accel)  # one process: every call below is a no-op
         if cfg.batch_pairs < ranks.count:
             raise ValueError(f"batch_pairs ({cfg.batch_pairs}) must be at least the number of training processes "

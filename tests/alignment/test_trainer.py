@@ -139,7 +139,8 @@ def test_saved_adapter_reproduces_the_trained_unet(labeled_pairs, tmp_path):
     tr = Trainer(load_pipeline(), TrainerConfig(train_steps=4, batch_pairs=4, lr=3e-3))
     result = tr.train(labeled_pairs)
     x, t = torch.randn(2, 4, 16, 16), torch.tensor([500, 200])
-    cond = tr.embed(["a red circle", "a blue square"])
+    cond = torch.cat([tr.replay.conditioning(p, guided=False, size=(32, 32)).embeds
+                      for p in ("a red circle", "a blue square")])
     with torch.no_grad():
         trained = tr.unet(x, t, cond).sample
     (tmp_path / "pytorch_lora_weights.safetensors").write_bytes(result.lora)

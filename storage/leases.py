@@ -171,3 +171,22 @@ class LeaseMixin:
             generation = s.scalar(select(table.c.generation).where(
                 table.c.name == name, table.c.holder == holder, table.c.expires_at > now))
         return None if generation is None else Fence(name, holder, int(generation))
+
+    def take_over_lease(self, name: str, dead_holder: str, holder: str, ttl_s: float) -> bool:
+        """Give lease ``name`` to ``holder`` if ``dead_holder`` still holds it (expired or not): for a caller that
+        knows the holder is dead (e.g. its process is gone from this machine). The hand-over increments the
+        generation, so the dead holder's fence is void. False if someone else holds it by now."""
+        _check_text(name, "name", MAX_LEASE_NAME_CHARS)
+        for who in (dead_holder, holder):
+            _check_text(who, "holder", MAX_LEASE_HOLDER_CHARS)
+        ttl = _check_ttl(ttl_s)
+        table = WorkerLease.__table__
+        with self._write.begin() as s:
+            now = _db_now(s)
+            taken = s.execute(
+                update(table)
+                .where(table.c.name == name, table.c.holder == dead_holder)
+                .values(holder=holder, expires_at=now + ttl, heartbeat=now, acquired_at=now,
+                        generation=table.c.generation + 1)
+            )
+            return taken.rowcount == 1

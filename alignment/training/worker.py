@@ -49,6 +49,22 @@ class LeaseLostError(RuntimeError):
     """The training lease expired or was taken over during a run (another worker may be training now)."""
 
 
+def holder_is_dead(holder: str) -> bool:
+    """True only when `holder` (a lease holder id, "host:pid:object") names a process of this machine that no
+    longer exists. Another machine's holder, or an id of another shape, is never judged dead."""
+    host, _, rest = holder.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
 def to_training_pair(lp, repo) -> TrainingPair:
     """A storage LabeledPair as a trainer TrainingPair (preferred side first)."""
     if lp.choice == "left":
@@ -103,6 +119,7 @@ class Worker:
         self._last_attempt_time = time.monotonic()
         self.lease_holder_id = f"{socket.gethostname()}:{os.getpid()}:{id(self)}"
         self._lease_renewed_at = 0.0
+        self._busy_logged_for: str | None = None  # the lease holder last reported busy (logged once each)
         self._fence = None  # the lease's fencing token while this worker holds it
         self._serving = False
 
@@ -195,9 +212,11 @@ class Worker:
         if not self._run_lock.acquire(blocking=False):
             return None
         try:
-            if not self.repo.acquire_lease(LEASE_NAME, self.lease_holder_id, self.config.lease_ttl_s):
+            if not self._take_lease():
                 held = self.repo.lease_holder(LEASE_NAME)
-                log.info("another worker holds the training lease: %s", held)
+                if held is not None and held[0] != self._busy_logged_for:  # once per holder, not every poll
+                    log.info("another worker holds the training lease: %s", held)
+                    self._busy_logged_for = held[0]
                 return {"status": "busy", "holder": held[0] if held else None}
             self._lease_renewed_at = time.monotonic()
             self._fence = self.repo.fence(LEASE_NAME, self.lease_holder_id)
@@ -311,6 +330,20 @@ class Worker:
         self._lease_renewed_at = now
         if not self.repo.renew_lease(LEASE_NAME, self.lease_holder_id, self.config.lease_ttl_s):
             raise LeaseLostError(f"the training lease expired or was taken over (holder {self.lease_holder_id})")
+
+    def _take_lease(self) -> bool:
+        """The training lease, also from a holder that died on this machine (after a crash or SIGKILL of the
+        studio, its restarted worker need not wait out the dead one's ttl)."""
+        ttl = self.config.lease_ttl_s
+        if self.repo.acquire_lease(LEASE_NAME, self.lease_holder_id, ttl):
+            return True
+        held = self.repo.lease_holder(LEASE_NAME)
+        if held is None or not holder_is_dead(held[0]):
+            return False
+        if self.repo.take_over_lease(LEASE_NAME, held[0], self.lease_holder_id, ttl):
+            log.warning("took the training lease over from %s, whose process is gone", held[0])
+            return True
+        return False
 
     def _release_lease(self) -> None:
         try:

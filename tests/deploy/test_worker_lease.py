@@ -153,3 +153,33 @@ def test_a_holder_killed_with_sigkill_blocks_the_worker_only_until_expiry(repo, 
 def test_lease_ttl_is_validated():
     with pytest.raises(ValueError, match="lease_ttl_s"):
         WorkerConfig(lease_ttl_s=0)
+
+
+def test_a_restarted_worker_takes_over_the_lease_of_a_dead_process_on_this_machine(repo):
+    import socket
+
+    from alignment.training.worker import holder_is_dead
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    dead_holder = f"{socket.gethostname()}:{dead.pid}:1"
+    assert holder_is_dead(dead_holder)
+    assert not holder_is_dead(f"{socket.gethostname()}:{os.getpid()}:1")  # this process: alive
+    assert not holder_is_dead(f"other-host:{dead.pid}:1")  # another machine's holder is never judged dead
+    assert not holder_is_dead("not-a-holder-id")
+    assert repo.acquire_lease(LEASE_NAME, dead_holder, 600)  # killed while holding a long lease
+    stale_fence = repo.fence(LEASE_NAME, dead_holder)
+    worker, calls = make_worker(repo), []
+    worker.run_exclusively(stand_in_run(worker, calls))
+    assert calls, "the run waited for the dead worker's lease instead of taking it over"
+    assert repo.fence(LEASE_NAME, dead_holder) is None
+    assert repo.acquire_lease(LEASE_NAME, "probe", 60)  # released after the run: free again
+    assert repo.fence(LEASE_NAME, "probe").generation == stale_fence.generation + 2  # taken over, then taken
+
+
+def test_a_live_holder_on_another_machine_keeps_the_lease(repo):
+    assert repo.acquire_lease(LEASE_NAME, "other-host:1:1", 600)
+    worker, calls = make_worker(repo), []
+    assert worker.run_exclusively(stand_in_run(worker, calls)) == {"status": "busy", "holder": "other-host:1:1"}
+    assert calls == [] and repo.lease_holder(LEASE_NAME)[0] == "other-host:1:1"
+

@@ -43,6 +43,7 @@ from peft.tuners.lora import LoraLayer
 from peft.tuners.tuners_utils import BaseTunerLayer
 
 from alignment.core.lora_files import LORA_WEIGHT_NAME, AdapterLoadError, lora_rank, materialized
+from alignment.families.base import check_lora_fits
 
 ADAPTER_NAME = "live"
 log = logging.getLogger(__name__)
@@ -119,6 +120,7 @@ class SwapSlot:
                 self._commit()
                 return time.perf_counter() - t0
             with materialized(None if version is None else lora) as (state, source):
+                self._check_fits(state)  # another family's or UNet's LoRA: refused before anything changes
                 self._load_whole(version, lora, state, source)
         return time.perf_counter() - t0
 
@@ -139,6 +141,7 @@ class SwapSlot:
         if version is None:
             raise ValueError("prepare makes an adapter version ready; the base needs no preparing")
         with materialized(lora) as (state, source), self._lock, self._work():
+            self._check_fits(state)
             if self._is_prepared(version, lora):
                 return True
             if not self._hot_swappable(state, fused=True):
@@ -171,6 +174,7 @@ class SwapSlot:
             yield
             return
         with materialized(lora) as (state, source), self._lock, self._work():
+            self._check_fits(state)
             shown = self._side_weights(version, state, source)
             live = [module.base_layer.weight.data for module, _ in self._base_weights] if shown else []
             for (module, _), weight in zip(self._base_weights, shown):
@@ -199,6 +203,12 @@ class SwapSlot:
             self._fuse()
 
     # ---- internals ----------------------------------------------------------------------------------------------
+    def _check_fits(self, state: dict[str, torch.Tensor] | None) -> None:
+        """AdapterLoadError for a LoRA whose layers or sizes are not this UNet's (another model family or shape);
+        diffusers would skip unknown layers with a warning or fail half-way."""
+        if state is not None:
+            check_lora_fits(self.pipe.unet, state)
+
     def _load_whole(self, version, lora, state, source) -> None:
         """The whole swap: hot-swap (or load) A and B, then fuse; the base is a copy of the saved weights."""
         self._prepared = None  # whatever happens below rewrites A and B

@@ -6,10 +6,12 @@ import pytest
 import torch
 
 from alignment.core.limits import PromptError
+from alignment.families.loader import load_pipeline
 from alignment.serving.sampler import Sampler
 from settings import SamplerConfig
 from alignment.core.trajectory import Trajectory
 from alignment.training.trainer import Trainer
+from tests.support.families import edited_copy
 
 
 def test_the_same_call_gives_bit_identical_images_and_trajectories(embedded):
@@ -45,6 +47,9 @@ def test_trajectory_holds_every_latent_once_in_fp16(embedded):
     assert tr.timesteps.shape == (k,) and bool((tr.timesteps[:-1] > tr.timesteps[1:]).all())
     assert tr.prompt == "a green square" and tr.seed == 1 and tr.adapter_version is None
     assert tr.settings["eta"] == s.config.eta and tr.model_id == "embedded"
+    assert tr.settings["guidance_rescale"] == 0.0 and tr.conditioning == {}  # SD: the prompt gives it all back
+    assert {k: tr.settings[k] for k in ("family", "prediction_type", "timestep_spacing")} == {
+        "family": "sd", "prediction_type": "epsilon", "timestep_spacing": embedded.pipe.scheduler.config.timestep_spacing}
     back = Trajectory.from_bytes(tr.to_bytes())
     assert torch.equal(back.latents, tr.latents) and back.settings == tr.settings and back.seed == 1
 
@@ -68,7 +73,8 @@ def test_bad_seeds_are_refused(embedded, seeds):
         Sampler(embedded).generate("a red circle", seeds)
 
 
-@pytest.mark.parametrize("field, value", [("steps", 0), ("eta", 0.0), ("guidance_scale", 0.5), ("height", 30)])
+@pytest.mark.parametrize("field, value", [("steps", 0), ("eta", 0.0), ("guidance_scale", 0.5), ("height", 30),
+                                          ("guidance_rescale", 1.5), ("guidance_rescale", -0.1)])
 def test_bad_sampler_settings_are_refused(field, value):
     with pytest.raises(ValueError, match=field):
         SamplerConfig(**{field: value})
@@ -87,3 +93,15 @@ def test_the_trajectory_carries_the_label_its_caller_gives(embedded):
 def test_unknown_words_and_long_prompts_still_generate(embedded):
     (g,) = Sampler(embedded).generate("a zebra " + "red circle " * 40, [0])
     assert g.image.size == (32, 32)
+
+
+def test_a_chain_the_trainer_could_not_score_is_refused_before_generating(tmp_path):
+    """A zero-terminal-SNR model: its defaults come from the schedule (guidance_rescale 0.7, eta below 1); at eta 1
+    some step counts make diffusers' own first step NaN, and those are refused."""
+    folder = edited_copy("sd2", tmp_path / "zero-snr", rescale_betas_zero_snr=True, timestep_spacing="trailing")
+    sampler = Sampler(load_pipeline(str(folder)))
+    assert sampler.config.guidance_rescale == 0.7 and sampler.config.eta < 1
+    (g,) = sampler.generate("a red circle", [0], SamplerConfig(steps=3, eta=0.9, height=64, width=64))
+    assert g.trajectory.settings["rescale_betas_zero_snr"] and bool(torch.isfinite(g.trajectory.latents).all())
+    with pytest.raises(ValueError, match="use eta < 1"):
+        sampler.generate("a red circle", [0], SamplerConfig(steps=3, eta=1.0, height=64, width=64))

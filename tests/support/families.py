@@ -12,9 +12,10 @@ Each copy uses its family's real component classes and config topology at a size
     sdxl-turbo  sdxl's topology with an Euler-ancestral config with trailing spacing
 
 `tiny_family(kind)` builds a copy once per test session (a process-wide cache in a temporary folder) and returns
-its folder, so tests exercise `from_pretrained`; `build_family(kind, directory)` writes one anywhere. The
-tokenizers are the embedded model's locally learned CLIP BPE (`alignment.embedded.tokenizer`), at CLIP's 77 tokens.
-Weights are random: images are noise, and nothing here measures quality. `RecordedRun` calls a stock pipeline and
+its folder, so tests exercise `from_pretrained`; `build_family(kind, directory)` writes one anywhere, and
+`edited_copy(kind, directory, **changes)` a copy with another scheduler config. The tokenizers are the embedded
+model's locally learned CLIP BPE (`alignment.embedded.tokenizer`), at CLIP's 77 tokens. Weights are random: images
+are noise, and nothing here measures quality. `RecordedRun` calls a stock pipeline and
 records what it fed to `scheduler.step` at every step, the chain's latents and the callback's conditioning tensors:
 the reference a re-evaluation of the chain is compared with.
 """
@@ -22,6 +23,8 @@ the reference a re-evaluation of the chain is compared with.
 from __future__ import annotations
 
 import functools
+import json
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -144,6 +147,16 @@ _BUILDERS = {
     "sdxl-turbo": lambda d: _sdxl(d, scheduler=EulerAncestralDiscreteScheduler(
         **SD_BETAS, timestep_spacing="trailing", steps_offset=1)),
 }
+
+
+def edited_copy(kind: str, directory: str | Path, **scheduler_changes) -> Path:
+    """A copy of the tiny `kind` pipeline in `directory` whose scheduler config has `scheduler_changes` applied
+    (e.g. `timestep_spacing="linspace"`); returns the folder."""
+    directory = Path(directory)
+    shutil.copytree(tiny_family(kind), directory)
+    config = directory / "scheduler" / "scheduler_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), **scheduler_changes}))
+    return directory
 
 
 class RecordedRun:

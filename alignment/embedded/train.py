@@ -165,17 +165,31 @@ def train(cfg: TrainConfig) -> Path:
     unet = build_unet(arch).to(cfg.device)
     unet_ema, text_ema = train_denoiser(unet, text_encoder, tokenizer, mean * scale, std * scale, specs, cfg, gen, rng)
 
-    for module in (vae, text_ema, unet_ema):
-        module.to("cpu", torch.float16)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_ema, tokenizer=tokenizer, unet=unet_ema,
                                    scheduler=sample_scheduler(), safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
-    pipe.save_pretrained(out, safe_serialization=True)
+    save_half_precision(pipe, out)
     write_tokenizer_files(tok_dir)  # keep vocab.json/merges.txt beside tokenizer.json for older transformers
     meta = {"sampler": DEFAULT_SAMPLER, "train_config": asdict(cfg), "arch": asdict(arch),
             "train_seconds": round(time.time() - t0, 1)}
     (out / "studio.json").write_text(json.dumps(meta, indent=2))
     print(f"saved {out} in {meta['train_seconds']} s")
+    return out
+
+
+def save_half_precision(pipe: StableDiffusionPipeline, out: str | Path) -> Path:
+    """Save `pipe` with fp16 weights that plain diffusers loads without a `torch_dtype`, as fp32 on a CPU.
+
+    transformers writes the weights' dtype into the text encoder's config.json, and then loads the encoder in it
+    even when no dtype is asked for (diffusers' UNet and VAE load in fp32 then: a CPU call fails with "mat1 and
+    mat2 must have the same dtype"). The config is written back with float32, the default of every component."""
+    out = Path(out)
+    for module in (pipe.vae, pipe.text_encoder, pipe.unet):
+        module.to("cpu", torch.float16)
+    pipe.save_pretrained(out, safe_serialization=True)
+    config = out / "text_encoder" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "dtype": "float32"}, indent=2, sort_keys=True)
+                      + "\n")
     return out
 
 

@@ -44,7 +44,7 @@ class TrainingPair:
                 raise PairError(f"pair for {self.prompt!r} has trajectories of different shapes or timesteps")
             if self.w.settings != self.l.settings:
                 raise PairError(f"pair for {self.prompt!r} was sampled with different settings")
-        elif self.w_image is None or self.l_image is None:
+        elif not (isinstance(self.w_image, Image.Image) and isinstance(self.l_image, Image.Image)):
             raise PairError(f"pair for {self.prompt!r} has neither trajectories nor images")
         if self.target not in (0.5, 1.0):
             raise PairError(f"target must be 1 (w preferred) or 0.5 (tie), got {self.target}")

@@ -50,7 +50,7 @@ from alignment.families.loader import LoadedModel, load_pipeline
 from alignment.families.replay import Replay
 from alignment.training.distributed import Ranks
 from alignment.training.pairs import PairError, TrainingDivergedError, TrainingPair, TrainResult
-from settings import TrainerConfig
+from settings import DEFAULT_BETA, TrainerConfig
 
 __all__ = ["ADAPTER", "PairError", "Trainer", "TrainingDivergedError", "TrainingPair", "TrainResult"]
 
@@ -137,8 +137,27 @@ class Trainer:
         the gradients of `parts` add up to the loss's (the loss itself, or one term per micro-batch). The random
         draws (step indices, timesteps, noise) come from `generator` for the whole batch, so every process of a
         run draws the same ones."""
-        step = self._diffusion_dpo_batch if self.config.objective == "diffusion-dpo" else self._dense_batch
-        return step(batch, generator, shard)
+        if self.config.objective == "diffusion-dpo":
+            return self._diffusion_dpo_batch(batch, generator, shard)
+        # A dense objective needs trajectories; imported pairs (images only) train with Diffusion-DPO beside them,
+        # each part weighted by its share of the batch.
+        dense = [p for p in batch if p.w is not None]
+        images = [p for p in batch if p.w is None]
+        if not images:
+            return self._dense_batch(batch, generator, shard)
+        beta = DEFAULT_BETA["diffusion-dpo"]
+        if not dense:
+            return self._diffusion_dpo_batch(images, generator, shard, beta=beta)
+        (out_d, parts_d), (out_i, parts_i) = (self._dense_batch(dense, generator, shard),
+                                              self._diffusion_dpo_batch(images, generator, shard, beta=beta))
+        wd, wi = len(dense) / len(batch), len(images) / len(batch)
+        accuracy = torch.stack([out_d.accuracy, out_i.accuracy])
+        weights = torch.tensor([wd, wi], device=accuracy.device)[~accuracy.isnan()]
+        out = obj.DPOOutput(loss=wd * out_d.loss + wi * out_i.loss, margin=torch.cat([out_d.margin, out_i.margin]),
+                            accuracy=(accuracy[~accuracy.isnan()] * weights).sum() / weights.sum()
+                            if len(weights) else accuracy[0],
+                            clipped_fraction=wd * out_d.clipped_fraction)
+        return out, [wd * part for part in parts_d] + [wi * part for part in parts_i]
 
     def _dense_batch(self, batch: list[TrainingPair], gen: torch.Generator, shard=_whole):
         """The loss on `shard(batch)`; the random draws are made for the whole batch (the same on every process)."""
@@ -228,7 +247,8 @@ class Trainer:
         cond = self.replay.conditioning(prompt, guided=False, size=size, original_size=original, crop_top_left=crop)
         return (lat * self.vae.config.scaling_factor)[0].float().cpu(), cond
 
-    def _diffusion_dpo_batch(self, batch: list[TrainingPair], gen: torch.Generator, shard=_whole):
+    def _diffusion_dpo_batch(self, batch: list[TrainingPair], gen: torch.Generator, shard=_whole,
+                             beta: float | None = None):
         cfg, dev = self.config, self.model.device
         full = len(batch)
         batch = shard(batch)
@@ -259,7 +279,7 @@ class Trainer:
         k = batch[0].w.num_steps if batch[0].w is not None else int(self.model.sampler_defaults["steps"])
         weight = obj.timestep_discount(t, n_train, k, cfg.effective_gamma).to(dev)
         target = torch.tensor([p.target for p in batch], device=dev)
-        out = obj.diffusion_dpo_loss(pol[:b], ref[:b], pol[b:], ref[b:], beta=cfg.effective_beta, weight=weight,
+        out = obj.diffusion_dpo_loss(pol[:b], ref[:b], pol[b:], ref[b:], beta=beta or cfg.effective_beta, weight=weight,
                                      target=target)
         return out, [out.loss]
 
@@ -267,8 +287,8 @@ class Trainer:
     def prepare_pairs(self, pairs: list[TrainingPair]) -> list[TrainingPair]:
         dense = self.config.objective != "diffusion-dpo"
         kept = [p for p in pairs if not (p.target == 0.5 and self.config.tie_policy == "drop")]
-        for p in kept:
-            p.validate(needs_trajectory=dense)
+        for p in kept:  # with a dense objective, image-only (imported) pairs train with Diffusion-DPO beside
+            p.validate(needs_trajectory=False)
         for p in kept:  # a pair this model cannot score faithfully fails the run before anything is trained
             for traj in (p.w, p.l):
                 if traj is not None:
@@ -277,8 +297,10 @@ class Trainer:
                         self.replay.stochastic_steps(traj)
             for image in (p.w_image, p.l_image) if p.w is None else ():
                 image_size(image)
-        if not dense:  # w and l of a batch share one noise tensor: every sample needs the same latent size
-            sizes = {self.latent_size(p) for p in kept}
+        # w and l of a Diffusion-DPO batch share one noise tensor: every sample needs the same latent size
+        forward_noised = kept if not dense else [p for p in kept if p.w is None]
+        if forward_noised:
+            sizes = {self.latent_size(p) for p in forward_noised}
             if len(sizes) > 1:
                 raise PairError(f"the pairs have latents of different sizes {sorted(sizes)}; Diffusion-DPO trains "
                                 "on one image size (sample at one size, or train on the imported pairs alone)")

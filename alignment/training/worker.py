@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 
 from PIL import Image
+from safetensors import SafetensorError
 
 from alignment.core.trajectory import Trajectory
 from alignment.families.loader import ModelLoadError
@@ -39,6 +40,7 @@ from alignment.training.scorers import resolve_scorer
 from alignment.training.trainer import Trainer, TrainingPair
 from settings import ModelConfig, SamplerConfig, StoreConfig, TrainerConfig, WorkerConfig
 from settings_cli import CommandLine, Parsed
+from storage import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +81,25 @@ def to_training_pair(lp, repo) -> TrainingPair:
     return TrainingPair(lp.prompt, None, None, target, _image(repo, w.image_hash), _image(repo, l.image_hash))
 
 
-def load_training_pairs(repo, watermark: int, annotators: list[str] | None) -> tuple[list, list[TrainingPair]]:
-    """The labeled pairs whose vote id is at most `watermark` (and the trainer's view of them)."""
-    labeled = [lp for lp in repo.labeled_pairs(annotators=annotators) if lp.vote_id <= watermark]
-    return labeled, [to_training_pair(lp, repo) for lp in labeled]
+def load_training_pairs(repo, watermark: int, annotators: list[str] | None,
+                        quarantined: list[dict] | None = None) -> tuple[list, list[TrainingPair]]:
+    """The labeled pairs whose vote id is at most `watermark` (and the trainer's view of them). A pair whose blob
+    is missing or damaged, or whose trajectory or image cannot be read, is left out, logged, and appended to
+    `quarantined` as `{"pair_id", "reason"}`: one bad file never fails every run."""
+    labeled, pairs = [], []
+    for lp in repo.labeled_pairs(annotators=annotators):
+        if lp.vote_id > watermark:
+            continue
+        try:
+            pair = to_training_pair(lp, repo)
+        except (StorageError, ValueError, OSError, SafetensorError) as e:  # PIL's UnidentifiedImageError is OSError
+            log.warning("pair %d left out of training: %s", lp.pair_id, e)
+            if quarantined is not None:
+                quarantined.append({"pair_id": lp.pair_id, "reason": f"{type(e).__name__}: {e}"[:300]})
+            continue
+        labeled.append(lp)
+        pairs.append(pair)
+    return labeled, pairs
 
 
 def _image(repo, h: str) -> Image.Image:
@@ -243,7 +260,8 @@ class Worker:
         parent = self.repo.live_adapter()
         try:
             annotators = list(self.config.train_annotators) if self.config.train_annotators else None
-            labeled, pairs = load_training_pairs(self.repo, watermark, annotators)
+            quarantined: list[dict] = []
+            labeled, pairs = load_training_pairs(self.repo, watermark, annotators, quarantined)
             trainer = self.trainer()
             trainer.config = cfg
             self.guard(trainer)  # a scorer that cannot be built (e.g. a CLIP model that does not load) fails first
@@ -253,6 +271,8 @@ class Worker:
             lora, report, chosen = self._guarded_choice(trainer, result)
             metrics = {**result.metrics, **report.as_metrics(), **chosen}
             metrics = {k: v for k, v in metrics.items() if v is not None}
+            if quarantined:
+                metrics["quarantined_pairs"] = quarantined
             # passed: live; measured and failed: rejected; not measured: stays a candidate for an admin to judge
             status = "live" if report.passed else "rejected" if report.scored else "candidate"
             if self._fence is None:

@@ -288,8 +288,25 @@ class Repository(AdapterMixin, LeaseMixin):
 
     def last_vote_id(self) -> int:
         """The largest vote id so far (0 if none); ids only grow, so it serves as a training watermark."""
+        return self.watermark()[0]
+
+    def watermark(self, choices: Sequence[str] = PREFERENCE_CHOICES) -> tuple[int, int]:
+        """``(largest vote id, votes (by default preferences) with an id up to it)``, read in one snapshot.
+
+        Ids are handed out when a transaction inserts, not when it commits: on a server database a vote with a
+        smaller id can commit after a larger one was read. Such a vote raises ``votes_through(id)`` above the count
+        taken here, which is how a caller notices it (``votes_since`` alone would never count it)."""
         with self._read.begin() as s:
-            return s.scalar(select(func.max(Vote.id))) or 0
+            last = s.scalar(select(func.max(Vote.id))) or 0
+            through = s.scalar(select(func.count()).select_from(Vote).where(
+                Vote.id <= last, Vote.choice.in_(list(choices)))) or 0
+        return last, through
+
+    def votes_through(self, vote_id: int, choices: Sequence[str] = PREFERENCE_CHOICES) -> int:
+        """How many votes (by default only preferences) have an id up to ``vote_id``."""
+        stmt = select(func.count()).select_from(Vote).where(Vote.id <= vote_id, Vote.choice.in_(list(choices)))
+        with self._read.begin() as s:
+            return s.scalar(stmt) or 0
 
     def counts(self) -> dict:
         """``{"votes", "pairs", "annotators", "per_annotator", "per_day", "per_choice"}``.

@@ -133,6 +133,8 @@ class Worker:
         self._last_error: str | None = None
         self._last_run: dict | None = None
         self._last_attempt_vote_id = self._initial_watermark()
+        # votes up to that id when it was read: a vote that commits later with a smaller id raises the count
+        self._last_attempt_through = self.repo.votes_through(self._last_attempt_vote_id)
         self._last_attempt_time = time.monotonic()
         self.lease_holder_id = f"{socket.gethostname()}:{os.getpid()}:{id(self)}"
         self._lease_renewed_at = 0.0
@@ -202,11 +204,18 @@ class Worker:
         live = self.repo.live_adapter()
         return {"state": self._state, "last_error": self._last_error, "last_run": self._last_run,
                 "progress": self._progress, "live_version": live.version if live else None,
-                "votes_pending": self.repo.votes_since(self._last_attempt_vote_id)}
+                "votes_pending": self.votes_pending()}
 
     # ---- one run ----------------------------------------------------------------------------------------------
+    def votes_pending(self) -> int:
+        """Preference votes not seen by the last run: newer ids, and older ids that committed after it read its
+        watermark (possible on a server database)."""
+        w = self._last_attempt_vote_id
+        late = self.repo.votes_through(w) - self._last_attempt_through
+        return self.repo.votes_since(w) + max(0, late)
+
     def should_train(self) -> bool:
-        pending = self.repo.votes_since(self._last_attempt_vote_id)
+        pending = self.votes_pending()
         total = self.repo.votes_since(0)
         if total < self.config.min_votes:
             return False
@@ -251,8 +260,9 @@ class Worker:
 
     def _run(self) -> dict:
         cfg = self._trainer_config
-        watermark = self.repo.last_vote_id()
-        self._last_attempt_vote_id, self._last_attempt_time = watermark, time.monotonic()
+        watermark, through = self.repo.watermark()
+        self._last_attempt_vote_id, self._last_attempt_through = watermark, through
+        self._last_attempt_time = time.monotonic()
         stale = self.repo.interrupt_running_runs("the worker running it stopped before finishing (its lease expired)")
         if stale:
             log.warning("closed %d training run(s) left 'running' by a worker that died", stale)

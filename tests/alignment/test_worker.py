@@ -228,3 +228,28 @@ def test_worker_cli_passes_gpu_training_settings_and_refuses_bad_ones(tmp_path, 
             main(["--data-dir", str(tmp_path), *argv])
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # refused before touching the data dir
+
+
+def test_a_vote_that_commits_after_a_larger_id_was_read_still_counts_as_pending(tmp_path):
+    """On a server database ids are handed out at insert, not at commit; simulated here by removing vote 2 and
+    writing it back after the worker read its watermark."""
+    from sqlalchemy import text
+
+    from tests.support.studio import stored_votes
+
+    repo = Repository(tmp_path / "data")
+    stored_votes(repo, [("a", "left"), ("b", "right"), ("c", "left")])
+    with repo.engine.begin() as conn:
+        late = conn.execute(text("SELECT pair_id, annotator, choice, created_at FROM vote WHERE id = 2")).one()
+        conn.execute(text("DELETE FROM vote WHERE id = 2"))
+    record = repo.register_adapter(b"v1", parent_version=None, objective="discounted",
+                                   hyperparams={"last_vote_id": 3}, votes_used=2, metrics={})
+    repo.set_adapter_status(record.version, "live")
+    worker = Worker(repo, "embedded", config=WorkerConfig(train_every=1, min_votes=1))
+    assert worker.votes_pending() == 0
+    with repo.engine.begin() as conn:  # the in-flight vote commits now, with the smaller id
+        conn.execute(text("INSERT INTO vote (id, pair_id, annotator, choice, created_at) "
+                          "VALUES (2, :pair_id, :annotator, :choice, :created_at)"), late._asdict())
+    assert repo.votes_since(3) == 0  # what the worker used to look at
+    assert worker.votes_pending() == 1 and worker.should_train()
+    repo.close()

@@ -18,12 +18,13 @@ from alignment.families.base import ConditioningError
 
 
 def image_size(image) -> tuple[int, int]:
-    """(height, width) of a PIL image, or ConditioningError when there is no image or it has no pixels."""
-    size = getattr(image, "size", None)
-    if not isinstance(image, Image.Image) or size is None or min(size) < 1:
-        raise ConditioningError(f"an imported image needs a size of at least 1x1 pixels to be trained on, got "
-                                f"{size if size is not None else type(image).__name__}")
-    width, height = size
+    """(height, width) of a PIL image; ConditioningError when there is no image or it has no pixels."""
+    if not isinstance(image, Image.Image):
+        raise ConditioningError(f"an imported pair has no usable image size: {image!r:.60} is not an image")
+    width, height = image.size
+    if min(width, height) < 1:
+        raise ConditioningError(f"an imported image has no usable size ({width}x{height} pixels): it needs at "
+                                "least 1x1 to be trained on")
     return int(height), int(width)
 
 

@@ -13,7 +13,7 @@ from alignment.families.loader import load_pipeline
 from alignment.families.schedules import check_sampling
 from alignment.serving.live import LiveModel
 from alignment.serving.sampler import Sampler
-from alignment.training.trainer import Trainer, TrainingPair
+from alignment.training.trainer import PairError, Trainer, TrainingPair
 from settings import SamplerConfig, TrainerConfig
 from storage import Repository
 from tests.support.families import edited_copy, tiny_family
@@ -89,9 +89,11 @@ def test_an_import_without_a_usable_image_size_is_refused_before_anything_is_tra
     tr.train([good])
     before = tr.lora_state()
     empty = Image.new("RGB", (0, 64))  # Pillow makes such an image; it has no pixels to encode
-    for bad in (TrainingPair("a red circle", None, None, 1.0, empty, good.l_image),
-                TrainingPair("a red circle", None, None, 1.0, good.w_image, "not an image")):
-        with pytest.raises(ConditioningError, match="at least 1x1 pixels"):
+    for bad, error, words in ((TrainingPair("a red circle", None, None, 1.0, empty, good.l_image),
+                               ConditioningError, r"no usable size \(0x64 pixels\)"),
+                              (TrainingPair("a red circle", None, None, 1.0, good.w_image, "not an image"),
+                               PairError, "neither trajectories nor images")):
+        with pytest.raises(error, match=words):
             tr.train([good, bad])
     after = tr.lora_state()  # the refused runs did not even start a fresh adapter
     assert after.keys() == before.keys() and all(torch.equal(after[k], v) for k, v in before.items())

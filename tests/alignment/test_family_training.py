@@ -149,5 +149,14 @@ def test_a_vote_train_live_round_through_the_studio(kind, tmp_path):
         assert not torch.equal(now.trajectory.latents, base)
         before, after = studio.compare(PROMPTS[0], 11, None, run["version"], annotator="ann")
         assert np.abs(pixels(before) - pixels(after)).max() > 0
+        for i, prompt in enumerate(PROMPTS):  # a second round on the live adapter's pairs, hot-swapped in
+            pair = studio.new_pair(prompt, [20 + 2 * i, 21 + 2 * i], annotator="ann")
+            assert pair.adapter_version == run["version"]
+            studio.vote(pair.id, "right", annotator="ann")
+        second = worker.run_once()
+        assert second["status"] == "live" and second["version"] == run["version"] + 1, second
+        assert studio.live.follow_once() and studio.live.adapter_version == second["version"]
+        assert studio.live.prepared_version is None  # prepared beside generation, then committed
+        assert not torch.equal(studio.live.generate(PROMPTS[0], [11])[0].trajectory.latents, now.trajectory.latents)
     finally:
         studio.close()

@@ -1,12 +1,15 @@
 """Every family end to end on its tiny copy: the sampler's captured chain re-scored by the trainer, a short training
 run, its LoRA in the family's plain diffusers pipeline, and a vote -> train -> live round through the studio."""
 
+import functools
+
 import numpy as np
 import pytest
 import torch
 from diffusers import DDIMScheduler
 
 from alignment.core.lora_files import LORA_WEIGHT_NAME
+from alignment.families.base import Conditioning
 from alignment.families.loader import load_pipeline
 from alignment.serving.sampler import Sampler
 from alignment.serving.swap import SwapSlot
@@ -63,6 +66,32 @@ def test_the_trainer_finds_standard_normal_noise_in_the_samplers_stored_chains(m
     z = torch.cat([trainer.implied_noise(g.trajectory).flatten() for g in gens])
     assert z.numel() >= 32_000
     assert abs(z.mean().item()) < 0.03 and abs(z.std().item() - 1) < 0.02, (z.mean().item(), z.std().item())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("guidance, rescale, negative", [(1.0, 0.0, ""), (5.0, 0.7, "a blurry photo")])
+def test_the_trainer_recomputes_exactly_what_the_samplers_pipeline_fed_to_the_scheduler(models, kind, guidance,
+                                                                                       rescale, negative,
+                                                                                       monkeypatch):
+    model = models[kind]
+    recorded = []
+    step = model.pipe.scheduler.step
+
+    @functools.wraps(step)  # the pipeline passes eta and the generator only to a step whose signature has them
+    def recording_step(model_output, timestep, sample, *args, **kwargs):
+        recorded.append((model_output.clone(), int(timestep), sample.clone()))
+        return step(model_output, timestep, sample, *args, **kwargs)
+
+    monkeypatch.setattr(model.pipe.scheduler, "step", recording_step)
+    cfg = short(model, steps=3, guidance_scale=guidance, guidance_rescale=rescale, negative_prompt=negative)
+    gens = Sampler(model, cfg).generate("a small white circle", [5, 6])
+    trainer = Trainer(model)
+    cond = Conditioning.cat([trainer.replay.of_trajectory(g.trajectory, guided=guidance > 1) for g in gens])
+    assert len(recorded) == 3
+    for model_output, t, sample in recorded:  # the stored conditioning and settings, on the pipeline's own x_k
+        out = trainer.guided_eps(sample, torch.tensor([t, t]), cond, torch.full((2,), guidance),
+                                 torch.full((2,), rescale))
+        torch.testing.assert_close(out, model_output, rtol=1e-5, atol=1e-5)
 
 
 # ------------------------------------------------------------------ a short run, its LoRA in plain diffusers

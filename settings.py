@@ -139,7 +139,8 @@ class SamplerConfig:
 
 @dataclass
 class TrainerConfig:
-    """Objective and optimiser settings. Defaults are tuned for the embedded model (see README, 'Tuning')."""
+    """Objective and optimiser settings. Defaults are tuned for the embedded model (docs/objective.md, "Defaults
+    against the authors'")."""
 
     objective: str = setting("discounted", "discounted: the paper's gamma-weighted dense DPO; trajectory: gamma = 1; "
                                            "diffusion-dpo: forward-noised images (imported pairs)", choices=OBJECTIVES)
@@ -151,8 +152,8 @@ class TrainerConfig:
     steps_per_pair: int = setting(3, "M: step indices sampled per pair and update")
     train_steps: int = setting(120, "optimiser steps per training run")
     batch_pairs: int = setting(8, "pairs per optimiser step (at least the number of training processes)")
-    lr: float = setting(3e-4, "AdamW learning rate (with 120 steps and checkpoints every 10: README, 'What the "
-                              "studio serves')")
+    lr: float = setting(3e-4, "AdamW learning rate (with 120 steps and checkpoints every 10: docs/benchmarks.md, "
+                              "'What the studio serves')")
     weight_decay: float = setting(2e-3, "AdamW weight decay")
     grad_clip: float = setting(1.0, "gradient norm clip")
     lora_rank: int = setting(4, "rank of the LoRA matrices", aliases=("--rank",))
@@ -281,8 +282,8 @@ class WorkerConfig:
 class ServerConfig:
     """How the browser studio is served."""
 
-    host: str = setting("127.0.0.1", "address to listen on; any but loopback makes the studio public (README, "
-                                     "'Sharing and security')")
+    host: str = setting("127.0.0.1", "address to listen on; any but loopback makes the studio public "
+                                     "(docs/security.md)")
     port: int = setting(7860, "port to listen on")
     concurrency: int = setting(8, "events served at once; generation always queues on one slot")
     worker: bool = setting(True, "train in a thread of the app; --no-worker leaves it to `python -m "
@@ -297,7 +298,7 @@ class ServerConfig:
 
 @dataclass
 class SharingConfig:
-    """Who may vote and administer a shared studio, and how often (README, 'Sharing and security')."""
+    """Who may vote and administer a shared studio, and how often (docs/security.md)."""
 
     auth: tuple[str, ...] = setting((), "a password login, repeatable; votes are recorded under USER (STUDIO_AUTH: "
                                         "entries separated by commas)", secret=True, metavar="USER:PASSWORD")

@@ -3,7 +3,7 @@
     python -m app                                   # embedded model, data in ./studio-data, http://127.0.0.1:7860
     python -m app --model org/sd-model --device cuda --data-dir /data --host 0.0.0.0
     python -m app --train-every 4 --objective discounted --gamma 0.9 --train-steps 40
-    python -m app --host 0.0.0.0 --auth-file logins.txt --admins alice   # a shared studio (see README)
+    python -m app --host 0.0.0.0 --auth-file logins.txt --admins alice   # a shared studio (docs/security.md)
 
 Every setting has a flag and a variable (`--train-every`, `STUDIO_TRAIN_EVERY`), both derived from the settings
 dataclasses and listed below; a flag wins over its variable, and both are checked the same way. The training

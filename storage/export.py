@@ -161,7 +161,7 @@ def _open_parquet(path: str | Path) -> pq.ParquetFile:
         return pq.ParquetFile(path)
     except FileNotFoundError:
         raise
-    except (pa.ArrowException, OSError) as exc:
+    except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:  # a damaged footer can hold bad UTF-8
         raise ImportFormatError(f"{path} is not a readable Parquet file: {exc}") from None
 
 

@@ -4,13 +4,13 @@
 
 A data directory gets `--pairs` labeled pairs with real trajectories from the embedded model (the "larger"
 labeler votes), and one adapter is trained and made live first. Then, `--kills` times: a worker process starts a
-run and is killed with SIGKILL after a random delay drawn over the whole length of a measured run (model
-loading, training, the fidelity guard, saving, registering, promoting); the phase it was in is told by the
-delay against the phase boundaries of the measured run (read from that run's log: when the worker was ready,
-how long training took, when the run ended). After every kill the campaign checks: exactly one adapter is live, it is a complete version whose blob
+run and is killed with SIGKILL at a random moment of one of its phases, each phase in turn: loading, training,
+and the guard with saving, registering and promoting. The phases' boundaries come from a measured run's log
+(when the worker was ready, how long training took, when the run ended).
+After every kill the campaign checks: exactly one adapter is live, it is a complete version whose blob
 verifies against its SHA-256 (the one live before, or the one this run finished promoting), no row points at a
 missing blob; and the next worker closes the killed run as `interrupted`. A last run without a kill must
-succeed. The lease TTL is short (`--lease-ttl-s`) so a killed worker blocks the next one only that long.
+succeed. The next worker takes a killed one's lease over at once (its process is gone from this machine).
 
 Prints a table (one row per kill: delay, phase, live version after, blob verified) and the totals; exits 1 when
 any check failed.
@@ -109,12 +109,11 @@ def _run_worker(cmd: list[str], log_path: Path, kill_after_s: float | None, leas
         code = proc.wait(timeout=kill_after_s) if kill_after_s is not None else proc.wait(timeout=1800)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
-        code = proc.wait(timeout=60)
-        time.sleep(lease_ttl_s + 0.5)  # the dead worker's lease runs out
+        code = proc.wait(timeout=60)  # the next worker takes the dead one's lease over (same machine)
     return code, started, time.monotonic() - t0
 
 
-def run(kills: int = 20, pairs: int = 12, train_steps: int = 30, lease_ttl_s: float = 20.0, seed: int = 0,
+def run(kills: int = 20, pairs: int = 12, train_steps: int = 30, lease_ttl_s: float = 120.0, seed: int = 0,
         work_dir: Path | None = None) -> dict:
     rng = random.Random(seed)
     with tempfile.TemporaryDirectory(prefix="worker-kills-") as tmp:
@@ -128,9 +127,11 @@ def run(kills: int = 20, pairs: int = 12, train_steps: int = 30, lease_ttl_s: fl
             raise RuntimeError(f"the first run did not make an adapter live (exit {code}): {first_log[-1500:]}")
         bounds = phase_bounds(first_log, started)
         rows, failures = [], []
+        windows = [(start, end) for start, (end, _) in zip([0.5] + [e for e, _ in bounds[:-1]], bounds[:-1])]
         for i in range(kills):
             before = check_store(data_dir)
-            delay = rng.uniform(0.5, full_s)
+            start, end = windows[i % len(windows)]  # every phase in turn, a random moment within it
+            delay = rng.uniform(start, end)
             code, _, _ = _run_worker(cmd, root / f"kill-{i}.log", delay, lease_ttl_s)
             phase = _phase(delay, bounds)
             after = check_store(data_dir)
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--kills", type=int, default=20)
     p.add_argument("--pairs", type=int, default=12, help="labeled pairs in the data directory")
     p.add_argument("--train-steps", type=int, default=30)
-    p.add_argument("--lease-ttl-s", type=float, default=20.0, help="the workers' lease TTL")
+    p.add_argument("--lease-ttl-s", type=float, default=120.0, help="the workers' lease TTL")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)

@@ -84,10 +84,15 @@ class ModelConfig:
 
     model: str = setting("embedded", "'embedded' (offline, CPU), a hub id like org/name or a local diffusers folder")
     device: str | None = setting(None, "cpu, cuda or cuda:N; unset = a GPU when there is one, else the CPU")
+    dtype: str | None = setting(None, "weights' precision: fp32, fp16 or bf16; unset = bf16 on a GPU that has it, "
+                                      "else fp16, and fp32 on a CPU. bf16 rounds the last, low-noise steps of a "
+                                      "chain more coarsely than fp16 (see docs/models.md)")
 
     def __post_init__(self):
         if not isinstance(self.model, str) or not self.model.strip():
             raise ValueError("model must be 'embedded', a hub id like 'org/name' or a local folder")
+        if self.dtype not in (None, "", "auto", "fp32", "fp16", "bf16"):
+            raise ValueError(f"dtype must be fp32, fp16, bf16 or unset (auto), got {self.dtype!r}")
 
 
 @dataclass

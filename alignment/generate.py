@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         parsed.error(str(e))
     try:
-        model = load_pipeline(where.model, device=where.device)
+        model = load_pipeline(where.model, device=where.device, dtype=where.dtype)
         cfg = SamplerConfig.from_defaults(model.sampler_defaults, **sampling)
         sampler = Sampler(model, cfg)
         if gen.adapter:

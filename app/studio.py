@@ -116,11 +116,12 @@ class Studio:
     def open(cls, config: StudioConfig) -> Studio:
         """Load the model, open (and migrate) the repository, and prepare the worker (not started yet)."""
         trainer_config = config.trainer_config()  # checked with the rest of the config at start-up
-        model = load_pipeline(config.model, device=config.device)
+        model = load_pipeline(config.model, device=config.device, dtype=config.dtype)
         repo = Repository(config.data_dir, config.database_url)
         worker = None
         if config.worker:
-            worker = Worker(repo, model.model_id, trainer_config, config.worker_config(), device=config.device)
+            worker = Worker(repo, model.model_id, trainer_config, config.worker_config(), device=config.device,
+                            dtype=config.dtype)
         return cls(Sampler(model), repo, worker, trainer_config, access=config.access_policy(),
                    limits=config.rate_limits())
 

@@ -225,3 +225,11 @@ def test_every_command_offers_help_for_its_settings(capsys):
 def test_store_paths_are_paths(no_studio_env, tmp_path):
     no_studio_env.setenv("STUDIO_DATA_DIR", str(tmp_path))
     assert worker_args([]).build(StoreConfig).data_dir == Path(tmp_path)
+
+
+def test_the_weights_precision_is_one_setting_checked_at_start():
+    from settings import ModelConfig
+
+    assert ModelConfig(dtype="fp16").dtype == "fp16" and ModelConfig().dtype is None
+    with pytest.raises(ValueError, match="dtype must be fp32, fp16, bf16"):
+        ModelConfig(dtype="fp8")

@@ -109,7 +109,7 @@ def _image(repo, h: str) -> Image.Image:
 
 class Worker:
     def __init__(self, repo, model_id: str = "embedded", trainer_config: TrainerConfig | None = None,
-                 config: WorkerConfig | None = None, device: str | None = None,
+                 config: WorkerConfig | None = None, device: str | None = None, dtype: str | None = None,
                  on_change: Callable[[dict], None] | None = None, trainer: Trainer | None = None,
                  before_train: Callable[[dict], None] | None = None):
         """`before_train(spec)` runs once a run's pairs are loaded, with `{"watermark", "annotators", "config"}`
@@ -119,7 +119,7 @@ class Worker:
         self.model_id = model_id
         self.config = config or WorkerConfig()
         self._trainer_config = trainer_config or TrainerConfig()
-        self._device = device
+        self._device, self._dtype = device, dtype
         self._trainer = trainer
         self._guard: FidelityGuard | None = None
         self.on_change = on_change
@@ -327,7 +327,7 @@ class Worker:
     # ---- parts ------------------------------------------------------------------------------------------------
     def trainer(self) -> Trainer:
         if self._trainer is None:
-            self._trainer = Trainer(self.model_id, self._trainer_config, device=self._device)
+            self._trainer = Trainer(self.model_id, self._trainer_config, device=self._device, dtype=self._dtype)
         return self._trainer
 
     def guard(self, trainer: Trainer) -> FidelityGuard:
@@ -421,7 +421,7 @@ def main(argv: list[str] | None = None) -> None:
     except StorageError as e:  # e.g. an unreachable database URL: one clear line, not a traceback
         raise SystemExit(f"error: {e}") from None
     try:  # loaded before the first run, so a bad --model fails at start and the lease never waits for a load
-        trainer = Trainer(model.model, tcfg, device=device)
+        trainer = Trainer(model.model, tcfg, device=device, dtype=model.dtype)
     except ModelLoadError as e:
         raise SystemExit(f"error: {e}") from None
     if state is not None and not state.is_main_process:

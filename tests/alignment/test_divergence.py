@@ -101,3 +101,33 @@ def test_an_exploding_learning_rate_never_goes_live(repo):
     assert run["status"] in ("failed", "rejected"), run
     assert repo.live_adapter().version == 1
     repo.read_blob(repo.live_adapter().file_hash)
+
+
+def _store_pair(repo, sampler, prompt: str, seeds, poison: bool) -> None:
+    """One voted pair; with `poison`, NaN written into the preferred side's stored trajectory at a random step."""
+    from alignment.eval.simulate import png
+    from storage import NewGeneration
+
+    a, b = sampler.generate_pair(prompt, seeds)
+    if poison:
+        k = random.Random(seeds[0]).randrange(1, a.trajectory.latents.shape[0])
+        a.trajectory.latents[k].view(-1)[0] = float("nan")
+    gens = [NewGeneration(g.seed, g.trajectory.model_id, None, g.trajectory.settings, png(g.image),
+                          g.trajectory.to_bytes()) for g in (a, b)]
+    pair = repo.create_pair(prompt, gens[0], gens[1], served_to="tester")
+    repo.record_vote(pair.id, "tester", "left")
+
+
+def test_non_finite_stored_trajectories_are_left_out_and_all_of_them_fail_the_run(tmp_path, embedded):
+    sampler = Sampler(embedded)
+    with Repository(tmp_path / "some") as repo:  # one poisoned pair among clean ones: left out, the run goes on
+        register_adapter(repo, random_lora(1))
+        for i, prompt in enumerate(PROMPTS[:4]):
+            _store_pair(repo, sampler, prompt, (2 * i, 2 * i + 1), poison=i == 0)
+        run = worker_for(repo).run_once()
+        assert run["status"] != "failed" and run["metrics"]["pairs"] == 3, run
+    with Repository(tmp_path / "all") as repo:  # nothing finite to train on: failed with the reason
+        register_adapter(repo, random_lora(1))
+        for i, prompt in enumerate(PROMPTS[:3]):
+            _store_pair(repo, sampler, prompt, (2 * i, 2 * i + 1), poison=True)
+        assert_failed_and_nothing_changed(repo, worker_for(repo).run_once(), "PairError")

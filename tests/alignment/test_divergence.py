@@ -1,6 +1,7 @@
 """Divergence never goes live: NaN or inf injected into the loss, the gradients, the LoRA weights or the stored
 trajectories, at a random step, and a learning rate that explodes, each end the run as failed with the reason,
-with no adapter registered and the live adapter (and its file) unchanged."""
+with no adapter registered and the live adapter (and its file) unchanged. A pair whose stored trajectory is not
+finite is left out of training; only when no pair is left does the run fail."""
 
 from __future__ import annotations
 

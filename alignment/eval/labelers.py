@@ -9,10 +9,10 @@ with it only with the given probability.
 
 from __future__ import annotations
 
-import importlib
 import random
 from collections.abc import Callable
 
+from alignment.core.plugins import load_callable
 from alignment.embedded.analysis import analyze
 from alignment.embedded.data import parse_caption
 
@@ -100,15 +100,7 @@ def noisy(labeler: Labeler, accuracy: float, seed: int = 0) -> Labeler:
 
 def load_labeler(spec: str) -> Labeler:
     """Import `module:function` (e.g. `alignment.eval.labelers:larger`); a bare name means one of this module's."""
-    module_name, _, attr = spec.rpartition(":")
-    module_name = module_name or __name__
-    try:
-        fn = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as e:
-        raise LabelerError(f"cannot load labeler {spec!r}: {e}") from e
-    if not callable(fn):
-        raise LabelerError(f"labeler {spec!r} is not callable")
-    return fn
+    return load_callable(spec, "labeler", LabelerError, default_module=__name__)
 
 
 def judge(labeler: Labeler, image_a, image_b, prompt: str) -> int | None:

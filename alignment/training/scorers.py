@@ -16,7 +16,6 @@ adapters, samplers or storage.
 
 from __future__ import annotations
 
-import importlib
 import itertools
 import math
 from collections.abc import Callable, Sequence
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from alignment.core.plugins import load_callable
 from settings import FIDELITY_SCORERS
 
 Scorer = Callable[[list, list[str]], float | None]
@@ -131,16 +131,7 @@ class ClipScorer:
 
 def load_scorer(spec: str) -> Scorer:
     """Import a `module:function` scorer `(images, prompts) -> float in [0, 1]`."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise ScorerError(f"a custom fidelity scorer is named module:function, got {spec!r}")
-    try:
-        fn = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as e:
-        raise ScorerError(f"cannot load the fidelity scorer {spec!r}: {e}") from e
-    if not callable(fn):
-        raise ScorerError(f"the fidelity scorer {spec!r} is not callable")
-    return fn
+    return load_callable(spec, "the fidelity scorer", ScorerError)
 
 
 def resolve_scorer(spec: str, *, embedded: bool, clip_model: str | None = None,

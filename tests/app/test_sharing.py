@@ -39,7 +39,7 @@ def shared(swap_studio):
 
 def state_of(studio) -> dict:
     return {"settings": studio.settings(), "live": studio.repo.live_adapter().version,
-            "serving": studio.sampler.adapter_version, "counts": studio.counts(),
+            "serving": studio.live.adapter_version, "counts": studio.counts(),
             "statuses": [(a.version, a.status) for a in studio.repo.list_adapters()],
             "requested": studio.worker.train_requested}
 
@@ -72,12 +72,12 @@ def test_every_admin_endpoint_refuses_non_admins_and_works_for_admins(shared, em
     assert calls["/update_settings"](alice, "")["gamma"] == 0.5 and studio.worker.trainer_config.gamma == 0.5
     assert calls["/train_now"](alice, "") == {"started": True} and studio.worker.train_requested
     assert calls["/make_live"](alice, "") == {"live_adapter_version": v1, "live": f"v{v1}"}
-    assert studio.repo.live_adapter().version == v1 and studio.sampler.adapter_version == v1
-    assert calls["/rollback"](alice, "")["live"] == "base" and studio.sampler.adapter_version is None
+    assert studio.repo.live_adapter().version == v1 and studio.live.adapter_version == v1
+    assert calls["/rollback"](alice, "")["live"] == "base" and studio.live.adapter_version is None
     assert calls["/import_votes"](alice, "") == {"imported": 5} and studio.counts()["votes"] == 10
     # bob with the token is an admin too
     assert bob.predict(f"v{v2}", TOKEN, api_name="/make_live")["live_adapter_version"] == v2
-    assert studio.sampler.adapter_version == v2
+    assert studio.live.adapter_version == v2
 
 
 def test_votes_are_recorded_under_the_login(shared):

@@ -192,7 +192,7 @@ def test_make_live_and_roll_back(swap_studio, embedded):
     v2 = register_adapter(repo, random_lora(2))
     assert swap_studio.rollback(actor=ME) == v1
     assert repo.live_adapter().version == v1 and live.adapter_version == v1
-    assert repo.get_adapter(v2).status == "retired"
+    assert repo.get_adapter(v2).status == "rolled_back"  # a later roll back never returns to it
     assert swap_studio.rollback(actor=ME) is None and live.adapter_version is None
     with pytest.raises(StudioError, match="nothing to roll back"):
         swap_studio.rollback(actor=ME)

@@ -24,6 +24,7 @@ from .models import AB_CHOICES, AB_SIDES, ADAPTER_STATUSES, TRAINING_RUN_STATUSE
 from .leases import Fence, check_fence
 from .prompts import prompt_row_id
 from .records import (
+    SEED_MAX,
     AdapterRecord,
     TrainingRunRecord,
     check_annotator,
@@ -77,7 +78,9 @@ def _rollback_target(s: Session, expected_live: int | None = None) -> int | None
 
 
 def _get_adapter(s: Session, version: object) -> Adapter:
-    row = None if isinstance(version, bool) or not isinstance(version, int) else s.get(Adapter, version)
+    # outside a 64-bit integer no row can match, and the driver would raise instead of finding nothing
+    known = not isinstance(version, bool) and isinstance(version, int) and 0 < version <= SEED_MAX
+    row = s.get(Adapter, version) if known else None
     if row is None:
         raise UnknownAdapterError(f"no adapter version {version!r:.80}")
     return row

@@ -42,6 +42,7 @@ from .models import (
 )
 from .prompts import prompt_row_id
 from .records import (
+    SEED_MAX,
     AdapterRecord,
     GenerationRecord,
     ImportedPair,
@@ -95,6 +96,8 @@ def _vote_record(row: Vote) -> VoteRecord:
 def _check_pair_id(pair_id: object) -> int:
     if isinstance(pair_id, bool) or not isinstance(pair_id, int):
         raise UnknownPairError(f"pair id must be an integer, got {pair_id!r:.80}")
+    if not 0 < pair_id <= SEED_MAX:  # no row has such an id, and the driver would overflow looking for it
+        raise UnknownPairError(f"no pair with id {pair_id}")
     return pair_id
 
 

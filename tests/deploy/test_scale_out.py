@@ -133,7 +133,7 @@ def voted_pairs(repo, embedded, n: int = 6) -> None:
     assert collect_round(Sampler(embedded), repo, larger, prompts[:n], 0, "tester") == n
 
 
-def test_a_worker_killed_mid_run_blocks_another_only_until_its_lease_expires(pg_url, tmp_path, embedded):
+def test_a_worker_killed_mid_run_is_taken_over_by_another_on_its_machine(pg_url, tmp_path, embedded):
     shared = tmp_path / "shared"
     # The lease is renewed from the training steps, so it must outlast loading the model (slow on a busy machine).
     ttl = 20.0
@@ -158,7 +158,6 @@ def test_a_worker_killed_mid_run_blocks_another_only_until_its_lease_expires(pg_
                  timeout=120, what="a lease heartbeat from worker a", procs=workers)
         os.kill(a.pid, signal.SIGKILL)
         a.wait(timeout=30)
-        refused_before = logs["b"].read_text().count(BUSY)
         dead_holder, dead_expiry = repo.lease_holder(LEASE_NAME)
         assert dead_holder == holder  # never released: it only expires
         [killed_run] = repo.list_training_runs()
@@ -171,8 +170,10 @@ def test_a_worker_killed_mid_run_blocks_another_only_until_its_lease_expires(pg_
         stop_all([proc for _, proc in workers])
     [run] = finished
     assert run.id != killed_run.id and run.status in ("succeeded", "rejected")
-    assert run.started_at >= dead_expiry  # worker b could start only once the dead worker's lease had expired
-    assert logs["b"].read_text().count(BUSY) > refused_before  # and it was refused until then
+    # worker b, on the same machine, sees that the holder's process is gone and takes the lease over at once
+    # instead of waiting out its ttl (a holder on another machine is waited for: tests/deploy/test_worker_lease.py)
+    assert run.started_at < dead_expiry
+    assert f"took the training lease over from {holder}" in logs["b"].read_text()
     adapter = repo.get_adapter(run.adapter_version)
     assert adapter.status == ("live" if run.status == "succeeded" else "rejected")
     assert repo.lease_holder(LEASE_NAME) is None  # released at the end of the run

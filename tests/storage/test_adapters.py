@@ -192,3 +192,12 @@ def test_roll_back_refuses_when_the_live_version_changed_meanwhile(repo):
     with pytest.raises(InvalidStatusError, match="changed|not v2"):
         repo.roll_back(2, target, "stale")
     assert repo.live_adapter().version == 3 and repo.get_adapter(2).status == "retired"
+
+
+@pytest.mark.parametrize("version", [0, -1, 2**63, 2**64, -(2**63) - 1])
+def test_a_version_no_64_bit_column_can_hold_is_unknown_not_a_driver_error(repo, version):
+    _register(repo)
+    with pytest.raises(UnknownAdapterError):
+        repo.get_adapter(version)
+    with pytest.raises(UnknownAdapterError):
+        repo.set_adapter_status(version, "live")

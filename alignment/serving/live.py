@@ -50,7 +50,19 @@ class _Answer:
     lora: bytes | None = None
 
 
-class LiveModel:
+class _Pairs:
+    """`generate_pair` for anything with `generate(prompt, seeds, config)`: the two images of one pair."""
+
+    def generate_pair(self, prompt: str, seeds=(0, 1), config: SamplerConfig | None = None
+                      ) -> tuple[Generation, Generation]:
+        seeds = list(seeds)
+        if len(seeds) != 2:
+            raise ValueError(f"a pair needs two seeds, got {len(seeds)}")
+        a, b = self.generate(prompt, seeds, config)
+        return a, b
+
+
+class LiveModel(_Pairs):
     """The sampler at the version storage says is live, for every thread; the follower of storage belongs to it."""
 
     def __init__(self, sampler: Sampler, repo, *, slot: SwapSlot | None = None, interval_s: float = 1.0):
@@ -94,13 +106,6 @@ class LiveModel:
             prompt, seeds, config, adapter_version=self._slot.version))
         return images
 
-    def generate_pair(self, prompt: str, seeds=(0, 1), config: SamplerConfig | None = None
-                      ) -> tuple[Generation, Generation]:
-        seeds = list(seeds)
-        if len(seeds) != 2:
-            raise ValueError(f"a pair needs two seeds, got {len(seeds)}")
-        a, b = self.generate(prompt, seeds, config)
-        return a, b
 
     def at(self, version: int | None) -> PinnedVersion:
         """A view that generates at `version` (None = the base) whatever is live; the adapter is read from storage
@@ -210,7 +215,7 @@ class LiveModel:
             self._stop.wait(delay)
 
 
-class PinnedVersion:
+class PinnedVersion(_Pairs):
     """Images at one adapter version (None = the base) through the live model's lock: `generate` and
     `generate_pair`, as a `Sampler` has them (so evaluation code that takes a sampler takes this too)."""
 
@@ -228,13 +233,6 @@ class PinnedVersion:
     def generate(self, prompt: str, seeds, config: SamplerConfig | None = None) -> list[Generation]:
         return self._live._generate_at(self.version, self._lora, prompt, seeds, config)
 
-    def generate_pair(self, prompt: str, seeds=(0, 1), config: SamplerConfig | None = None
-                      ) -> tuple[Generation, Generation]:
-        seeds = list(seeds)
-        if len(seeds) != 2:
-            raise ValueError(f"a pair needs two seeds, got {len(seeds)}")
-        a, b = self.generate(prompt, seeds, config)
-        return a, b
 
 
 def _label(version: int | None) -> str:

@@ -10,6 +10,7 @@ is used nor how a command line is parsed.
 
 from __future__ import annotations
 
+import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -27,11 +28,38 @@ FIDELITY_SCORERS = ("auto", "drift", "embedded", "clip")  # or "module:function"
 # that lr, a random LoRA that turns every image into noise or mush 1.1: above 0.5 a candidate's image is nearer to
 # "some other picture" than to "the base's picture, changed".
 MAX_DRIFT = 0.5
+# The fidelity guard's two seed sets (docs/guard.md), one image per seed by default: a seed whose shape goes wrong
+# fails every attribute at once, so the effective sample of a fidelity figure is its seeds, not its images. Both
+# ranges sit far from the evaluation seeds (10^6 + 1000 * run seed + j) and from every training pair's seed that the
+# simulation and the benchmarks draw (run seed * 10^5 + i); tests/alignment/test_guard_seeds.py checks it.
+GUARD_SELECTION_SEED_BASE = 1_500_000_000
+GUARD_CONFIRM_SEED_BASE = 1_600_000_000
+GUARD_SEEDS = 64
+
+
+def confirmation_seeds(selection, confirm=None) -> tuple[int, ...]:
+    """The guard's confirmation seeds: `confirm`, or as many seeds as `selection` from GUARD_CONFIRM_SEED_BASE;
+    never empty and never sharing a seed with `selection` (the confirmation is a second, independent test)."""
+    chosen = tuple(int(s) for s in (range(GUARD_CONFIRM_SEED_BASE, GUARD_CONFIRM_SEED_BASE + max(1, len(selection)))
+                                    if confirm is None else confirm))
+    if not chosen or set(chosen) & {int(s) for s in selection}:
+        raise ValueError("fidelity_confirm_seeds must hold at least one seed and none of fidelity_seeds: the "
+                         "confirmation is a second, independent test")
+    return chosen
 
 # Guards of a public studio (bound to another address than loopback, or on a Space); off on localhost.
 PUBLIC_PAIRS_PER_MINUTE = 30  # generated pairs per annotator (compare and blind A/B renders count too)
 PUBLIC_VOTES_PER_MINUTE = 120  # votes per annotator (blind A/B choices count too)
 PUBLIC_MODELS = ("embedded",)  # the models a public studio may load unless allow_models says otherwise
+PUBLIC_ADDRESS_FACTOR = 4  # per client address: this many annotators' worth of pairs and votes (a household, a lab)
+# Anonymous annotator ids (signed by the server) start with one of these; signed-in names never do.
+ANONYMOUS_PREFIXES = ("anon-", "client-")
+TRAIN_VOTERS = ("everyone", "signed-in")
+
+
+def is_anonymous(annotator: str) -> bool:
+    """True for an anonymous annotator id (not a password login or a Hugging Face sign-in)."""
+    return annotator.startswith(ANONYMOUS_PREFIXES)
 
 
 def setting(default=MISSING, help: str = "", *, choices: tuple | None = None, aliases: tuple[str, ...] = (),
@@ -184,6 +212,10 @@ class TrainerConfig:
             raise ValueError(f"unknown objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}")
         if not 0.0 < self.gamma <= 1.0:
             raise ValueError(f"gamma must be in (0, 1], got {self.gamma}")
+        for name in ("gamma", "beta", "log_ratio_clip", "lr", "weight_decay", "grad_clip"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not math.isfinite(value)):
+                raise ValueError(f"{name} must be a finite number, got {value}")
         if self.beta is not None and not self.beta > 0:
             raise ValueError(f"beta must be positive, got {self.beta}")
         if not self.log_ratio_clip > 0:
@@ -231,11 +263,26 @@ class WorkerConfig:
     poll_s: float = setting(1.0, "seconds between the worker's looks at the vote count")
     train_annotators: tuple[str, ...] | None = setting(None, "train only on these annotators' votes (names "
                                                              "separated by commas; unset = everyone's)")
-    fidelity_max_drop: float = setting(0.05, "the fidelity guard rejects a candidate whose prompt fidelity is more "
-                                             "than this below the base's")
-    fidelity_seeds: tuple[int, ...] = setting((1000, 1001, 1002, 1003), "seeds the guard renders each held-out "
-                                                                        "prompt with (16 prompts x 4 = 64 images)")
-    fidelity_prompts: int | None = setting(None, "held-out prompts the fidelity guard renders (unset = all)")
+    train_voters: str | None = setting(None, "whose votes train: everyone, or signed-in (password logins and "
+                                             "Hugging Face sign-ins, no anonymous ids); unset = signed-in on a "
+                                             "public studio where people can sign in, else everyone",
+                                       choices=TRAIN_VOTERS)
+    fidelity_max_drop: float = setting(0.05, "the margin of the fidelity guard: a candidate passes when the lower "
+                                             "confidence bound of its prompt fidelity minus the base's, paired by "
+                                             "seed, stays above minus this")
+    fidelity_seeds: tuple[int, ...] = setting(tuple(range(GUARD_SELECTION_SEED_BASE,
+                                                            GUARD_SELECTION_SEED_BASE + GUARD_SEEDS)),
+                                              "seeds of the guard's selection set: each is one paired unit of the "
+                                              "test against the base (default 64 seeds from 1.5e9)")
+    fidelity_prompts: int | None = setting(1, "held-out prompts the guard renders at each of its seeds, taken in "
+                                              "turn from the prompt list (unset = all prompts at every seed)")
+    fidelity_confirm_seeds: tuple[int, ...] | None = setting(None, "seeds of the confirmation set, disjoint from "
+                                                                   "fidelity_seeds: the chosen checkpoint must pass "
+                                                                   "again there before it goes live (unset = as "
+                                                                   "many seeds as fidelity_seeds, from 1.6e9)")
+    fidelity_alpha: float = setting(0.1, "one-sided error rate of the guard's test: the (1 - alpha) lower "
+                                         "confidence bound of the mean per-seed fidelity difference (candidate - "
+                                         "base) must stay above -fidelity_max_drop")
     fidelity_scorer: str = setting("auto", "prompt-fidelity scorer of the guard: auto (the embedded model's image "
                                            "analysis; CLIP when clip_model is set; else drift alone), drift, "
                                            "embedded, clip, or module:function ((images, prompts) -> float in [0, 1])")
@@ -267,8 +314,13 @@ class WorkerConfig:
             raise ValueError("fidelity_seeds must hold at least one seed")
         if self.fidelity_prompts is not None:
             self.fidelity_prompts = _whole(self.fidelity_prompts, "fidelity_prompts", 1)
+        self.fidelity_confirm_seeds = confirmation_seeds(self.fidelity_seeds, self.fidelity_confirm_seeds)
+        if not 0 < self.fidelity_alpha <= 0.5:
+            raise ValueError(f"fidelity_alpha must be in (0, 0.5], got {self.fidelity_alpha}")
         self.train_annotators = (None if self.train_annotators is None
                                  else names(self.train_annotators, "train_annotators") or None)
+        if self.train_voters is not None and self.train_voters not in TRAIN_VOTERS:
+            raise ValueError(f"train_voters must be one of {', '.join(TRAIN_VOTERS)}, got {self.train_voters!r}")
         module, colon, function = self.fidelity_scorer.partition(":")
         if self.fidelity_scorer not in FIDELITY_SCORERS and not (colon and module and function):
             raise ValueError(f"fidelity_scorer must be one of {', '.join(FIDELITY_SCORERS)} or module:function, "
@@ -316,10 +368,36 @@ class SharingConfig:
     secret: str | None = setting(None, "the key that signs browser-kept annotator ids; studios sharing a database "
                                        "need the same one; unset = one kept in the data dir (app-secret)",
                                  secret=True, metavar="KEY")
+    local_admin: bool = setting(False, "everyone who reaches this studio is an admin, for one person on their own "
+                                       "machine; refused unless the host is a loopback address, and never on a "
+                                       "Space (behind a proxy or tunnel every visitor would be an admin)")
     pairs_per_minute: int | None = setting(None, "generated pairs per annotator per minute; 0 = no limit; unset = "
                                                  f"{PUBLIC_PAIRS_PER_MINUTE} when public, no limit on localhost")
     votes_per_minute: int | None = setting(None, "votes per annotator per minute; 0 = no limit; unset = "
                                                  f"{PUBLIC_VOTES_PER_MINUTE} when public, no limit on localhost")
+    address_pairs_per_minute: int | None = setting(None, "generated pairs per client address per minute, whoever "
+                                                         "signs them; 0 = no limit; unset = "
+                                                         f"{PUBLIC_ADDRESS_FACTOR}x pairs_per_minute")
+    address_votes_per_minute: int | None = setting(None, "votes per client address per minute; 0 = no limit; "
+                                                         f"unset = {PUBLIC_ADDRESS_FACTOR}x votes_per_minute")
+    identities_per_minute: int | None = setting(None, "new anonymous identities one client address may get per "
+                                                      "minute; 0 = no limit; unset = 10 when public")
+    token_failures_per_minute: int = setting(5, "wrong admin tokens one client address may try per minute; each "
+                                                "is logged")
+    queue_size: int = setting(64, "events that may wait in the queue; beyond it a client is told the studio is busy")
+    pending_per_address: int = setting(8, "events one client address may have waiting in the queue; beyond it "
+                                          "it is told the studio is busy (honest clients keep their turn)")
+    max_upload_mb: float = setting(64.0, "largest upload (an import file), in MB; larger ones are refused before "
+                                         "they are read")
+    uploads_per_minute: int = setting(10, "uploads per client address per minute")
+    upload_cache_mb: float = setting(1024.0, "uploads kept on disk at most, in MB; uploads older than an hour are "
+                                             "deleted, and new ones are refused while the cache is full")
+    max_import_rows: int = setting(100_000, "rows an import file may hold")
+    max_import_value_mb: float = setting(16.0, "largest single value (an image) in an import file, in MB")
+    allowed_origins: tuple[str, ...] = setting((), "other web origins (scheme://host[:port]) whose pages may call "
+                                                   "this studio; its own origin always may", metavar="ORIGIN,ORIGIN")
+    forwarded_hops: int | None = setting(None, "reverse proxies in front of the studio whose X-Forwarded-For is "
+                                               "trusted for the client address; unset = 1 on a Space, else 0")
     allow_models: tuple[str, ...] | None = setting(None, "models a public studio may load; unset = only "
                                                          f"{', '.join(PUBLIC_MODELS)} when public, any on localhost",
                                                    metavar="ID,ID")
@@ -329,14 +407,27 @@ class SharingConfig:
         self.auth_file = None if self.auth_file is None else Path(self.auth_file)
         self.admins = names(self.admins, "admins")
         self.allow_models = None if self.allow_models is None else names(self.allow_models, "allow_models")
+        self.allowed_origins = names(self.allowed_origins, "allowed_origins")
+        for origin in self.allowed_origins:
+            scheme, sep, host = origin.partition("://")
+            if scheme not in ("http", "https") or not sep or not host or "/" in host:
+                raise ValueError(f"allowed_origins: {origin!r} is not an origin like https://example.org")
         if self.admin_token is not None and not self.admin_token.strip():
             self.admin_token = None
         if self.secret is not None and not self.secret.strip():
             self.secret = None
-        for name in ("pairs_per_minute", "votes_per_minute"):
+        for name in ("pairs_per_minute", "votes_per_minute", "address_pairs_per_minute", "address_votes_per_minute",
+                     "identities_per_minute", "forwarded_hops"):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or int(value) != value or value < 0):
-                raise ValueError(f"{name} must be a whole number >= 0 (0 = no limit), got {value}")
+            if value is not None:
+                setattr(self, name, _whole(value, name, 0))
+        for name in ("token_failures_per_minute", "queue_size", "pending_per_address", "uploads_per_minute",
+                     "max_import_rows"):
+            setattr(self, name, _whole(getattr(self, name), name, 1))
+        for name in ("max_upload_mb", "upload_cache_mb", "max_import_value_mb"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e7:
+                raise ValueError(f"{name} must be a positive number of MB, got {value}")
 
 
 @dataclass

@@ -38,7 +38,7 @@ from alignment.serving.sampler import Sampler
 from alignment.training.fidelity import FidelityGuard, FidelityReport
 from alignment.training.scorers import resolve_scorer
 from alignment.training.trainer import Trainer, TrainingPair
-from settings import ModelConfig, SamplerConfig, StoreConfig, TrainerConfig, WorkerConfig
+from settings import ModelConfig, SamplerConfig, StoreConfig, TrainerConfig, WorkerConfig, is_anonymous
 from settings_cli import CommandLine, Parsed
 from storage import StorageError
 
@@ -82,13 +82,15 @@ def to_training_pair(lp, repo) -> TrainingPair:
 
 
 def load_training_pairs(repo, watermark: int, annotators: list[str] | None,
-                        quarantined: list[dict] | None = None) -> tuple[list, list[TrainingPair]]:
-    """The labeled pairs whose vote id is at most `watermark` (and the trainer's view of them). A pair whose blob
-    is missing or damaged, or whose trajectory or image cannot be read, is left out, logged, and appended to
-    `quarantined` as `{"pair_id", "reason"}`: one bad file never fails every run."""
+                        quarantined: list[dict] | None = None, *, signed_in_only: bool = False
+                        ) -> tuple[list, list[TrainingPair]]:
+    """The labeled pairs whose vote id is at most `watermark` (and the trainer's view of them); `signed_in_only`
+    leaves out anonymous annotators' votes. A pair whose blob is missing or damaged, or whose trajectory or image
+    cannot be read, is left out, logged, and appended to `quarantined` as `{"pair_id", "reason"}`: one bad file
+    never fails every run."""
     labeled, pairs = [], []
     for lp in repo.labeled_pairs(annotators=annotators):
-        if lp.vote_id > watermark:
+        if lp.vote_id > watermark or (signed_in_only and is_anonymous(lp.annotator)):
             continue
         try:
             pair = to_training_pair(lp, repo)
@@ -271,7 +273,8 @@ class Worker:
         try:
             annotators = list(self.config.train_annotators) if self.config.train_annotators else None
             quarantined: list[dict] = []
-            labeled, pairs = load_training_pairs(self.repo, watermark, annotators, quarantined)
+            labeled, pairs = load_training_pairs(self.repo, watermark, annotators, quarantined,
+                                                 signed_in_only=self.config.train_voters == "signed-in")
             trainer = self.trainer()
             trainer.config = cfg
             self.guard(trainer)  # a scorer that cannot be built (e.g. a CLIP model that does not load) fails first
@@ -279,7 +282,7 @@ class Worker:
                 self.before_train({"watermark": watermark, "annotators": annotators, "config": cfg.to_dict()})
             result = trainer.train(pairs, progress=self.report_progress)
             lora, report, chosen = self._guarded_choice(trainer, result)
-            metrics = {**result.metrics, **report.as_metrics(), **chosen}
+            metrics = {**result.metrics, **chosen}
             metrics = {k: v for k, v in metrics.items() if v is not None}
             if quarantined:
                 metrics["quarantined_pairs"] = quarantined
@@ -310,19 +313,21 @@ class Worker:
         return self._last_run
 
     def _guarded_choice(self, trainer: Trainer, result) -> tuple[bytes, FidelityReport, dict]:
-        """The adapter to register: the final weights if they pass the fidelity guard, else the latest checkpoint of
-        the run that does (early stopping on held-out fidelity); if none passes, the final weights with their own
-        report (rejected, or a candidate when the guard could not measure them)."""
-        final_step, final_state = result.checkpoints[-1]
-        # rendering for the guard takes a while: keep the lease before each check
-        chosen, reports = self.guard(trainer).select(self._guard_sampler(trainer), trainer, result.checkpoints,
-                                                     before_each=self._heartbeat)
-        info = {"checkpoint_step": final_step if chosen is None else chosen,
-                "checkpoints_checked": len(reports), "fidelity_final": reports[0].candidate}
-        if chosen is None:
-            trainer.restore(final_state)
-            return result.lora, reports[0], info
-        return (result.lora if chosen == final_step else trainer.export_lora()), reports[-1], info
+        """The adapter to register: the latest checkpoint of the run (the final weights first) that passes the
+        fidelity guard on its selection seeds and then again on its confirmation seeds (`FidelityGuard.decide`);
+        if none passes the selection, the final weights with their own report (rejected, or a candidate when the
+        guard could not measure them). The metrics' `fidelity_*` figures are the confirmation seeds'; the guard's
+        own figures on the seeds it selected on are `guard_selection_*`."""
+        final_step = result.checkpoints[-1][0]
+        t0 = time.perf_counter()
+        decision = self.guard(trainer).decide(self._guard_sampler(trainer), trainer, result.checkpoints,
+                                              before_each=self._heartbeat)  # renders a while: keep the lease
+        info = {**decision.as_metrics(), "checkpoint_step": final_step if decision.step is None else decision.step,
+                "checkpoints_checked": len(decision.selection), "guard_seconds": round(time.perf_counter() - t0, 1),
+                "guard_selection_fidelity_final": decision.selection[0].candidate}
+        if decision.step is None or decision.step == final_step:
+            return result.lora, decision.verdict, info
+        return trainer.export_lora(), decision.verdict, info
 
     # ---- parts ------------------------------------------------------------------------------------------------
     def trainer(self) -> Trainer:
@@ -337,9 +342,7 @@ class Worker:
             cfg, model = self.config, trainer.model
             scorer = resolve_scorer(cfg.fidelity_scorer, embedded=model.is_embedded, clip_model=cfg.clip_model,
                                     device=str(model.device))
-            self._guard = FidelityGuard(embedded=model.is_embedded, seeds=cfg.fidelity_seeds, scorer=scorer,
-                                        max_drop=cfg.fidelity_max_drop, limit=cfg.fidelity_prompts,
-                                        max_drift=cfg.fidelity_max_drift)
+            self._guard = FidelityGuard.from_config(cfg, embedded=model.is_embedded, scorer=scorer)
         return self._guard
 
     @staticmethod
@@ -426,7 +429,9 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"error: {e}") from None
     if state is not None and not state.is_main_process:
         log.info("training process %d of %d follows the main process", state.process_index, processes)
-        distributed.follow(lambda watermark, annotators: load_training_pairs(repo, watermark, annotators)[1], trainer)
+        signed_in_only = wcfg.train_voters == "signed-in"
+        distributed.follow(lambda watermark, annotators: load_training_pairs(
+            repo, watermark, annotators, signed_in_only=signed_in_only)[1], trainer)
         return
     worker = Worker(repo, trainer.model.model_id, tcfg, wcfg, device=device, trainer=trainer,
                     on_change=lambda run: log.info("run: %s", run),

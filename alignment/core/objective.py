@@ -4,7 +4,8 @@ Pure functions, tensors in and tensors out. This module knows the math of Yang, 
 View on Aligning Text-to-Image Diffusion with Preference" (ICML 2024, arXiv 2402.08265) and of Diffusion-DPO
 (Wallace et al. 2023). The per-step policy, the stochastic DDIM step's Gaussian for every prediction type, is
 ``alignment.core.ddim``; its functions are re-exported here (``ddim_step_mean_std``, ``ddim_step_log_prob``, ...)
-so that ``objective`` is the one import of a trainer. It knows nothing about UNets, scheduler objects, LoRA,
+so that ``objective`` is the one import of a trainer; so are the flow-matching SDE step's of ``alignment.core.flow``
+(``flow_step_mean_std``, ``flow_step_log_prob``), whose log-probabilities the same losses take unchanged. It knows nothing about UNets, scheduler objects, LoRA,
 storage or devices: the caller runs the models, reads the scheduler's numbers (``alphas_cumprod``) and passes
 them in.
 
@@ -67,6 +68,7 @@ from alignment.core.ddim import (
     step_alphas,
     training_target,
 )
+from alignment.core.flow import flow_noise_scale, flow_step_log_prob, flow_step_mean_std, flow_target
 
 __all__ = [
     "DPOOutput",
@@ -82,6 +84,11 @@ __all__ = [
     "gaussian_log_prob",
     "ddim_step_log_prob",
     "implied_noise",
+    # the flow SDE step, from alignment.core.flow
+    "flow_noise_scale",
+    "flow_step_mean_std",
+    "flow_step_log_prob",
+    "flow_target",
     # discounting, losses, statistics
     "step_weights",
     "sample_step_indices",

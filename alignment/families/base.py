@@ -11,6 +11,7 @@ about schedulers' configs, storage or training.
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -97,15 +98,18 @@ class Conditioning:
 
 
 def guided_output(unet, x_t: torch.Tensor, t: torch.Tensor, conditioning: Conditioning,
-                  guidance_scale: float | torch.Tensor, guidance_rescale: float | torch.Tensor = 0.0) -> torch.Tensor:
+                  guidance_scale: float | torch.Tensor, guidance_rescale: float | torch.Tensor = 0.0, *,
+                  call=None) -> torch.Tensor:
     """(B, C, h, w) float32: the tensor the pipeline passes to `scheduler.step` for latents `x_t` at timesteps `t`.
 
     Samples with `guidance_scale > 1` get classifier-free guidance (one UNet call on [negative, positive], then
     `m_u + w (m_c - m_u)` and `guidance_rescale`, as the pipelines do); the others the conditional output alone, as
     the pipelines skip guidance at `w <= 1`. `guidance_scale` and `guidance_rescale` are floats or (B,) tensors;
     `t` is a 0-d or (B,) tensor. The UNet runs in its own dtype; guidance is applied in float32 (the pipelines use
-    the UNet's dtype: the same numbers in fp32, a rounding apart in half precision).
+    the UNet's dtype: the same numbers in fp32, a rounding apart in half precision). `call(model, x, t, embeds,
+    added)` runs the network once (default: a UNet's call; the flow families pass their transformer's).
     """
+    call = call or _unet
     b = len(x_t)
     if len(conditioning) != b:
         raise ConditioningError(f"{len(conditioning)} conditioning rows for {b} latents")
@@ -117,13 +121,13 @@ def guided_output(unet, x_t: torch.Tensor, t: torch.Tensor, conditioning: Condit
         raise ConditioningError("guidance_scale > 1 needs the negative prompt's embeddings (Conditioning."
                                 "negative_embeds)")
     if bool(guided.all()):
-        return _cfg(unet, x_t, t, conditioning, scale, rescale)
+        return _cfg(call, unet, x_t, t, conditioning, scale, rescale)
     if not bool(guided.any()):
-        return _unet(unet, x_t, t, conditioning.embeds, conditioning.added)
+        return call(unet, x_t, t, conditioning.embeds, conditioning.added)
     out = x_t.new_empty(x_t.shape, dtype=torch.float32)
     plain = ~guided
-    out[guided] = _cfg(unet, x_t[guided], t[guided], conditioning[guided], scale[guided], rescale[guided])
-    out[plain] = _unet(unet, x_t[plain], t[plain], conditioning.embeds[plain],
+    out[guided] = _cfg(call, unet, x_t[guided], t[guided], conditioning[guided], scale[guided], rescale[guided])
+    out[plain] = call(unet, x_t[plain], t[plain], conditioning.embeds[plain],
                        {k: v[plain] for k, v in conditioning.added.items()})
     return out
 
@@ -141,9 +145,9 @@ def _unet(unet, x, t, embeds, added) -> torch.Tensor:
     return unet(x.to(dt), t, encoder_hidden_states=embeds.to(dt), added_cond_kwargs=added).sample.float()
 
 
-def _cfg(unet, x, t, c: Conditioning, scale, rescale) -> torch.Tensor:
+def _cfg(call, unet, x, t, c: Conditioning, scale, rescale) -> torch.Tensor:
     added = {k: torch.cat([c.negative_added[k], c.added[k]]) for k in c.added}
-    out = _unet(unet, torch.cat([x, x]), torch.cat([t, t]), torch.cat([c.negative_embeds, c.embeds]), added)
+    out = call(unet, torch.cat([x, x]), torch.cat([t, t]), torch.cat([c.negative_embeds, c.embeds]), added)
     uncond, cond = out.chunk(2)
     return classifier_free_guidance(uncond, cond, scale, rescale)
 
@@ -151,16 +155,15 @@ def _cfg(unet, x, t, c: Conditioning, scale, rescale) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------------------
 # LoRA files against a UNet
 
-_LORA_WEIGHT = re.compile(r"^unet\.(.+)\.(lora\.down|lora\.up|lora_A|lora_B)(?:\.[^.]+)?\.weight$")
-
-
-def check_lora_fits(unet, state: dict[str, torch.Tensor]) -> None:
+def check_lora_fits(unet, state: dict[str, torch.Tensor], prefix: str = "unet") -> None:
     """Raise AdapterLoadError unless every UNet LoRA weight of a diffusers-format state dict names a layer of
     `unet` with matching input and output sizes: a LoRA for another family or another UNet shape is refused before
-    anything is loaded (diffusers would skip unknown layers with a warning, or fail half-way)."""
+    anything is loaded (diffusers would skip unknown layers with a warning, or fail half-way). `prefix`: the
+    network's name in the file's keys (`transformer` for a flow family)."""
     modules = dict(unet.named_modules())
+    pattern = re.compile(rf"^{re.escape(prefix)}\.(.+)\.(lora\.down|lora\.up|lora_A|lora_B)(?:\.[^.]+)?\.weight$")
     for key, value in state.items():
-        match = _LORA_WEIGHT.match(key)
+        match = pattern.match(key)
         if match is None:
             continue  # alphas, DoRA magnitudes and text-encoder parts carry no UNet shape
         path, part = match.groups()
@@ -204,6 +207,35 @@ class Family:
     load_kwargs: dict = {}
     defaults: dict = {}  # steps, guidance_scale, eta of many-step checkpoints of the family
     guided_output = staticmethod(guided_output)
+    flow = False  # True for flow-matching families: an SDE chain over sigmas instead of DDIM over alphas
+
+    def denoiser(self, pipe):
+        """The network the LoRA adapts and the trainer runs (the UNet; a flow family's transformer)."""
+        return pipe.unet
+
+    def call_kwargs(self, config) -> dict:
+        """The pipeline-call arguments of the sampler's settings besides steps, guidance and size."""
+        return {"eta": config.eta, "guidance_rescale": config.guidance_rescale}
+
+    @contextmanager
+    def sampling(self, pipe, generators: list, config):
+        """Around one pipeline call (a flow family lends the scheduler its noise); DDIM takes `generator=`."""
+        yield
+
+    def check_sampling(self, scheduler, steps: int, eta: float) -> torch.Tensor:
+        """(K,) bool: which steps of the chain have a log-density; ValueError when it cannot be scored at all."""
+        from alignment.families.schedules import check_sampling  # schedules imports this module
+        return check_sampling(scheduler, steps, eta)
+
+    def schedule_settings(self, scheduler) -> dict:
+        """The schedule facts a trajectory records (compared before its steps are re-scored)."""
+        from alignment.families.schedules import schedule_settings
+        return schedule_settings(scheduler)
+
+    def lora_bytes(self, state: dict[str, torch.Tensor], metadata: dict) -> bytes:
+        """A trained LoRA (diffusers-format keys without prefix) as the file the family's pipeline loads."""
+        from alignment.core.lora_files import save_lora_bytes
+        return save_lora_bytes(state, metadata=metadata)
 
     def check(self, pipe) -> None:
         """Raise ModelLoadError for a pipeline of this class that the studio cannot sample or train faithfully."""

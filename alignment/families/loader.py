@@ -1,10 +1,11 @@
 """The one model loader: the embedded tiny-shapes model, a hub id, or a local diffusers folder, by family.
 
 Every command goes through `load_pipeline`. It reads `model_index.json`'s `_class_name`, picks the family that
-loads that class (`sd`: `StableDiffusionPipeline`, SD 1.x/2.x; `sdxl`: `StableDiffusionXLPipeline`) and refuses
-any other with a message listing what is supported. The pipeline gets a stochastic DDIM scheduler over the
-checkpoint's own noise schedule (`alignment.families.schedules`, which refuses what the step log-probability cannot
-represent), a device and dtype (fp16/bf16 on a GPU, fp32 on a CPU), and sampler settings that suit the
+loads that class (`sd`: `StableDiffusionPipeline`, SD 1.x/2.x; `sdxl`: `StableDiffusionXLPipeline`; `sd3`:
+`StableDiffusion3Pipeline`, flow matching) and refuses any other with a message listing what is supported. The
+pipeline gets a stochastic DDIM scheduler over the checkpoint's own noise schedule (`alignment.families.schedules`,
+which refuses what the step log-probability cannot represent), or for a flow family the SDE form of its flow
+schedule (`alignment.families.flow`), a device and dtype (fp16/bf16 on a GPU, fp32 on a CPU), and sampler settings that suit the
 checkpoint: its family's, a few-step (turbo-style) model's, or a local folder's `studio.json`. It knows nothing
 about LoRA, storage or the UI.
 """
@@ -20,18 +21,24 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import logging as diffusers_logging
 
-from alignment.families import sd, sdxl
+from alignment.families import flow, sd, sd3, sdxl
 from alignment.families.base import ConditioningError, Family, ModelLoadError
-from alignment.families.schedules import check_sampling, ddim_scheduler, few_step, schedule_settings, \
-    zero_terminal_snr
+from alignment.families.schedules import ddim_scheduler, few_step, zero_terminal_snr
 
-__all__ = ["EMBEDDED_ID", "EMBEDDED_PATH", "FAMILIES", "LoadedModel", "ModelLoadError", "family_of",
+__all__ = ["EMBEDDED_FLOW_ID", "EMBEDDED_ID", "EMBEDDED_PATH", "FAMILIES", "LoadedModel", "ModelLoadError", "family_of",
            "load_pipeline", "pick_device", "pick_dtype", "read_model_index", "resolve", "sampler_defaults"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EMBEDDED_ID = "embedded"
 EMBEDDED_PATH = REPO_ROOT / "models" / "tiny-shapes"
-FAMILIES: tuple[Family, ...] = (sd.FAMILY, sdxl.FAMILY)
+EMBEDDED_FLOW_ID = "embedded-flow"  # the embedded flow-matching (SD3-class) model
+EMBEDDED_FLOW_PATH = REPO_ROOT / "models" / "tiny-flow"
+FAMILIES: tuple[Family, ...] = (sd.FAMILY, sdxl.FAMILY, sd3.FAMILY)
+# Pipelines refused with their own reason (the rest get the list of supported classes)
+REFUSED = {
+    "FluxPipeline": "FLUX is guidance-distilled and packs its latents into 2x2 patches with positional ids; the "
+                    "studio's flow sampler and trainer serve StableDiffusion3Pipeline only",
+}
 
 
 @dataclass
@@ -50,7 +57,7 @@ class LoadedModel:
     @property
     def settings(self) -> dict:
         """What a trajectory of this model records besides the sampler settings: the family and the schedule."""
-        return {"family": self.family.name, **schedule_settings(self.pipe.scheduler)}
+        return {"family": self.family.name, **self.family.schedule_settings(self.pipe.scheduler)}
 
     def check_trajectory_settings(self, recorded: dict) -> None:
         """ConditioningError when a trajectory's recorded family or schedule differs from this model's: its steps
@@ -90,6 +97,8 @@ def resolve(model: str) -> tuple[str | Path, str, bool]:
     """(what from_pretrained gets, the id we record, whether it is a local folder)."""
     if model in (None, "", EMBEDDED_ID):
         return EMBEDDED_PATH, EMBEDDED_ID, True
+    if model == EMBEDDED_FLOW_ID:
+        return EMBEDDED_FLOW_PATH, EMBEDDED_FLOW_ID, True
     path = Path(model).expanduser()
     if path.exists() or model.startswith((".", "/", "~")):
         if not (path / "model_index.json").is_file():
@@ -113,6 +122,8 @@ def read_model_index(source: str | Path, local: bool) -> dict:
 def family_of(index: dict) -> Family:
     """The family that loads `model_index.json`'s `_class_name`, or ModelLoadError naming the supported ones."""
     name = index.get("_class_name")
+    if name in REFUSED:
+        raise ModelLoadError(f"pipelines of class {name!r} are not supported: {REFUSED[name]}")
     for family in FAMILIES:
         if name in family.class_names:
             return family
@@ -128,23 +139,29 @@ def load_pipeline(model: str = EMBEDDED_ID, device: str | None = None, dtype: st
     if model_id == EMBEDDED_ID and not (EMBEDDED_PATH / "model_index.json").is_file():
         raise ModelLoadError(f"the embedded model is missing at {EMBEDDED_PATH}; rebuild it with "
                              "`python -m alignment.embedded.train --out models/tiny-shapes`")
+    if model_id == EMBEDDED_FLOW_ID and not (EMBEDDED_FLOW_PATH / "model_index.json").is_file():
+        raise ModelLoadError(f"the embedded flow model is missing at {EMBEDDED_FLOW_PATH}; build it with "
+                             "`python -m alignment.embedded.flow_train --out models/tiny-flow`")
     diffusers_logging.disable_progress_bar()  # component loading is quick; keep CLIs' output readable
     hint = "" if local else (" The hub may be unreachable from this machine: use --model embedded (the offline "
                              "model shipped with the studio) or a local diffusers folder.")
     try:
-        family = family_of(read_model_index(source, local))
+        index = read_model_index(source, local)
+        family = family_of(index)
+        # components saved as [null, null] (an SD3 folder without T5) stay None, as from_pretrained is told
+        absent = {k: None for k, v in index.items() if isinstance(v, list) and v == [None, None]}
         pipe = family.pipeline_class.from_pretrained(
             source, dtype=dt, local_files_only=local or os.environ.get("HF_HUB_OFFLINE") == "1",
-            **family.load_kwargs)
+            **{**absent, **family.load_kwargs})
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"could not load {model!r}: {e}.{hint}") from e
-    pipe.scheduler = ddim_scheduler(pipe.scheduler)
+    pipe.scheduler = flow.flow_scheduler(pipe.scheduler) if family.flow else ddim_scheduler(pipe.scheduler)
     family.check(pipe)
     pipe.set_progress_bar_config(disable=True)
     pipe.to(dev)
     defaults = sampler_defaults(source, pipe, local, family)
     try:
-        check_sampling(pipe.scheduler, int(defaults["steps"]), float(defaults["eta"]))
+        family.check_sampling(pipe.scheduler, int(defaults["steps"]), float(defaults["eta"]))
     except ValueError as e:
         raise ModelLoadError(f"the default sampler settings of {model!r} cannot be scored: {e}") from e
     return LoadedModel(pipe, model_id, defaults, dev, dt, family)
@@ -153,9 +170,9 @@ def load_pipeline(model: str = EMBEDDED_ID, device: str | None = None, dtype: st
 def sampler_defaults(source, pipe, local: bool, family: Family = sd.FAMILY) -> dict:
     """Steps, guidance, eta, guidance_rescale and image size that go with the model: the family's, a few-step
     model's (trailing spacing: 4 steps, no guidance), then a local folder's `studio.json` on top."""
-    out = family.sampler_defaults(pipe, few_step(pipe.scheduler))
+    out = family.sampler_defaults(pipe, not family.flow and few_step(pipe.scheduler))
     out.setdefault("guidance_rescale", 0.0)
-    if zero_terminal_snr(pipe.scheduler):
+    if not family.flow and zero_terminal_snr(pipe.scheduler):
         # Lin et al. 2023 pair zero terminal SNR with guidance_rescale 0.7; eta = 1 can make diffusers' first step
         # NaN on such schedules (see schedules.check_sampling)
         out.update(guidance_rescale=0.7, eta=min(float(out["eta"]), 0.9))

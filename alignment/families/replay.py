@@ -17,7 +17,6 @@ import torch
 
 from alignment.core.trajectory import Trajectory
 from alignment.families.base import Conditioning
-from alignment.families.schedules import check_sampling
 
 CACHE_ENTRIES = 1024  # conditionings kept (an SDXL one is ~1 MB in fp16, an SD 1.x one ~0.1 MB)
 
@@ -67,10 +66,10 @@ class Replay:
 
     def stochastic_steps(self, traj: Trajectory) -> torch.Tensor:
         """(K,) bool on the CPU: which steps of `traj`'s chain have a log-density; ValueError when the chain
-        cannot be scored at all (see `check_sampling`)."""
+        cannot be scored at all (the family's `check_sampling`)."""
         key = (traj.num_steps, float(traj.settings["eta"]))
         if key not in self._stochastic:
-            self._stochastic[key] = check_sampling(self.model.pipe.scheduler, *key).cpu()
+            self._stochastic[key] = self.model.family.check_sampling(self.model.pipe.scheduler, *key).cpu()
         return self._stochastic[key]
 
 

@@ -8,7 +8,8 @@ family and noise schedule) and the conditioning the prompt alone does not give b
 pooled embeddings and size micro-conditioning). Capture is one `clone()` per step in the pipeline's step-end
 callback; the prompt arguments, the callback's tensors and what is kept of them come from the family, so the
 pipeline call is the one plain diffusers makes. Settings whose chain has no step log-probability are refused
-before anything is generated (`alignment.families.schedules.check_sampling`).
+before anything is generated (the family's `check_sampling`). Flow-matching families (SD3) run the same call with
+the SDE form of their scheduler; the sampler's `eta` is then the SDE's noise level.
 
 Each image gets its own seeded generator: it draws that image's start noise and the noise of every DDIM step.
 The same call (prompt, seeds in the same order, settings, weights) gives bit-identical images and trajectories on
@@ -34,7 +35,6 @@ from PIL import Image
 from alignment.core.limits import validate_prompt, validate_seeds
 from alignment.core.trajectory import Trajectory
 from alignment.families.loader import LoadedModel
-from alignment.families.schedules import check_sampling
 from settings import SamplerConfig
 
 
@@ -80,10 +80,11 @@ class Sampler:
     def _generate(self, prompt: str, seeds: list[int], cfg: SamplerConfig,
                   adapter_version: int | None) -> list[Generation]:
         pipe, dev, fam = self.pipe, self.model.device, self.model.family
-        check_sampling(pipe.scheduler, cfg.steps, cfg.eta)  # a chain the trainer could not score is refused here
+        fam.check_sampling(pipe.scheduler, cfg.steps, cfg.eta)  # a chain the trainer could not score is refused here
         guided = cfg.guidance_scale > 1  # the pipelines skip classifier-free guidance at w <= 1
         n = len(seeds)
-        shape = (pipe.unet.config.in_channels, cfg.height // pipe.vae_scale_factor, cfg.width // pipe.vae_scale_factor)
+        net = fam.denoiser(pipe)
+        shape = (net.config.in_channels, cfg.height // pipe.vae_scale_factor, cfg.width // pipe.vae_scale_factor)
         gens = [torch.Generator(dev).manual_seed(s) for s in seeds]
         x0 = torch.stack([torch.randn(shape, generator=g, device=dev, dtype=torch.float32) for g in gens])
         x0 = x0 * pipe.scheduler.init_noise_sigma
@@ -97,11 +98,12 @@ class Sampler:
                 extras = fam.captured(kwargs, n, guided)
             return kwargs
 
-        out = pipe(**fam.prompt_kwargs([prompt] * n, [cfg.negative_prompt] * n),
-                   height=cfg.height, width=cfg.width, num_inference_steps=cfg.steps,
-                   guidance_scale=cfg.guidance_scale, guidance_rescale=cfg.guidance_rescale, eta=cfg.eta,
-                   generator=gens, latents=x0.to(pipe.unet.dtype), callback_on_step_end=capture,
-                   callback_on_step_end_tensor_inputs=list(fam.callback_tensor_inputs), output_type="pil")
+        with fam.sampling(pipe, gens, cfg):  # a flow family's SDE steps draw from the same generators
+            out = pipe(**fam.prompt_kwargs([prompt] * n, [cfg.negative_prompt] * n), **fam.call_kwargs(cfg),
+                       height=cfg.height, width=cfg.width, num_inference_steps=cfg.steps,
+                       guidance_scale=cfg.guidance_scale, generator=gens, latents=x0.to(net.dtype),
+                       callback_on_step_end=capture,
+                       callback_on_step_end_tensor_inputs=list(fam.callback_tensor_inputs), output_type="pil")
         latents = torch.stack(steps, dim=1).to("cpu", torch.float16)  # (B, K+1, C, h, w)
         timesteps = pipe.scheduler.timesteps.detach().to("cpu", torch.long).clone()
         settings = {**asdict(cfg), **self.model.settings}  # the family and schedule the chain was sampled under

@@ -10,6 +10,9 @@ every run and trains it on all pairs given:
   and the output is read by the scheduler's prediction type, giving log pi_theta(x_{k+1} | x_k, c); the reference
   log pi_ref is the same UNet with the adapter disabled under no_grad (no second UNet). `trajectory` is the same
   with gamma = 1 (the bandit / D3PO-style baseline).
+Flow-matching families (SD3) go through the same code: the step log-probability is the SDE step's of
+`alignment.core.flow` at the sampling noise level (`eta`), over the chain's sigmas, and Diffusion-DPO regresses the
+velocity on `(1 - sigma) z + sigma eps`; the LoRA adapts the transformer.
 - `diffusion-dpo`: Wallace et al.'s loss on forward-noised final latents (or VAE-encoded images for imported pairs
   without trajectories, fitted to the model's size; SDXL is told each image's original size and crop), the
   regression target of the prediction type, optionally weighted by gamma^k of the timestep's reverse-step index.
@@ -42,8 +45,8 @@ from peft.utils import get_peft_model_state_dict
 from PIL import Image
 
 from alignment.core import objective as obj
-from alignment.core.lora_files import save_lora_bytes
 from alignment.core.trajectory import Trajectory
+from alignment.families import flow
 from alignment.families.base import Conditioning
 from alignment.families.images import fit_image, image_size
 from alignment.families.loader import LoadedModel, load_pipeline
@@ -73,15 +76,18 @@ class Trainer:
         self.config = config or TrainerConfig()
         pipe = self.model.pipe
         self.family = self.model.family
-        self.unet, self.vae, self.scheduler = pipe.unet, pipe.vae, pipe.scheduler
+        # the network the LoRA adapts: the UNet, or a flow family's transformer (the name stays `unet`)
+        self.unet, self.vae, self.scheduler = self.family.denoiser(pipe), pipe.vae, pipe.scheduler
         for module in pipe.components.values():
             if isinstance(module, torch.nn.Module):
                 module.requires_grad_(False)
         if self.vae.dtype != torch.float32 and self.vae.config.get("force_upcast", False):
             self.vae.to(torch.float32)  # SD/SDXL VAEs overflow in fp16; encoding imports is rare and small
-        self.prediction_type = self.scheduler.config.prediction_type
-        self.abar = self.scheduler.alphas_cumprod.to(torch.float32)
-        self.final_abar = float(self.scheduler.final_alpha_cumprod)
+        self.flow = self.family.flow  # an SDE chain over flow sigmas, the model predicting a velocity
+        if not self.flow:
+            self.prediction_type = self.scheduler.config.prediction_type
+            self.abar = self.scheduler.alphas_cumprod.to(torch.float32)
+            self.final_abar = float(self.scheduler.final_alpha_cumprod)
         self.replay = Replay(self.model)  # the conditioning and scored steps of stored chains, cached
 
     def fresh_adapter(self) -> None:
@@ -120,12 +126,17 @@ class Trainer:
         n, scale = len(k), float(s["guidance_scale"])
         x, x_next = traj.latents[k].float().to(dev), traj.latents[k + 1].float().to(dev)
         t = traj.timesteps[k].to(dev)
+        if self.flow:
+            t, sigma, sigma_next, guard = (v.to(dev) for v in flow.step_sigmas(self.scheduler, [(traj, k)]))
         cond = self.replay.of_trajectory(traj, guided=scale > 1).repeat_interleave(n)
         guidance = torch.full((n,), scale, device=dev)
         rescale = torch.full((n,), float(s.get("guidance_rescale", 0.0)), device=dev)
         step = self.config.micro_batch or n
         out = torch.cat([self.guided_eps(x[c], t[c], cond[c], guidance[c], rescale[c])
                          for c in (slice(i, i + step) for i in range(0, n, step))])
+        if self.flow:
+            mean, std = obj.flow_step_mean_std(x, out, sigma, sigma_next, float(s["eta"]), sigma_guard=guard)
+            return obj.implied_noise(x_next, mean, std.flatten()).cpu()
         abar_t, abar_prev = obj.step_alphas(self.abar, self.final_abar, t, traj.num_steps)
         mean, std = obj.ddim_step_mean_std(x, out, abar_t, abar_prev, float(s["eta"]),
                                            prediction_type=self.prediction_type)
@@ -172,7 +183,10 @@ class Trainer:
         x_next = torch.cat([tr.latents[k + 1].float() for tr, k in items]).to(dev)
         t = torch.cat([tr.timesteps[k] for tr, k in items])
         steps = torch.tensor([tr.num_steps for tr, _ in items]).repeat_interleave(m)
-        abar_t, abar_prev = (a.to(dev) for a in obj.step_alphas(self.abar, self.final_abar, t, steps))
+        if self.flow:  # the transformer's float timestep, sigma, sigma_next and the sigma = 1 guard of each step
+            t, sigma, sigma_next, guard = (v.to(dev) for v in flow.step_sigmas(self.scheduler, items))
+        else:
+            abar_t, abar_prev = (a.to(dev) for a in obj.step_alphas(self.abar, self.final_abar, t, steps))
 
         def per_step(key: str, default=None) -> torch.Tensor:  # (2*B*M,) one sampling setting of each item
             values = [float(tr.settings.get(key, default)) for tr, _ in items]
@@ -192,6 +206,10 @@ class Trainer:
             e = etas[c]
             for eta in e.unique().tolist():  # usually one value; the objective takes a scalar eta
                 sel = e == eta
+                if self.flow:
+                    logps[sel] = obj.flow_step_log_prob(x_next[c][sel], x[c][sel], out[sel], sigma[c][sel],
+                                                        sigma_next[c][sel], eta, sigma_guard=guard[c][sel])
+                    continue
                 logps[sel] = obj.ddim_step_log_prob(x_next[c][sel], x[c][sel], out[sel], abar_t[c][sel],
                                                     abar_prev[c][sel], eta, prediction_type=self.prediction_type)
             return logps
@@ -261,10 +279,16 @@ class Trainer:
         # the same noise and t for w and l, as in Diffusion-DPO
         noise = shard(torch.randn((full, *z.shape[1:]), generator=gen))
         tt, noise2 = torch.cat([t, t]), torch.cat([noise, noise])
-        a = self.abar[tt].view(-1, 1, 1, 1)
-        noisy = (a.sqrt() * z + (1 - a).sqrt() * noise2).to(dev)
-        target = obj.training_target(z, noise2, self.abar[tt], self.prediction_type).to(dev)
-        tt = tt.to(dev)
+        if self.flow:  # x_sigma = (1 - sigma) z + sigma eps at sigma = (t + 1) / T, regressing the velocity
+            s = ((tt + 1).float() / n_train).view(-1, 1, 1, 1)
+            noisy = ((1 - s) * z + s * noise2).to(dev)
+            target = obj.flow_target(z, noise2).to(dev)
+            tt = (s.flatten() * n_train).to(dev)
+        else:
+            a = self.abar[tt].view(-1, 1, 1, 1)
+            noisy = (a.sqrt() * z + (1 - a).sqrt() * noise2).to(dev)
+            target = obj.training_target(z, noise2, self.abar[tt], self.prediction_type).to(dev)
+            tt = tt.to(dev)
 
         def err():
             pred = self.family.guided_output(self.unet, noisy, tt, cond, 1.0)
@@ -405,7 +429,7 @@ class Trainer:
         state = convert_state_dict_to_diffusers(get_peft_model_state_dict(self.unet, adapter_name=ADAPTER))
         meta = self.unet.peft_config[ADAPTER].to_dict()
         meta["target_modules"] = sorted(meta["target_modules"])
-        return save_lora_bytes(state, metadata=meta)
+        return self.family.lora_bytes(state, meta)  # the family's plain pipeline reads it (SD3: 'transformer.')
 
 
 def _finite(x: torch.Tensor) -> float:

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from alignment.families.tiny import KINDS, LATENT, SD_BETAS, TOKENS, build_family
+from alignment.families.tiny import FLOW_KINDS, KINDS, LATENT, SD_BETAS, TOKENS, build_family
 
-__all__ = ["KINDS", "LATENT", "SD_BETAS", "TOKENS", "RecordedRun", "build_family", "edited_copy", "tiny_family"]
+__all__ = ["FLOW_KINDS", "KINDS", "LATENT", "SD_BETAS", "TOKENS", "RecordedRun", "build_family", "edited_copy", "tiny_family"]
 
 _cache: dict[str, Path] = {}
 _root: tempfile.TemporaryDirectory | None = None

@@ -39,6 +39,12 @@ def smaller(image_a, image_b, prompt: str) -> int | None:
     return _prefer(-analyze(image_a).area, -analyze(image_b).area, tol=0.005)
 
 
+def moderate(image_a, image_b, prompt: str) -> int | None:
+    """Prefers the shape whose area is nearer a medium size, 15 % of the frame (written after the guard's defaults
+    were fixed, so that the guard study has a labeler nothing was tuned on)."""
+    return _prefer(-abs(analyze(image_a).area - 0.15), -abs(analyze(image_b).area - 0.15), tol=0.005)
+
+
 def centered(image_a, image_b, prompt: str) -> int | None:
     """Prefers the shape nearer the centre of the frame."""
     def off(img):

@@ -35,7 +35,7 @@ class FakeTrainer:
 
 def guard_passing(trainer: FakeTrainer, passing_steps: set[int]) -> tuple[FidelityGuard, list]:
     """A guard whose check passes exactly when the restored state is in `passing_steps` (no rendering)."""
-    guard = FidelityGuard(embedded=True, limit=1)
+    guard = FidelityGuard(embedded=True, per_seed=1)
     checked = []
 
     def check(sampler, set_adapter_enabled):
@@ -159,10 +159,11 @@ def test_a_measured_failure_outweighs_a_check_that_could_not_measure():
 
 
 def test_a_module_function_scorer_decides_with_the_drop_rule():
-    scores = iter([0.9, 0.8])  # base, then candidate: 0.1 below the base, more than max_drop
+    scores = iter([0.9, 0.9, 0.8, 0.8])  # base's two seeds, then the candidate's: 0.1 below on each, beyond max_drop
     guard = FidelityGuard(prompts=PROMPTS, seeds=(1, 2), scorer=lambda images, prompts: next(scores), max_drop=0.05)
     report = check(guard, FlatSampler())
     assert not report.passed and report.scored and "fell from 0.900 to 0.800" in report.reason
+    assert report.units == 2 and report.lower_bound == pytest.approx(-0.1)  # no spread: the bound is the mean
     assert load_scorer("tests.support.scorers:constant_scorer")([], []) == 0.8
     for bad in ("tests.support.scorers", "tests.support.scorers:missing", "no_such_module:fn", ":fn"):
         with pytest.raises(ScorerError):
@@ -265,7 +266,8 @@ def test_on_renders_a_noise_adapter_is_rejected_and_a_tiny_lora_passes(trainer_a
     coloured noise, N(0, 0.01^2) barely moves a pixel."""
     trainer, sampler = trainer_and_sampler
     guard = FidelityGuard(embedded=embedded, prompts=["a red circle on a blue background",
-                                                      "a green square on a white background"], seeds=(1000, 1001))
+                                                      "a green square on a white background"], seeds=(1000, 1001),
+                          per_seed=None)
     set_random_lora(trainer, 1.0)
     noise = guard.check(sampler, trainer.set_adapter_enabled)
     assert not noise.passed and noise.scored and noise.drift_ratio > 2 * MAX_DRIFT, noise

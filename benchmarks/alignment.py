@@ -9,10 +9,12 @@
 A *variant* is an objective with optional `TrainerConfig` overrides: `objective[:key=value,...]` (keys: gamma, beta,
 lr, eps, steps, m, ckpt, rank, targets with '+' between module names).
 
-With `--guard`, each point also yields a `VARIANT+guard` point: what the worker would serve. The fidelity guard
-(its own seeds from 1000, `--guard-seeds` per prompt, not the evaluation seeds) checks the run's checkpoints latest
-first (every `ckpt` steps, default 10) and keeps the first within 5 points of the base; that one is evaluated. If
-none passes, the studio keeps serving the base, which scores 0.5 by construction.
+With `--guard`, each point also yields a `VARIANT+guard` point: what the worker would serve. The worker's own
+fidelity guard (`FidelityGuard.from_config(WorkerConfig())`, `--guard-seeds` selection seeds; its prompts and
+seeds are disjoint from the evaluation's, `alignment.eval.splits`) checks the run's checkpoints latest first (every
+`ckpt` steps, default 10), keeps the first that passes and confirms it on its second seed set; that one is
+evaluated. If none passes, the studio keeps serving the base, which scores 0.5 by construction. The guard's own
+figures are recorded as `guard_*`.
 
 Paired design. For each seed one pool of pairs is sampled from the base model with trajectories and images (seeded
 prompts that avoid the held-out attribute combinations) and cached on disk; each labeler judges that same pool once,
@@ -40,8 +42,6 @@ from pathlib import Path
 from alignment.core.objective import paired_win_rate
 from settings import TrainerConfig
 
-EVAL_SEED_BASE = 1_000_000
-GUARD_SEED_BASE = 1000  # the worker's fidelity seeds start here too
 MAX_DROP = 0.05
 GUARDED = "+guard"
 OVERRIDES = {"gamma": ("gamma", float), "beta": ("beta", float), "lr": ("lr", float),
@@ -80,11 +80,12 @@ def sample_pool(sampler, seed: int, n: int) -> list[dict]:
     """n pairs sampled from the base: {prompt, a, b (trajectory bytes), image_a, image_b (PNG bytes)}. Unlabeled,
     so that every labeler judges the same pairs (one sampling per seed, however many labelers)."""
     from alignment.eval.simulate import png as png_bytes, training_prompts
+    from alignment.eval.splits import training_seed0
 
     rng = random.Random(seed)
     pool = []
     for i, prompt in enumerate(training_prompts(rng, n)):
-        a, b = sampler.generate_pair(prompt, (seed * 100_000 + 2 * i, seed * 100_000 + 2 * i + 1))
+        a, b = sampler.generate_pair(prompt, (training_seed0(seed) + 2 * i, training_seed0(seed) + 2 * i + 1))
         pool.append({"prompt": prompt, "a": a.trajectory.to_bytes(), "b": b.trajectory.to_bytes(),
                      "image_a": png_bytes(a.image), "image_b": png_bytes(b.image)})
     return pool
@@ -146,20 +147,25 @@ def judge_eval(labeler, base: list, aligned: list, cases, seeds: list[int]) -> d
 
 def guarded_point(final: dict, guard, sampler, trainer, result, base_images, labeler, cases, seeds) -> dict:
     """The point for what the worker would serve after this run (see `--guard`)."""
-    final_step = result.checkpoints[-1][0]
-    chosen, reports = guard.select(sampler, trainer, result.checkpoints)
-    if chosen is None:  # nothing promoted: the base stays live
+    decision = guard.decide(sampler, trainer, result.checkpoints)
+    served = decision.verdict.passed
+    if not served:  # nothing promoted: the base stays live
         aligned = base_images
-    elif chosen == final_step:
-        aligned = None
+    elif decision.step == result.checkpoints[-1][0]:
+        aligned = None  # the final weights: the point already judged
     else:
-        trainer.unet.enable_adapters()
+        trainer.set_adapter_enabled(True)
         aligned = render_eval(sampler, cases, seeds)
-    trainer.unet.disable_adapters()
+    trainer.set_adapter_enabled(False)
     judged = {} if aligned is None else judge_eval(labeler, base_images, aligned, cases, seeds)
-    return {**final, **judged, "variant": final["variant"] + GUARDED, "checkpoint_step": chosen,
-            "guard_fidelity": [None if rep.candidate is None else round(rep.candidate, 3) for rep in reports],
-            "guard_fidelity_base": reports[0].base, "guard_images": len(guard.prompts) * len(guard.seeds)}
+    return {**final, **judged, "variant": final["variant"] + GUARDED,
+            "checkpoint_step": decision.step if served else None,
+            "guard_selection_fidelity": [None if r.candidate is None else round(r.candidate, 3)
+                                         for r in decision.selection],
+            "guard_selection_fidelity_base": decision.selection[0].base,
+            "guard_confirmation": [decision.confirmation.base, decision.confirmation.candidate,
+                                   decision.confirmation.lower_bound],
+            "guard_images": guard.images_per_check}
 
 
 # ---- the grid ---------------------------------------------------------------------------------------------------
@@ -168,8 +174,10 @@ def point_key(r: dict) -> tuple:
 
 
 def run_grid(args) -> list[dict]:
-    from alignment.embedded.evaluate import held_out_cases
+    from alignment.eval.splits import eval_cases, eval_seeds as eval_seed_set
     from alignment.training.fidelity import FidelityGuard
+    from alignment.training.scorers import embedded_fidelity
+    from settings import GUARD_SELECTION_SEED_BASE, WorkerConfig
     from alignment.eval.labelers import load_labeler
     from alignment.families.loader import load_pipeline
     from alignment.serving.sampler import Sampler
@@ -187,9 +195,10 @@ def run_grid(args) -> list[dict]:
     loaded = load_pipeline(args.model, dtype="fp32")
     trainer = Trainer(loaded)
     sampler = Sampler(loaded, SamplerConfig.from_defaults(loaded.sampler_defaults), fuse=False)
-    cases = held_out_cases(sizes=(None,))[: args.eval_prompts]
-    guard = FidelityGuard(embedded=loaded.is_embedded, max_drop=MAX_DROP,
-                          seeds=range(GUARD_SEED_BASE, GUARD_SEED_BASE + args.guard_seeds))
+    cases = eval_cases()[: args.eval_prompts]
+    seeds_cfg = WorkerConfig(fidelity_seeds=tuple(range(GUARD_SELECTION_SEED_BASE,
+                                                        GUARD_SELECTION_SEED_BASE + args.guard_seeds)))
+    guard = FidelityGuard.from_config(seeds_cfg, embedded=True, scorer=embedded_fidelity)
     base_cache: dict[int, list] = {}
     for lab_name in map(labeler_spec, args.labelers):
         labeler = load_labeler(lab_name)
@@ -199,7 +208,7 @@ def run_grid(args) -> list[dict]:
                     or (args.guard and (lab_name, v.spec + GUARDED, n, seed) not in finished)]
             if not todo:
                 continue
-            eval_seeds = [EVAL_SEED_BASE + seed * 1000 + j for j in range(args.eval_seeds)]
+            eval_seeds = eval_seed_set(seed, args.eval_seeds)
             if getattr(trainer.unet, "peft_config", None):
                 trainer.unet.disable_adapters()  # base images come from the base
             samples = load_or_sample_pool(out / "pools" / f"seed-{seed}.pt", sampler, seed,
@@ -349,15 +358,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--labelers", nargs="+", default=["larger"], help="names in alignment.eval.labelers or module:function")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--pool", type=int, default=256, help="pairs sampled and labeled per (labeler, seed)")
-    p.add_argument("--eval-prompts", type=int, default=16)
-    p.add_argument("--eval-seeds", type=int, default=8)
+    p.add_argument("--eval-prompts", type=int, default=8, help="evaluation prompts (alignment.eval.splits: 8)")
+    p.add_argument("--eval-seeds", type=int, default=32)
     p.add_argument("--model", default="embedded")
     p.add_argument("--out", default="runs/alignment")
     p.add_argument("--report-only", action="store_true", help="only rebuild table.md and the plot")
     p.add_argument("--guard", action="store_true",
                    help="also evaluate what the worker would serve: the latest checkpoint the fidelity guard passes")
-    p.add_argument("--guard-seeds", type=int, default=4,
-                   help="seeds per held-out prompt the guard renders (16 prompts; the worker's default is 4)")
+    p.add_argument("--guard-seeds", type=int, default=64,
+                   help="selection seeds of the guard, one image each (the worker's default is 64)")
     p.add_argument("--pools-only", action="store_true", help="only sample and label the pools (e.g. ahead of time)")
     a = p.parse_args(argv)
     if min(a.labels) < 2:

@@ -11,15 +11,29 @@ def prefers_first(a, b, prompt):
     return 0
 
 
-def test_simulation_runs_end_to_end_with_any_labeler(tmp_path, capsys):
+def test_simulation_runs_end_to_end_with_any_labeler(tmp_path, capsys, monkeypatch):
+    from alignment.eval import simulate
+    from alignment.eval.splits import eval_seeds, guard_prompts
+
+    rendered = []
+    real = simulate.served_figures
+    monkeypatch.setattr(simulate, "served_figures",
+                        lambda live, v, lab, prompts, seeds, fid: rendered.append((prompts, seeds)) or
+                        real(live, v, lab, prompts, seeds, fid))
     out = tmp_path / "sim.json"
     main(["--labeler", "alignment.eval.labelers:larger", "--pairs", "6", "--rounds", "2", "--train-steps", "2",
-          "--eval-prompts", "3", "--eval-seeds", "2", "--data-dir", str(tmp_path / "d"), "--json", str(out)])
+          "--eval-prompts", "3", "--eval-seeds", "2", "--fidelity-seeds", "7,8", "--data-dir", str(tmp_path / "d"),
+          "--json", str(out)])
     result = json.loads(out.read_text())
     for key in ("win_rate", "ci_low", "ci_high", "labels", "train_seconds", "fidelity_base", "fidelity_aligned"):
         assert key in result
     assert result["labels"] == 6 and result["comparisons"] == 6
     assert result["ci_low"] <= result["win_rate"] <= result["ci_high"]
+    # judged on the evaluation set, never on the guard's prompts or seeds; the guard's own figures apart
+    (prompts, seeds), = rendered
+    assert seeds == eval_seeds(0, 2) and not set(prompts) & set(guard_prompts())
+    assert result["adapter_version"] == (result["candidate_version"] if result["promoted"] else None)
+    assert set(result["guard"]) >= {"guard_selection_fidelity_base", "confirmation_fidelity_base"}
     assert "win rate" in capsys.readouterr().out
 
 

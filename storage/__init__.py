@@ -26,6 +26,7 @@ from .errors import (
     LeaseLostError,
     StorageError,
     UnknownAdapterError,
+    PairNotServedError,
     UnknownPairError,
     UnknownTrainingRunError,
 )
@@ -71,6 +72,7 @@ __all__ = [
     "StorageError",
     "TrainingRunRecord",
     "UnknownAdapterError",
+    "PairNotServedError",
     "UnknownPairError",
     "UnknownTrainingRunError",
     "VoteRecord",

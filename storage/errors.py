@@ -20,6 +20,10 @@ class UnknownPairError(StorageError, KeyError):
     """No pair with the given id exists."""
 
 
+class PairNotServedError(StorageError, PermissionError):
+    """A vote on a pair that was shown to someone else (or to nobody); nothing was written."""
+
+
 class UnknownAdapterError(StorageError, KeyError):
     """No adapter with the given version exists."""
 

@@ -20,7 +20,9 @@ Adapter versions in a file name another studio's adapters, so they are kept only
 in the sampler settings. The whole file is checked first (types, nulls, labels, prompt and annotator limits,
 every image decodes with Pillow); any problem raises ``ImportFormatError`` naming the row, and nothing is written.
 Images are then stored (content-addressed) and the rows inserted. The file is read in batches of rows twice, so
-memory holds one batch of images at a time.
+memory holds one batch of images at a time. ``ImportLimits`` caps the file's size, its rows and the size of any one
+value (an image, a caption): the file size, the row count and each column chunk's declared size are checked from
+the footer before anything is decoded, and every decoded value again.
 
     python -m storage.export --data-dir DIR --out FILE.parquet      # export
     python -m storage.export --data-dir DIR --import FILE.parquet   # import into DIR
@@ -38,9 +40,11 @@ import os
 import sys
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
@@ -124,15 +128,35 @@ def _export_batch(repo: Repository, labeled) -> pa.Table:
 # ----- import --------------------------------------------------------------------------------------------
 
 
-def import_parquet(repo: Repository, path: str | Path, *, batch_rows: int = BATCH_ROWS) -> int:
+@dataclass(frozen=True)
+class ImportLimits:
+    """What one import may hold: bytes of the file, rows, and bytes of any one value."""
+
+    max_file_bytes: int = 1 << 40
+    max_rows: int = 10_000_000
+    max_value_bytes: int = 64 << 20
+
+    def __post_init__(self):
+        if min(self.max_file_bytes, self.max_rows, self.max_value_bytes) < 1:
+            raise ValueError("import limits must be positive")
+
+
+def import_parquet(repo: Repository, path: str | Path, *, batch_rows: int = BATCH_ROWS,
+                   limits: ImportLimits = ImportLimits()) -> int:
     """Import a Pick-a-Pic-layout file into ``repo``; returns the number of pairs (= votes) added.
 
-    Raises ImportFormatError, having written no rows, if anything in the file is malformed.
+    Raises ImportFormatError, having written no rows, if anything in the file is malformed or over ``limits``.
     """
     items: list[ImportedPair] = []
+    size = os.stat(path).st_size
+    if size > limits.max_file_bytes:
+        raise ImportFormatError(f"the file is {size / 1e6:.1f} MB, more than the {limits.max_file_bytes / 1e6:.1f} MB "
+                                "an import may be; split it")
     with _open_parquet(path) as parquet:
         _check_schema(parquet.schema_arrow)
+        _check_declared_sizes(parquet, limits)
         for start, batch in _batches(parquet, batch_rows):  # pass 1: validate everything, write nothing
+            _check_values(batch, start, limits)
             for _ in _rows(batch, start, decode_images=True):
                 pass
         for start, batch in _batches(parquet, batch_rows):  # pass 2: store images, collect the rows
@@ -154,6 +178,39 @@ def import_parquet(repo: Repository, path: str | Path, *, batch_rows: int = BATC
                     )
                 )
     return repo.import_pairs(items)
+
+
+def _check_declared_sizes(parquet: pq.ParquetFile, limits: ImportLimits) -> None:
+    """Refuse a file whose footer declares too many rows, or a column chunk larger than its rows' values may be,
+    before any page is decoded (a value that compresses well is small in the file but not in memory)."""
+    meta = parquet.metadata
+    if meta.num_rows > limits.max_rows:
+        raise ImportFormatError(f"the file has {meta.num_rows} rows, more than the {limits.max_rows} an import may "
+                                "have; split it")
+    for g in range(meta.num_row_groups):
+        group = meta.row_group(g)
+        allowed = limits.max_value_bytes * max(1, group.num_rows) + (1 << 20)  # plus page headers and levels
+        for c in range(group.num_columns):
+            chunk = group.column(c)
+            if chunk.total_uncompressed_size > allowed:
+                raise ImportFormatError(
+                    f"column {chunk.path_in_schema!r} of row group {g} decodes to {chunk.total_uncompressed_size / 1e6:.1f}"
+                    f" MB for {group.num_rows} rows: a value may be at most {limits.max_value_bytes / 1e6:.1f} MB")
+
+
+def _check_values(batch: pa.RecordBatch, start: int, limits: ImportLimits) -> None:
+    """Refuse a batch with a text or binary value larger than the limit, naming its row."""
+    for name, column in zip(batch.schema.names, batch.columns):
+        if not (_is_text(column.type) or _is_bytes(column.type)):
+            continue
+        if pa.types.is_struct(column.type):  # an image as {bytes, path}
+            column = pc.struct_field(column, "bytes")
+        lengths = pc.binary_length(column)
+        longest = pc.max(lengths).as_py()
+        if longest is not None and longest > limits.max_value_bytes:
+            row = start + pc.index(lengths, longest).as_py()
+            raise ImportFormatError(f"row {row}: {name} is {longest / 1e6:.1f} MB, more than the "
+                                    f"{limits.max_value_bytes / 1e6:.1f} MB a value may be")
 
 
 def _open_parquet(path: str | Path) -> pq.ParquetFile:

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session, aliased
 from .adapters import AdapterMixin
 from .blobs import BlobStore
 from .db import make_engine, make_sessionmakers, upgrade_to_head
-from .errors import BlobNotFoundError, UnknownAdapterError, UnknownPairError
+from .errors import BlobNotFoundError, PairNotServedError, UnknownAdapterError, UnknownPairError
 from .leases import LeaseMixin
 from .models import (
     AB_CHOICES,
@@ -204,14 +204,24 @@ class Repository(AdapterMixin, LeaseMixin):
 
     # ----- votes -----------------------------------------------------------------------------------------
 
-    def record_vote(self, pair_id: int, annotator: str, choice: str) -> tuple[VoteRecord, bool]:
+    def record_vote(self, pair_id: int, annotator: str, choice: str, *, served_only: bool = False
+                    ) -> tuple[VoteRecord, bool]:
         """Store and commit a vote; returns ``(vote, True)``, or ``(first vote, False)`` if this annotator had
-        already voted on this pair (whatever the new choice). Safe across threads and processes."""
+        already voted on this pair (whatever the new choice). With ``served_only`` the pair must have been served
+        to ``annotator`` (``PairNotServedError`` otherwise), checked in the same transaction. Safe across threads
+        and processes."""
         _check_pair_id(pair_id)
         check_annotator(annotator)
         check_choice(choice, VOTE_CHOICES)
         try:
             with self._write.begin() as s:
+                if served_only:
+                    row = s.execute(select(Pair.served_to).where(Pair.id == pair_id)).first()
+                    if row is None:
+                        raise UnknownPairError(f"no pair with id {pair_id}")
+                    if row.served_to != annotator:  # None too: a pair made by a script or imported
+                        raise PairNotServedError(f"pair {pair_id} was not shown to you: vote on the pairs you "
+                                                 "are shown")
                 existing = self._find_vote(s, pair_id, annotator)
                 if existing is not None:
                     return existing, False
@@ -331,34 +341,47 @@ class Repository(AdapterMixin, LeaseMixin):
             "per_choice": {c: per_choice.get(c, 0) for c in VOTE_CHOICES},
         }
 
-    def annotator_stats(self) -> dict:
+    def annotator_stats(self, top_couples: int = 20) -> dict:
         """Votes per annotator and choice, and how often annotators agree where they judged the same pair.
 
         ``{"annotators": [{"annotator", "votes", "per_choice", "shared_pairs", "comparisons", "agreements"}],
         "pairs": [{"annotator_a", "annotator_b", "shared_pairs", "agreements"}]}``, both sorted by name. Two votes
         on one pair agree when their choices are equal; ``skip`` says nothing, so skipped votes are not compared.
         ``shared_pairs`` counts pairs that someone else judged too, ``comparisons`` the (vote, other vote) couples
-        on them. Computed with GROUP BY in the database, without loading the votes.
+        on them. Computed with GROUP BY in the database, without loading the votes, and without joining the votes
+        of a pair with each other: each vote is joined to its pair's counts per choice, so k votes on one pair cost
+        k rows, not k^2. ``pairs`` (agreement per couple of annotators) covers the ``top_couples`` annotators with
+        the most votes, so that it stays a table a person can read, and its cost bounded.
         """
-        mine, other = aliased(Vote), aliased(Vote)
-        agreed = func.sum(case((mine.choice == other.choice, 1), else_=0))
-        judged = and_(mine.choice != "skip", other.choice != "skip")
+        judged = Vote.choice != "skip"
+        per_choice_n = (select(Vote.pair_id, Vote.choice, func.count().label("n")).where(judged)
+                        .group_by(Vote.pair_id, Vote.choice).subquery())
+        per_pair_n = select(Vote.pair_id, func.count().label("n")).where(judged).group_by(Vote.pair_id).subquery()
+        shared_pair = per_pair_n.c.n > 1
         per_annotator = (
-            select(mine.annotator, func.count(func.distinct(mine.pair_id)), func.count(), agreed)
-            .join(other, and_(other.pair_id == mine.pair_id, other.annotator != mine.annotator))
+            select(Vote.annotator, func.sum(case((shared_pair, 1), else_=0)), func.sum(per_pair_n.c.n - 1),
+                   func.sum(per_choice_n.c.n - 1))
+            .join(per_pair_n, per_pair_n.c.pair_id == Vote.pair_id)
+            .join(per_choice_n, and_(per_choice_n.c.pair_id == Vote.pair_id, per_choice_n.c.choice == Vote.choice))
             .where(judged)
-            .group_by(mine.annotator)
+            .group_by(Vote.annotator)
         )
+        busiest = (select(Vote.annotator).group_by(Vote.annotator)
+                   .order_by(func.count().desc(), Vote.annotator).limit(top_couples))
+        mine, other = aliased(Vote), aliased(Vote)
         per_couple = (
-            select(mine.annotator, other.annotator, func.count(), agreed)
+            select(mine.annotator, other.annotator, func.count(), func.sum(case((mine.choice == other.choice, 1),
+                                                                                 else_=0)))
             .join(other, and_(other.pair_id == mine.pair_id, other.annotator > mine.annotator))
-            .where(judged)
+            .where(mine.choice != "skip", other.choice != "skip", mine.annotator.in_(busiest),
+                   other.annotator.in_(busiest))
             .group_by(mine.annotator, other.annotator)
             .order_by(mine.annotator, other.annotator)
         )
         with self._read.begin() as s:
             choices = s.execute(select(Vote.annotator, Vote.choice, func.count()).group_by(Vote.annotator, Vote.choice))
-            shared = {a: (int(n_pairs), int(n), int(agree or 0)) for a, n_pairs, n, agree in s.execute(per_annotator)}
+            shared = {a: (int(n_pairs or 0), int(n or 0), int(agree or 0))
+                      for a, n_pairs, n, agree in s.execute(per_annotator)}
             couples = [
                 {"annotator_a": a, "annotator_b": b, "shared_pairs": int(n), "agreements": int(agree or 0)}
                 for a, b, n, agree in s.execute(per_couple)

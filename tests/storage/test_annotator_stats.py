@@ -58,3 +58,23 @@ def test_every_query_aggregates_in_the_database(repo, make_pair):
     assert len(selects) == 3 and all("GROUP BY" in st for st in selects), selects
     assert [r["votes"] for r in stats["annotators"]] == [12, 12]
     assert stats["pairs"] == [{"annotator_a": "alice", "annotator_b": "bob", "shared_pairs": 12, "agreements": 8}]
+
+
+def test_400_votes_on_one_pair_cost_rows_in_proportion_not_squared(repo, make_pair):
+    """k votes on one pair: per-annotator agreement from the pair's counts per choice (checked against the
+    definition, vote by vote), and the couples table limited to the busiest annotators."""
+    pair = make_pair()
+    choices = ["left", "right", "tie", "skip"]
+    votes = {f"annotator-{i:03d}": choices[(i * 7) % 4] for i in range(400)}
+    for annotator, choice in votes.items():
+        repo.record_vote(pair.id, annotator, choice)
+    stats = repo.annotator_stats(top_couples=20)
+    judged = [c for c in votes.values() if c != "skip"]
+    for row in stats["annotators"]:
+        mine = votes[row["annotator"]]
+        if mine == "skip":
+            assert (row["comparisons"], row["agreements"], row["shared_pairs"]) == (0, 0, 0)
+        else:
+            assert row["comparisons"] == len(judged) - 1 and row["shared_pairs"] == 1
+            assert row["agreements"] == judged.count(mine) - 1
+    assert len(stats["annotators"]) == 400 and len(stats["pairs"]) <= 20 * 19 // 2

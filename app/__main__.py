@@ -42,7 +42,20 @@ def parse_args(argv: list[str] | None = None) -> StudioConfig:
             parse_auth_entry(entry, parsed.sources["auth"])
     except ValueError as e:
         parsed.error(str(e))
-    return parsed.build(StudioConfig, on_spaces=bool(os.environ.get("SPACE_ID")))
+    return parsed.build(StudioConfig, on_spaces=on_a_space(os.environ))
+
+
+def on_a_space(environ) -> bool:
+    """True on a real Hugging Face Space. Gradio runs the real OAuth only where SYSTEM=spaces; elsewhere its sign-in
+    routes are mocked (anyone could sign in as anyone), so SPACE_ID alone turns the sign-in off, and says so."""
+    if not environ.get("SPACE_ID"):
+        return False
+    if environ.get("SYSTEM") != "spaces":
+        logging.getLogger("app").warning(
+            "SPACE_ID is set but SYSTEM is not 'spaces': this is not a Hugging Face Space, so the Hugging Face "
+            "sign-in is off (Gradio would only mock it here); use --auth or --admin-token instead")
+        return False
+    return True
 
 
 def browser_secret(data_dir: Path, secret: str | None = None) -> str:
@@ -106,9 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("app").info("%s; rate limits per annotator: %s pairs/min, %s votes/min; %d password logins",
                                   studio.access.describe(), studio.limits.pairs.limit or "no limit",
                                   studio.limits.votes.limit or "no limit", len(config.logins))
+    if not studio.access.everyone_admin and not studio.access.admins and studio.access.admin_token is None:
+        logging.getLogger("app").info("no admin: %s", studio.access.how_to_unlock())
     try:
         launch(demo, studio, host=config.host, port=config.port, concurrency=config.concurrency,
-               auth=list(config.logins) or None)
+               auth=list(config.logins) or None, queue_size=config.queue_size, guard=config.guard_policy())
     finally:
         studio.close()
     return 0

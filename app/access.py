@@ -6,9 +6,10 @@ controls and a message). The rules:
 - An `Actor` is whoever the server says is acting: a name from Gradio's password login or the Spaces sign-in
   (`authenticated`), or an anonymous id. A client never names itself; an admin token is the one thing it may bring.
 - Admins are the `--admins` names (signed-in names only: an anonymous id is never one) and whoever shows the
-  `--admin-token`. With neither configured, a studio bound to a loopback address treats everyone as admin (one
-  person on their own machine); a public one (another address, or a Space) has no admin until one is configured.
-- Rate limits count events per annotator in a sliding window, in this process.
+  `--admin-token` (compared in constant time; wrong tokens are logged and throttled per client address). Nobody
+  else, whatever their address: "everyone is an admin" only with `--local-admin`, which a public studio refuses.
+- Rate limits count events per annotator and per client address in a sliding window, in this process. The client
+  address is the peer's, or the one `forwarded_hops` trusted proxies put in X-Forwarded-For.
 
 This module knows no Gradio, no model and no database.
 """
@@ -57,6 +58,7 @@ class Actor:
     name: str
     authenticated: bool = False
     token: str | None = None
+    address: str | None = None  # the client address, where the request had one
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,8 @@ class AccessPolicy:
     admin_token: str | None = None
     public: bool = False
     on_spaces: bool = False
+    local_admin: bool = False
+    forwarded_hops: int = 0  # trusted reverse proxies in front of the studio (X-Forwarded-For)
 
     def __post_init__(self):
         if self.admin_token is not None and len(self.admin_token) < MIN_TOKEN_CHARS:
@@ -75,16 +79,21 @@ class AccessPolicy:
         bad = [name for name in self.admins if not name.strip() or name.startswith(ANON_PREFIX)]
         if bad:
             raise ValueError(f"admin names must be signed-in user names, not empty or anonymous ids: {bad}")
+        if self.local_admin and self.public:
+            raise ValueError("local_admin makes everyone who reaches the studio an admin, so it needs a loopback "
+                             "host (127.0.0.1) and no Space; use --admins or --admin-token on a public studio")
 
     @classmethod
     def for_host(cls, host: str, *, admins: Iterable[str] = (), admin_token: str | None = None,
-                 on_spaces: bool = False) -> AccessPolicy:
+                 on_spaces: bool = False, local_admin: bool = False,
+                 forwarded_hops: int | None = None) -> AccessPolicy:
+        hops = (1 if on_spaces else 0) if forwarded_hops is None else forwarded_hops
         return cls(frozenset(admins), admin_token or None, public=on_spaces or not is_loopback(host),
-                   on_spaces=on_spaces)
+                   on_spaces=on_spaces, local_admin=local_admin, forwarded_hops=hops)
 
     @property
     def everyone_admin(self) -> bool:
-        return not self.public and not self.admins and self.admin_token is None
+        return self.local_admin
 
     def is_admin(self, actor: Actor | None) -> bool:
         if actor is None:
@@ -112,7 +121,7 @@ class AccessPolicy:
         """One line for the start-up log."""
         where = ("public (a Space)" if self.on_spaces else "public") if self.public else "local"
         if self.everyone_admin:
-            return f"{where}: everyone is an admin (no admin configured on a loopback address)"
+            return f"{where}: everyone who reaches this port is an admin (--local-admin)"
         who = [f"admins {', '.join(sorted(self.admins))}"] if self.admins else []
         who += ["anyone with the admin token"] if self.admin_token is not None else []
         return f"{where}: admin controls for {' and '.join(who) or 'nobody (no admin configured)'}"
@@ -127,6 +136,9 @@ class AccessPolicy:
             ways.append("enter the admin token in the Admin panel (API: pass admin_token)")
         if ways:
             return "To act as an admin, " + " or ".join(ways) + "."
+        if not self.public:
+            return ("This studio has no admin configured: restart it with --local-admin (you alone on this machine) "
+                    f"or {CONFIGURE_HINT.removeprefix('start it with ')}.")
         return f"This studio is public and has no admin configured: {CONFIGURE_HINT}."
 
 
@@ -134,13 +146,21 @@ class RateLimiter:
     """At most `limit` events per key in any `window_s` seconds (a sliding window of timestamps); 0 = no limit."""
 
     def __init__(self, limit: int, window_s: float = 60.0, what: str = "requests",
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, per: str = "annotator"):
         if limit < 0 or window_s <= 0:
             raise ValueError("a rate limit needs limit >= 0 and a positive window")
-        self.limit, self.window_s, self.what, self.clock = int(limit), float(window_s), what, clock
+        self.limit, self.window_s, self.what, self.clock, self.per = int(limit), float(window_s), what, clock, per
         self._events: dict[str, collections.deque[float]] = {}
         self._lock = threading.Lock()
         self._calls = 0
+
+    def blocked(self, key: str) -> bool:
+        """True when `key`'s window is full (counts nothing)."""
+        if self.limit == 0:
+            return False
+        with self._lock:
+            now = self.clock()
+            return sum(1 for t in self._events.get(key, ()) if t > now - self.window_s) >= self.limit
 
     @property
     def tracked_keys(self) -> int:
@@ -161,7 +181,7 @@ class RateLimiter:
                 wait = max(1, math.ceil(events[0] + self.window_s - now))
                 log.warning("rate limit: %s for %r (%d per %g s)", self.what, key, self.limit, self.window_s)
                 raise RateLimitedError(f"rate limit: try again in {wait} s (at most {self.limit} {self.what} "
-                                       f"per {self.window_s:g} s per annotator)")
+                                       f"per {self.window_s:g} s per {self.per})")
             events.append(now)
             self._calls += 1
             if self._calls % 256 == 0:  # forget idle keys, so that many one-off clients cost no memory
@@ -171,18 +191,60 @@ class RateLimiter:
 
 @dataclass
 class RateLimits:
-    """The studio's limits per annotator: generated pairs (compare and blind A/B count too) and votes."""
+    """The studio's limits per annotator and per client address: generated pairs (compare and blind A/B count too),
+    votes, new anonymous identities and wrong admin tokens."""
 
     pairs: RateLimiter
     votes: RateLimiter
+    address_pairs: RateLimiter = None
+    address_votes: RateLimiter = None
+    identities: RateLimiter = None
+    token_failures: RateLimiter = None
+
+    def __post_init__(self):
+        clock = self.pairs.clock
+        self.address_pairs = self.address_pairs or RateLimiter(0, 60.0, "pairs", clock, per="client address")
+        self.address_votes = self.address_votes or RateLimiter(0, 60.0, "votes", clock, per="client address")
+        self.identities = self.identities or RateLimiter(0, 60.0, "new identities", clock, per="client address")
+        self.token_failures = self.token_failures or RateLimiter(5, 60.0, "wrong admin tokens", clock,
+                                                                 per="client address")
 
     @classmethod
-    def per_minute(cls, pairs: int, votes: int, clock: Callable[[], float] = time.monotonic) -> RateLimits:
-        return cls(RateLimiter(pairs, 60.0, "pairs", clock), RateLimiter(votes, 60.0, "votes", clock))
+    def per_minute(cls, pairs: int, votes: int, clock: Callable[[], float] = time.monotonic, *,
+                   address_pairs: int = 0, address_votes: int = 0, identities: int = 0,
+                   token_failures: int = 5) -> RateLimits:
+        def minute(limit: int, what: str, per: str) -> RateLimiter:
+            return RateLimiter(limit, 60.0, what, clock, per=per)
+
+        return cls(minute(pairs, "pairs", "annotator"), minute(votes, "votes", "annotator"),
+                   minute(address_pairs, "pairs", "client address"), minute(address_votes, "votes", "client address"),
+                   minute(identities, "new identities", "client address"),
+                   minute(token_failures, "wrong admin tokens", "client address"))
 
     @classmethod
     def off(cls) -> RateLimits:
         return cls.per_minute(0, 0)
+
+    def check_pair(self, annotator: str, address: str | None) -> None:
+        """Count one generated pair (or render) for `annotator` and their address; RateLimitedError when over."""
+        if address is not None:
+            self.address_pairs.check(address)
+        self.pairs.check(annotator)
+
+    def check_vote(self, annotator: str, address: str | None) -> None:
+        if address is not None:
+            self.address_votes.check(address)
+        self.votes.check(annotator)
+
+
+def client_address(peer: str | None, forwarded_for: str | None, hops: int) -> str:
+    """The client's address: the peer's, or, behind `hops` trusted reverse proxies, the address the outermost of
+    them saw (the `hops`-th entry from the right of X-Forwarded-For; entries further left are the client's say)."""
+    if hops > 0 and forwarded_for:
+        entries = [e.strip() for e in forwarded_for.split(",") if e.strip()]
+        if len(entries) >= hops:
+            return entries[-hops]
+    return peer or "unknown"
 
 
 class AnonymousIds:

@@ -21,9 +21,11 @@ from pathlib import Path
 
 from alignment.serving.live import LiveModel
 from app.inputs import SETTINGS, VOTE_CHOICES, StudioError, parse_setting
-from settings import TrainerConfig
+from settings import TrainerConfig, is_anonymous
+
+WORKER_SETTINGS = {"train_every", "train_annotators", "train_voters"}
 from storage import BlobIntegrityError, BlobNotFoundError, InvalidStatusError, Repository
-from storage.export import export_parquet, import_parquet
+from storage.export import ImportLimits, export_parquet, import_parquet
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +47,10 @@ class TrainingControls:
         c = self.trainer_config
         every = self.worker.config.train_every if self.worker is not None else None
         chosen = self.worker.config.train_annotators if self.worker is not None else None
+        voters = (self.worker.config.train_voters or "everyone") if self.worker is not None else None
         return {"objective": c.objective, "gamma": c.gamma, "beta": c.beta, "lr": c.lr,
                 "train_steps": c.train_steps, "train_every": every,
-                "train_annotators": list(chosen) if chosen else None}
+                "train_annotators": list(chosen) if chosen else None, "train_voters": voters}
 
     def update_settings(self, changes: dict, *, by: str) -> dict:
         """New settings for the next runs (names as in `settings()`); a bad value raises StudioError, changes
@@ -59,10 +62,10 @@ class TrainingControls:
         worker_changes = {}
         if clean.get("train_every") is not None:
             worker_changes["train_every"] = clean["train_every"]
-        if "train_annotators" in clean:
-            worker_changes["train_annotators"] = clean["train_annotators"]
+        for name in ("train_annotators", "train_voters"):
+            if name in clean:
+                worker_changes[name] = clean.pop(name)
         clean.pop("train_every", None)
-        clean.pop("train_annotators", None)
         try:
             config = dataclasses.replace(self.trainer_config, **clean)
             worker_config = (None if self.worker is None or not worker_changes
@@ -70,7 +73,7 @@ class TrainingControls:
         except ValueError as e:
             raise StudioError(f"invalid settings: {e}") from e
         if worker_changes and self.worker is None:
-            raise StudioError(f"{' and '.join(sorted(changes.keys() & {'train_every', 'train_annotators'}))} "
+            raise StudioError(f"{' and '.join(sorted(changes.keys() & WORKER_SETTINGS))} "
                               "need the training worker, and this studio runs without one")
         self.trainer_config = config
         if self.worker is not None:
@@ -85,20 +88,22 @@ class TrainingControls:
         if self.worker is None:
             raise StudioError("this studio runs without a training worker (started with --no-worker)")
         chosen = self.worker.config.train_annotators
-        have, need = self._preference_votes(chosen), self.worker.config.min_votes
+        signed_in = self.worker.config.train_voters == "signed-in"
+        have, need = self._preference_votes(chosen, signed_in), self.worker.config.min_votes
         if have < need:
-            whose = f" from {', '.join(chosen)}" if chosen else ""
+            whose = f" from {', '.join(chosen)}" if chosen else (" from signed-in annotators" if signed_in else "")
             raise StudioError(f"training needs at least {need} preference votes (left, right or tie){whose}; "
                               f"there are {have} so far")
         log.info("training requested by %r", by)
         return self.worker.request_training()
 
-    def _preference_votes(self, annotators) -> int:
-        if not annotators:
+    def _preference_votes(self, annotators, signed_in_only: bool = False) -> int:
+        if not annotators and not signed_in_only:
             return self.repo.votes_since(0)
         rows = self.repo.annotator_stats()["annotators"]
         return sum(sum(r["per_choice"][c] for c in ("left", "right", "tie")) for r in rows
-                   if r["annotator"] in annotators)
+                   if (not annotators or r["annotator"] in annotators)
+                   and not (signed_in_only and is_anonymous(r["annotator"])))
 
     def adapters(self) -> list[dict]:
         """The adapter history, newest first, as plain rows for the table."""
@@ -175,9 +180,10 @@ class Releases:
 class DataExchange:
     """Votes in and out as Pick-a-Pic Parquet, and the Data tab's tables."""
 
-    def __init__(self, repo: Repository, export_dir: Path):
+    def __init__(self, repo: Repository, export_dir: Path, limits: ImportLimits | None = None):
         self.repo = repo
         self.export_dir = Path(export_dir)
+        self.limits = limits or ImportLimits()
 
     def export(self, *, by: str) -> tuple[Path, int]:
         """All preference votes with their images as Pick-a-Pic Parquet; returns (file, rows)."""
@@ -192,7 +198,7 @@ class DataExchange:
         the server chose (the UI and the API pass Gradio's upload of the person's file only)."""
         if not path:
             raise StudioError("choose a .parquet file to import first")
-        added = import_parquet(self.repo, Path(path))
+        added = import_parquet(self.repo, Path(path), limits=self.limits)
         log.info("%d pairs imported by %r", added, by)
         return added
 

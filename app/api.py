@@ -1,7 +1,8 @@
 """The studio's API endpoints that have no widget of their own (`gr.api`), for `gradio_client` and scripts.
 
-    /vote            pair id, choice -> acknowledgement (after the commit)
-    /status          votes, live adapter, worker state
+    /identity        a signed identity for an API client (ask once, pass it to /new_pair and /vote)
+    /vote            pair id, choice, identity -> acknowledgement (after the commit); only on a pair served to you
+    /status          votes, live adapter, worker state (a failed run's error text for admins only)
     /whoami          who the server says you are, and whether you are an admin
     /train_now       admins: ask the worker for a run now
     /update_settings admins: objective settings, train_every, train_annotators (a dict)
@@ -9,9 +10,9 @@
     /rollback        admins: back to the previous live version
     /import_votes    admins: a Pick-a-Pic Parquet file uploaded with handle_file(...)
 
-Every admin endpoint takes an optional `admin_token`; the rest of the identity comes from the request (password
-login, Spaces sign-in, else the client's session), never from a parameter. `Studio` decides and logs refusals.
-Knows Gradio, `Studio` and `app.session`.
+Every admin endpoint takes an optional `admin_token` (a wrong one is logged and throttled per address). Who votes
+comes from the request (password login, Spaces sign-in) or from the identity the server issued and signed; a
+client cannot choose another's. `Studio` decides and logs refusals. Knows Gradio, `Studio` and `app.session`.
 """
 
 from __future__ import annotations
@@ -19,27 +20,42 @@ from __future__ import annotations
 import gradio as gr
 from gradio.data_classes import FileData
 
-from app.session import actor_of, annotator_of, uploaded_file, user_errors
+from app.access import AnonymousIds
+from app.session import actor_of, address_of, annotator_of, uploaded_file, user_errors, with_identity
 from app.studio import Studio
 from app.tabs.compare import parse_version, version_label
 
 
-def register(studio: Studio) -> None:
-    """Add the endpoints to the Blocks being built."""
+def register(studio: Studio, ids: AnonymousIds) -> None:
+    """Add the endpoints to the Blocks being built; `ids` signs the identities `/identity` issues."""
 
     @user_errors
-    def vote(pair_id: int, choice: str, request: gr.Request, profile: gr.OAuthProfile | None) -> dict:
-        """Record a vote (left, right, tie, both_bad, skip) on a pair; answers after the vote is committed."""
-        return studio.vote(pair_id, choice, annotator=annotator_of(None, request, profile))
+    def identity(request: gr.Request) -> dict:
+        """A new anonymous identity, signed by this studio: pass it as `identity` to /new_pair, /vote and /whoami.
+        Signed-in clients (password login) need none. New identities per client address are limited."""
+        studio.limits.identities.check(address_of(request) or "unknown")
+        token = ids.mint()
+        return {"identity": token, "annotator": ids.verify(token)}
 
-    def status() -> dict:
-        """Votes, live adapter version, worker state."""
-        return studio.status()
+    @user_errors
+    def vote(pair_id: int, choice: str, identity: str = "", request: gr.Request = None,
+             profile: gr.OAuthProfile | None = None) -> dict:
+        """Record a vote (left, right, tie, both_bad, skip) on a pair served to you; answers after the commit."""
+        acting = with_identity(None, identity, ids)
+        return studio.vote(pair_id, choice, annotator=annotator_of(acting, request, profile),
+                           address=address_of(request))
 
-    def whoami(admin_token: str = "", request: gr.Request = None, profile: gr.OAuthProfile | None = None) -> dict:
+    @user_errors
+    def status(admin_token: str = "", request: gr.Request = None, profile: gr.OAuthProfile | None = None) -> dict:
+        """Votes, live adapter version, worker state; a failed run's error text for admins only."""
+        return studio.status(admin=studio.is_admin(actor_of(None, request, profile, admin_token)))
+
+    @user_errors
+    def whoami(admin_token: str = "", identity: str = "", request: gr.Request = None,
+               profile: gr.OAuthProfile | None = None) -> dict:
         """The annotator the server records your votes under, whether you signed in, whether you are an admin."""
-        actor = actor_of(None, request, profile, admin_token)
-        return {"annotator": actor.name, "signed_in": actor.authenticated, "admin": studio.is_admin(actor)}
+        actor = actor_of(with_identity(None, identity, ids), request, profile, admin_token)
+        return {"annotator": actor.name or None, "signed_in": actor.authenticated, "admin": studio.is_admin(actor)}
 
     @user_errors
     def train_now(admin_token: str = "", request: gr.Request = None,
@@ -74,9 +90,10 @@ def register(studio: Studio) -> None:
                      profile: gr.OAuthProfile | None = None) -> dict:
         """Admins: import a Pick-a-Pic Parquet file (upload it with gradio_client.handle_file); all rows or none."""
         actor = actor_of(None, request, profile, admin_token)
-        studio.access.require_admin(actor, "import")  # before looking at the file
+        studio.require_admin(actor, "import")  # before looking at the file
         return {"imported": studio.import_file(uploaded_file(file), actor=actor)}
 
+    gr.api(identity, api_name="identity", concurrency_limit=None)
     gr.api(vote, api_name="vote")
     gr.api(status, api_name="status", concurrency_limit=None)
     gr.api(whoami, api_name="whoami", concurrency_limit=None)

@@ -22,7 +22,7 @@ __all__ = ["BLIND_CHOICES", "SETTINGS", "VOTE_CHOICES", "StudioError", "parse_na
 # default), and so may train_annotators (None = everyone's votes).
 _KINDS = kinds(TrainerConfig) | kinds(WorkerConfig)
 SETTINGS = {name: _KINDS[name] for name in ("objective", "gamma", "beta", "lr", "train_steps", "train_every",
-                                            "train_annotators")}
+                                            "train_annotators", "train_voters")}
 BLIND_CHOICES = ("left", "right", "tie")  # what the person clicks in blind A/B mode
 
 

@@ -6,9 +6,11 @@ server; a client cannot write it.
 
 Who acts, in this order: the name of Gradio's password login (`launch(auth=...)`, `request.username`); the
 Hugging Face account signed in on a Space (`gr.OAuthProfile`); the anonymous id that this browser keeps, signed by
-the server (`AnonymousIds`), checked at page load; for API clients without page state, an id derived from their
-Gradio session. A client never names the annotator: no endpoint takes one. This module knows Gradio, the access
-rules and the error classes of the lower layers, nothing else.
+the server (`AnonymousIds`), checked at page load; for API clients, the signed identity the server issued them
+with `/identity` and that they present with each call. Without one of these nobody is acting, and generating or
+voting is refused. Gradio's session hash is never an identity: a client chooses it. A client never names the
+annotator: no endpoint takes one. This module knows Gradio, the access rules and the error classes of the lower
+layers, nothing else.
 """
 
 from __future__ import annotations
@@ -42,22 +44,51 @@ def signed_in_name(request: gr.Request | None, profile: gr.OAuthProfile | None =
     return None
 
 
+NO_IDENTITY = ("nobody is acting: API clients ask /identity for an identity once and pass it with each call "
+               "(or log in); a browser gets one when the page loads")
+
+
+def address_of(request: gr.Request | None) -> str | None:
+    """The client address of a request, None without one. `app.guard` has already replaced a trusted proxy's
+    address by the client's (`access.client_address`)."""
+    client = getattr(request, "client", None) if request is not None else None
+    return getattr(client, "host", None)
+
+
+def with_identity(session: dict | None, identity, ids) -> dict:
+    """`session`, or for an API client without page state, one acting as the signed `identity` it presented
+    (issued by `/identity`; `ids` is the server's `AnonymousIds`). A made-up or edited identity is refused."""
+    if session and session.get("annotator"):
+        return session
+    if identity in (None, ""):
+        return session or new_session()
+    name = ids.verify(identity)
+    if name is None:
+        raise StudioError("that identity was not issued by this studio: ask /identity for one")
+    return {**(session or new_session()), "annotator": name, "authenticated": False}
+
+
 def annotator_of(session: dict | None, request: gr.Request | None, profile: gr.OAuthProfile | None = None) -> str:
-    """Who is acting in this request (see the module docstring for the order)."""
-    return actor_of(session, request, profile).name
+    """Who is acting in this request (see the module docstring for the order); StudioError when nobody is."""
+    name = actor_of(session, request, profile).name
+    if not name:
+        raise StudioError(NO_IDENTITY)
+    return name
 
 
 def actor_of(session: dict | None, request: gr.Request | None, profile: gr.OAuthProfile | None = None,
              token: str | None = None) -> Actor:
-    """The acting `Actor`; `token` is an admin token passed with an API call (else the session's unlocked one)."""
+    """The acting `Actor` (name "" when nobody is); `token` is an admin token passed with an API call (else the
+    session's unlocked one)."""
     token = token or (session or {}).get("admin_token") or None
+    address = address_of(request)
     name = signed_in_name(request, profile)
     if name is not None:
-        return Actor(name, authenticated=True, token=token)
+        return Actor(name, authenticated=True, token=token, address=address)
     if session and session.get("annotator"):
-        return Actor(session["annotator"], authenticated=bool(session.get("authenticated")), token=token)
-    session_hash = getattr(request, "session_hash", None) if request is not None else None
-    return Actor(f"client-{session_hash[:16]}" if session_hash else "anonymous", token=token)
+        return Actor(session["annotator"], authenticated=bool(session.get("authenticated")), token=token,
+                     address=address)
+    return Actor("", token=token, address=address)
 
 
 def uploaded_file(value) -> str:

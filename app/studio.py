@@ -13,13 +13,18 @@ back, import, export) takes the acting `Actor` and is checked here, against `sel
 called, so the UI and the API cannot differ; generation and votes count against the annotator's `RateLimits`.
 Bad input from a person or an API client raises `StudioError` (or the storage/sampler error that says what is
 wrong) before anything is written. The annotator and the actor come from the server side of the request
-(`app.session`), never from what a client sends. This module knows no Gradio, no SQL and no tensor math.
+(`app.session`), never from what a client sends; a vote counts only from the annotator its pair was served to.
+Rate limits apply per annotator and per client address; a wrong admin token is logged and throttled per address.
+What only admins may read (annotator names and their statistics, who made a version live, a failed run's error)
+is given to others without it. This module knows no Gradio, no SQL and no tensor math.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
+import logging
 import random
 import shutil
 import tempfile
@@ -41,6 +46,9 @@ from settings import TrainerConfig
 from app.config import StudioConfig
 from app.inputs import BLIND_CHOICES, VOTE_CHOICES, StudioError, parse_pair_id, parse_seeds
 from storage import NewGeneration, Repository
+from storage.export import ImportLimits
+
+log = logging.getLogger(__name__)
 
 RANDOM_SEED_LIMIT = 2**31  # random seeds stay short enough to read and retype
 BUILTIN_PROMPTS = [
@@ -97,19 +105,21 @@ class Studio:
 
     def __init__(self, sampler: Sampler, repo: Repository, worker=None, trainer_config: TrainerConfig | None = None,
                  suggestions: list[str] | None = None, access: AccessPolicy | None = None,
-                 limits: RateLimits | None = None):
+                 limits: RateLimits | None = None, import_limits: ImportLimits | None = None):
         """`sampler` is served through a `LiveModel` that follows `repo` (it owns the sampler's pipeline from now
-        on); `access` defaults to a local studio's (everyone is an admin), `limits` to none."""
+        on). `access` defaults to one person's in-process studio (`local_admin`: everyone is an admin; a served
+        studio gets its policy from `StudioConfig`), `limits` to none."""
         self.repo = repo
         self.worker = worker
         self.live = LiveModel(sampler, repo)  # its follower starts with the server: new adapters go live promptly
-        self.access = access or AccessPolicy()
+        self.access = access or AccessPolicy(local_admin=True)
         self.limits = limits or RateLimits.off()
+        self.import_limits = import_limits or ImportLimits()
         self.suggestions = suggestions or default_suggestions(sampler.model)
         self.export_dir = Path(tempfile.mkdtemp(prefix="studio-export-"))
         self.training = TrainingControls(repo, worker, trainer_config)
         self.releases = Releases(repo, self.live)
-        self.data = DataExchange(repo, self.export_dir)
+        self.data = DataExchange(repo, self.export_dir, self.import_limits)
         self._status_cache: tuple[float, dict] | None = None
 
     @classmethod
@@ -120,10 +130,11 @@ class Studio:
         repo = Repository(config.data_dir, config.database_url)
         worker = None
         if config.worker:
-            worker = Worker(repo, model.model_id, trainer_config, config.worker_config(), device=config.device,
+            worker_config = dataclasses.replace(config.worker_config(), train_voters=config.effective_train_voters())
+            worker = Worker(repo, model.model_id, trainer_config, worker_config, device=config.device,
                             dtype=config.dtype)
         return cls(Sampler(model), repo, worker, trainer_config, access=config.access_policy(),
-                   limits=config.rate_limits())
+                   limits=config.rate_limits(), import_limits=config.import_limits())
 
     def start(self) -> None:
         """Start the background threads: the live model's follower of storage, and the worker when there is one."""
@@ -139,13 +150,13 @@ class Studio:
         self.repo.close()
 
     # ---- Label tab --------------------------------------------------------------------------------------------
-    def new_pair(self, prompt: str, seeds=None, *, annotator: str) -> PairView:
+    def new_pair(self, prompt: str, seeds=None, *, annotator: str, address: str | None = None) -> PairView:
         """Generate two images of `prompt` with the live adapter and store them as a pair served to `annotator`."""
         prompt = checked_prompt(prompt)
         chosen = parse_seeds(seeds, 2) or random_seeds(2)
         if chosen[0] == chosen[1]:
             raise StudioError(f"the two seeds are equal ({chosen[0]}): a pair needs two different images")
-        self.limits.pairs.check(annotator)
+        self.limits.check_pair(annotator, address)
         left, right = self.live.generate_pair(prompt, chosen)  # at the version storage says is live now
         gens = [NewGeneration(seed=g.seed, model_id=g.trajectory.model_id, adapter_version=g.trajectory.adapter_version,
                               sampler_settings=g.trajectory.settings, image_png=png_bytes(g.image),
@@ -154,13 +165,14 @@ class Studio:
         return PairView(pair.id, prompt, left.image, right.image, (left.seed, right.seed),
                         left.trajectory.adapter_version)
 
-    def vote(self, pair_id, choice: str, *, annotator: str) -> dict:
-        """Record and commit one vote; returns the acknowledgement. A second vote on the same pair is refused."""
+    def vote(self, pair_id, choice: str, *, annotator: str, address: str | None = None) -> dict:
+        """Record and commit one vote on a pair served to `annotator`; returns the acknowledgement. A second vote on
+        the same pair is refused, and so is a vote on a pair served to someone else."""
         pid = parse_pair_id(pair_id)
         if choice not in VOTE_CHOICES:
             raise StudioError(f"choice must be one of {', '.join(VOTE_CHOICES)}; got {choice!r:.40}")
-        self.limits.votes.check(annotator)
-        record, created = self.repo.record_vote(pid, annotator, choice)
+        self.limits.check_vote(annotator, address)
+        record, created = self.repo.record_vote(pid, annotator, choice, served_only=True)
         if not created:
             raise StudioError(f"pair {pid} already has your vote {record.choice!r}; it stands and nothing changed")
         return {"recorded": True, "vote_id": record.id, "pair_id": record.pair_id, "choice": record.choice,
@@ -171,20 +183,20 @@ class Studio:
         """Every registered adapter version, oldest first (rejected ones too: they can still be looked at)."""
         return [a.version for a in self.repo.list_adapters()]
 
-    def compare(self, prompt: str, seed, version_a: int | None, version_b: int | None, *, annotator: str
-                ) -> tuple[Image.Image, Image.Image]:
+    def compare(self, prompt: str, seed, version_a: int | None, version_b: int | None, *, annotator: str,
+                address: str | None = None) -> tuple[Image.Image, Image.Image]:
         """The images of two versions (None = base) from the same prompt and seed; what is live stays live (and a
         swap the live model has prepared stays prepared)."""
         prompt = checked_prompt(prompt)
         chosen = one_seed(seed)
         view_a = self.live.at(version_a)  # UnknownAdapterError before anything is rendered
         view_b = view_a if version_b == version_a else self.live.at(version_b)
-        self.limits.pairs.check(annotator)
+        self.limits.check_pair(annotator, address)
         a = view_a.generate(prompt, [chosen])[0].image
         b = a if view_b is view_a else view_b.generate(prompt, [chosen])[0].image
         return a, b
 
-    def blind_trial(self, prompt: str, seed=None, *, annotator: str) -> BlindTrial:
+    def blind_trial(self, prompt: str, seed=None, *, annotator: str, address: str | None = None) -> BlindTrial:
         """Base vs. the live adapter from one seed, sides shuffled."""
         prompt = checked_prompt(prompt)
         live = self.repo.live_adapter()
@@ -192,19 +204,20 @@ class Studio:
             raise StudioError("no adapter is live yet: vote on a few pairs until the first training run finishes")
         chosen = one_seed(seed)
         views = self.live.at(None), self.live.at(live.version)
-        self.limits.pairs.check(annotator)
+        self.limits.check_pair(annotator, address)
         base, adapted = (view.generate(prompt, [chosen])[0].image for view in views)
         side = random.choice(("left", "right"))
         left, right = (adapted, base) if side == "left" else (base, adapted)
         return BlindTrial(prompt, chosen, live.version, side, left, right)
 
-    def record_blind(self, trial: BlindTrial | None, choice: str, *, annotator: str) -> dict:
+    def record_blind(self, trial: BlindTrial | None, choice: str, *, annotator: str,
+                     address: str | None = None) -> dict:
         """Store the person's choice in a blind trial (not a training vote); returns their running win rate."""
         if trial is None:
             raise StudioError("no blind trial is open: start one first")
         if choice not in BLIND_CHOICES:
             raise StudioError(f"blind choice must be one of {', '.join(BLIND_CHOICES)}; got {choice!r:.40}")
-        self.limits.votes.check(annotator)
+        self.limits.check_vote(annotator, address)
         outcome = "tie" if choice == "tie" else ("adapter" if choice == trial.adapter_side else "base")
         self.repo.record_ab_trial(prompt=trial.prompt, seed=trial.seed, adapter_version=trial.adapter_version,
                                   adapter_side=trial.adapter_side, annotator=annotator, choice=outcome)
@@ -229,17 +242,19 @@ class Studio:
         return points
 
     # ---- status -----------------------------------------------------------------------------------------------
-    def status(self, max_age_s: float = 0.0) -> dict:
-        """What the status bar and `/status` show: votes, live adapter, worker state.
+    def status(self, max_age_s: float = 0.0, *, admin: bool = False) -> dict:
+        """What the status bar and `/status` show: votes, live adapter, worker state. Only an `admin` gets a failed
+        run's error text (it may hold paths and names); others learn that it failed.
 
         `max_age_s` > 0 may answer from a status computed that recently: every open tab polls it, and counting
         reads every vote."""
         cached = self._status_cache
         if max_age_s > 0 and cached is not None and time.monotonic() - cached[0] <= max_age_s:
-            return cached[1]
-        fresh = self._status()
-        self._status_cache = (time.monotonic(), fresh)
-        return fresh
+            fresh = cached[1]
+        else:
+            fresh = self._status()
+            self._status_cache = (time.monotonic(), fresh)
+        return fresh if admin else public_status(fresh)
 
     def _status(self) -> dict:
         counts = self.repo.counts()
@@ -254,7 +269,28 @@ class Studio:
 
     # ---- Train and Data tabs: admins only for what changes something (checked here, done by app.admin) --------
     def is_admin(self, actor: Actor | None) -> bool:
-        return self.access.is_admin(actor)
+        """Whether `actor` may use admin controls; a wrong admin token is logged and counted against the actor's
+        address, and once an address has tried too many, every token from it is refused for a while."""
+        return self.access.is_admin(self.checked_token(actor))
+
+    def checked_token(self, actor: Actor | None) -> Actor | None:
+        """`actor` as it may act: its admin token kept only when it is the right one (RateLimitedError while its
+        address is throttled for wrong tokens)."""
+        if actor is None or not actor.token:
+            return actor
+        key = actor.address or "unknown"
+        if self.limits.token_failures.blocked(key):
+            log.warning("admin token from %s refused: too many wrong tokens from this address", key)
+            self.limits.token_failures.check(key)  # raises RateLimitedError, naming the wait
+        if self.access.token_matches(actor.token):
+            return actor
+        log.warning("wrong admin token from %s (annotator %r)", key, actor.name)
+        self.limits.token_failures.check(key)
+        return dataclasses.replace(actor, token=None)
+
+    def require_admin(self, actor: Actor | None, action: str) -> None:
+        """AdminRequiredError (logged) unless `actor` is an admin (see `is_admin` for the token)."""
+        self.access.require_admin(self.checked_token(actor), action)
 
     def settings(self) -> dict:
         """The settings the Train tab edits (beta None = the objective's default; train_annotators None = all)."""
@@ -262,16 +298,20 @@ class Studio:
 
     def update_settings(self, *, actor: Actor, **changes) -> dict:
         """New settings for the next runs (admins only); a bad value raises StudioError and changes nothing."""
-        self.access.require_admin(actor, "changing the training settings")
+        self.require_admin(actor, "changing the training settings")
         return self.training.update_settings(changes, by=actor.name)
 
     def train_now(self, *, actor: Actor) -> bool:
         """Ask the worker for a run now (admins only); False when one is already going."""
-        self.access.require_admin(actor, "train now")
+        self.require_admin(actor, "train now")
         return self.training.train_now(by=actor.name)
 
-    def adapters(self) -> list[dict]:
-        return self.training.adapters()
+    def adapters(self, actor: Actor | None = None) -> list[dict]:
+        """The adapter history; its notes (who made a version live, why it was rejected) for admins only."""
+        rows = self.training.adapters()
+        if self.is_admin(actor):
+            return rows
+        return [{**row, "note": ""} for row in rows]
 
     def loss_points(self) -> list[dict]:
         return self.training.loss_points()
@@ -279,29 +319,52 @@ class Studio:
     def make_live(self, version: int | None, *, actor: Actor) -> int | None:
         """Make `version` (None = the base model) live (admins only); a file that does not match its recorded
         SHA-256 is refused and nothing changes."""
-        self.access.require_admin(actor, "make live")
+        self.require_admin(actor, "make live")
         return self.releases.make_live(version, by=actor.name)
 
     def rollback(self, *, actor: Actor) -> int | None:
         """Retire the live adapter and make the newest earlier version that had been live (or the base) live."""
-        self.access.require_admin(actor, "roll back")
+        self.require_admin(actor, "roll back")
         return self.releases.rollback(by=actor.name)
 
     def export(self, *, actor: Actor) -> tuple[Path, int]:
         """All preference votes with their images as Pick-a-Pic Parquet (admins only); returns (file, rows)."""
-        self.access.require_admin(actor, "export")
+        self.require_admin(actor, "export")
         return self.data.export(by=actor.name)
 
     def import_file(self, path, *, actor: Actor) -> int:
         """Import a Pick-a-Pic Parquet file the server chose (admins only; all rows or none); returns pairs added."""
-        self.access.require_admin(actor, "import")
+        self.require_admin(actor, "import")
         return self.data.import_file(path, by=actor.name)
 
     def counts(self) -> dict:
         return self.data.counts()
 
-    def annotator_rows(self) -> tuple[list[dict], list[dict]]:
-        return self.data.annotator_rows()
+    def annotator_rows(self, actor: Actor | None = None) -> tuple[list[dict], list[dict]]:
+        """Votes per annotator and agreement (admins); anyone else gets their own row only, and no couples."""
+        rows, couples = self.data.annotator_rows()
+        if self.is_admin(actor):
+            return rows, couples
+        mine = actor.name if actor is not None else None
+        return [row for row in rows if mine and row["annotator"] == mine], []
+
+    def settings_for(self, actor: Actor | None) -> dict:
+        """`settings()`, with the names of `train_annotators` for admins only."""
+        shown = self.settings()
+        if not self.is_admin(actor) and shown["train_annotators"]:
+            shown["train_annotators"] = [f"{len(shown['train_annotators'])} chosen annotators"]
+        return shown
+
+
+def public_status(status: dict) -> dict:
+    """`status` without what only admins read: a failed run's error text and its details."""
+    shown = dict(status)
+    if shown.get("worker_error"):
+        shown["worker_error"] = "the last training run did not go live (admins see why)"
+    run = shown.get("last_run")
+    if isinstance(run, dict):
+        shown["last_run"] = {k: run[k] for k in ("run_id", "status", "version") if k in run}
+    return shown
 
 
 def default_suggestions(model) -> list[str]:

@@ -5,19 +5,26 @@ of `app.api` (`/vote`, `/status`, `/whoami` and the admin actions). Everything e
 helpers, the vote buttons) is private. On a Space the header has Hugging Face's sign-in button (built only there:
 it cannot be built offline). Admin controls are shown read-only, with a message, to whoever `Studio` would refuse;
 the refusal itself happens in `Studio`. `launch` sets the queue (generation events share one "gpu" slot, the rest
-`concurrency` slots) and passes the CSS (crisp, enlarged images) and the keyboard-shortcut script, which Gradio 6
-takes in `launch()`. Knows Gradio and `Studio`, nothing below them.
+`concurrency` slots; at most `queue_size` events wait, and direct REST calls that would skip the queue are
+closed), puts `app.guard.StudioGuard` in front of every route (same-origin requests only, a bound on each
+address's waiting events, upload limits, `SameSite=Lax` cookies off a Space), caps uploads and deletes old ones,
+and passes the CSS (crisp, enlarged images) and the keyboard-shortcut script, which Gradio 6 takes in `launch()`.
+Knows Gradio and `Studio`, nothing below them.
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import gradio as gr
+from gradio.utils import get_upload_folder
+from starlette.middleware import Middleware
 
 from app import api
 from app.access import Actor, AnonymousIds
-from app.session import actor_of, new_session, signed_in_name, user_errors
+from app.guard import GuardPolicy, StudioGuard
+from app.session import actor_of, address_of, new_session, signed_in_name, user_errors
 from app.studio import Studio, StudioError
 from app.tabs import compare, data, label, train
 from app.tabs.compare import version_label
@@ -26,6 +33,7 @@ log = logging.getLogger(__name__)
 
 STATUS_EVERY_S = 2.0
 BROWSER_KEY = "alignment-studio-annotator"
+UPLOAD_TTL_S = 3600  # uploads (and Gradio's other cached files) are deleted after an hour
 
 # Keys 1-5 click the visible button with that key (Label tab: votes; Compare tab: blind A/B), unless the person
 # is typing in a field.
@@ -76,6 +84,8 @@ def identity_markdown(studio: Studio, actor: Actor) -> str:
     """Who the votes are recorded under, and whether admin controls are unlocked."""
     if actor.authenticated:
         text = f"Signed in as **{actor.name}**"
+    elif not actor.name:
+        text = "Too many new visitors from your address just now: reload the page in a minute to vote"
     else:
         text = f"Voting anonymously as **{actor.name}** (kept by this browser)"
         if studio.access.on_spaces:
@@ -95,7 +105,7 @@ def access_notice(studio: Studio, actor: Actor) -> str:
 def build_ui(studio: Studio, *, browser_secret: str | None = None) -> gr.Blocks:
     """The studio's Blocks. `browser_secret` (private) keeps anonymous annotator ids valid across restarts."""
     ids = AnonymousIds(browser_secret)
-    with gr.Blocks(title="Alignment Studio") as demo:
+    with gr.Blocks(title="Alignment Studio", delete_cache=(UPLOAD_TTL_S, UPLOAD_TTL_S)) as demo:
         session = gr.State(new_session())
         browser_id = gr.BrowserState(None, storage_key=BROWSER_KEY, secret=ids.browser_key)
         with gr.Row(equal_height=True):
@@ -103,14 +113,15 @@ def build_ui(studio: Studio, *, browser_secret: str | None = None) -> gr.Blocks:
             status = gr.Markdown(elem_id="status-bar")
         with gr.Row(equal_height=True):
             identity = gr.Markdown(elem_id="identity")
-            if studio.access.on_spaces:
+            if studio.access.on_spaces:  # only on a real Space: elsewhere Gradio would mount mocked sign-in routes
                 gr.LoginButton(scale=0, min_width=240)
 
-        def refresh_status():
-            return status_markdown(studio.status(max_age_s=STATUS_EVERY_S / 2))
+        def refresh_status(state: dict | None = None, request: gr.Request = None):
+            admin = state is not None and studio.is_admin(actor_of(state, request))
+            return status_markdown(studio.status(max_age_s=STATUS_EVERY_S / 2, admin=admin))
 
         with gr.Tabs():
-            label.build(studio, session, status, refresh_status)
+            label.build(studio, session, status, refresh_status, ids)
             compare.build(studio, session)
             areas = [train.build(studio, session), data.build(studio, session)]
         unlock_parts = unlock_panel() if studio.access.admin_token is not None else None
@@ -126,16 +137,22 @@ def build_ui(studio: Studio, *, browser_secret: str | None = None) -> gr.Blocks:
         def start_session(stored_id, state: dict, request: gr.Request, profile: gr.OAuthProfile | None):
             name = signed_in_name(request, profile)
             anonymous = ids.verify(stored_id)
-            if anonymous is None:  # first visit, an id from before signing, or one the browser made up
-                stored_id = ids.mint()
-                anonymous = ids.verify(stored_id)
+            if anonymous is None and name is None:  # first visit, an id from before signing, or a made-up one
+                try:
+                    studio.limits.identities.check(address_of(request) or "unknown")
+                except StudioError:  # this address has had too many new ids: it acts as nobody for now
+                    stored_id = None
+                else:
+                    stored_id = ids.mint()
+                    anonymous = ids.verify(stored_id)
             state = {**state, "annotator": name or anonymous, "authenticated": name is not None}
             actor = actor_of(state, request)
-            return (state, stored_id, refresh_status(), identity_markdown(studio, actor), *access_updates(actor))
+            return (state, stored_id, refresh_status(state, request), identity_markdown(studio, actor),
+                    *access_updates(actor))
 
         demo.load(start_session, [browser_id, session], [session, browser_id, status, identity, *notices, *controls],
                   api_visibility="private")
-        gr.Timer(STATUS_EVERY_S).tick(refresh_status, None, status, api_visibility="private",
+        gr.Timer(STATUS_EVERY_S).tick(refresh_status, session, status, api_visibility="private",
                                       concurrency_limit=None, show_progress="hidden")
 
         if unlock_parts is not None:
@@ -143,9 +160,8 @@ def build_ui(studio: Studio, *, browser_secret: str | None = None) -> gr.Blocks:
 
             @user_errors
             def unlock(token: str, state: dict, request: gr.Request):
-                actor = actor_of(state, request)
-                if not studio.access.token_matches((token or "").strip()):
-                    log.warning("wrong admin token from %r", actor.name)
+                actor = actor_of(state, request, token=(token or "").strip() or None)
+                if actor.token is None or studio.checked_token(actor).token is None:  # logged and throttled
                     raise StudioError("that is not the admin token")
                 state = {**state, "admin_token": token.strip()}
                 actor = actor_of(state, request)
@@ -154,7 +170,7 @@ def build_ui(studio: Studio, *, browser_secret: str | None = None) -> gr.Blocks:
 
             unlock_btn.click(unlock, [token_box, session],
                              [session, token_box, unlock_msg, identity, *notices, *controls], api_visibility="private")
-        api.register(studio)
+        api.register(studio, ids)
     return demo
 
 
@@ -168,11 +184,29 @@ def unlock_panel():
     return token, button, message
 
 
+def pending_events(demo: gr.Blocks, address: str) -> int:
+    """Events from `address` waiting in `demo`'s queue (not yet running)."""
+    queue = getattr(demo, "_queue", None)
+    count = 0
+    for event_queue in list(getattr(queue, "event_queue_per_concurrency_id", {}).values()):
+        for event in list(event_queue.queue):
+            client = getattr(getattr(event, "request", None), "client", None)
+            count += getattr(client, "host", None) == address
+    return count
+
+
 def launch(demo: gr.Blocks, studio: Studio, *, host: str = "127.0.0.1", port: int = 7860, concurrency: int = 8,
-           auth: list[tuple[str, str]] | None = None, **kwargs):
-    """Queue and launch; `auth` is Gradio's password login; `kwargs` go to `Blocks.launch` (tests pass
+           auth: list[tuple[str, str]] | None = None, queue_size: int = 64, guard: GuardPolicy | None = None,
+           **kwargs):
+    """Queue and launch behind `StudioGuard`; `auth` is Gradio's password login; `guard` defaults to the policy of
+    `GuardPolicy()` (own origin only) with the studio's proxies; `kwargs` go to `Blocks.launch` (tests pass
     prevent_thread_lock, quiet)."""
-    demo.queue(default_concurrency_limit=concurrency)
+    guard = guard or GuardPolicy(forwarded_hops=studio.access.forwarded_hops, lax_cookies=not studio.access.on_spaces)
+    if guard.upload_dir is None:
+        guard.upload_dir = Path(get_upload_folder())
+    demo.queue(default_concurrency_limit=concurrency, max_size=queue_size, api_open=False)
     pixelated = min(studio.live.config.width, studio.live.config.height) < 256
+    middleware = [Middleware(StudioGuard, policy=guard, pending=lambda address: pending_events(demo, address))]
     return demo.launch(server_name=host, server_port=port, head=HEAD, css=css(pixelated), auth=auth or None,
-                       auth_message="Alignment Studio: log in to vote under your name" if auth else None, **kwargs)
+                       auth_message="Alignment Studio: log in to vote under your name" if auth else None,
+                       max_file_size=guard.max_upload_bytes, app_kwargs={"middleware": middleware}, **kwargs)

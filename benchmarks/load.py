@@ -3,7 +3,8 @@
     python -m benchmarks.load [--clients 16] [--votes 2000] [--kills 3] [--database-url URL] [--json FILE]
 
 The studio runs as its own process (`python -m app`, the worker training as a thread every `--train-every`
-votes). `--clients` threads each loop: ask for a pair (`/new_pair`), vote on it (`/vote`), and count the vote as
+votes). `--clients` threads each ask for an identity (`/identity`, again after each reconnect), then loop: ask for a pair
+(`/new_pair`), vote on it (`/vote`), and count the vote as
 acknowledged only when the answer says it was recorded. A killer thread SIGKILLs the studio's process group
 `--kills` times at random moments spread over the run and restarts it on the same data. Afterwards every
 acknowledged vote is looked up in the database. Printed (and written as JSON): votes acknowledged, stored, lost
@@ -116,11 +117,14 @@ def _client_loop(studio: StudioProcess, tally: Tally, kills: list[float], stop: 
         try:
             if client is None:
                 client = Client(studio.url, verbose=False)
+                step = "identity"
+                me = client.predict(api_name="/identity")["identity"]
             step = "new_pair"
-            _, _, pair_id = client.predict(rng.choice(PROMPTS), "", api_name="/new_pair")
+            _, _, pair_id = client.predict(rng.choice(PROMPTS), "", me, api_name="/new_pair")
             step = "vote"
             t0 = time.monotonic()
-            ack = client.predict(int(pair_id), rng.choice(("left", "right", "tie", "both_bad")), api_name="/vote")
+            ack = client.predict(int(pair_id), rng.choice(("left", "right", "tie", "both_bad")), me,
+                                 api_name="/vote")
             latency = time.monotonic() - t0
             if not (isinstance(ack, dict) and ack.get("recorded") is True):
                 raise RuntimeError(f"vote not acknowledged: {ack!r:.200}")

@@ -129,7 +129,7 @@ def test_a_bad_setting_ends_the_worker_with_one_line_and_code_2(no_studio_env, c
     (WorkerConfig, {"fidelity_seeds": ()}, "at least one seed"),
     (WorkerConfig, {"fidelity_prompts": 0}, "fidelity_prompts must be a whole number at least 1"),
     (ServerConfig, {"concurrency": 0}, "concurrency must be a whole number at least 1"),
-    (SharingConfig, {"votes_per_minute": 1.5}, "votes_per_minute must be a whole number >= 0"),
+    (SharingConfig, {"votes_per_minute": 1.5}, "votes_per_minute must be a whole number at least 0"),
     (SharingConfig, {"admins": [1]}, "admins: expected names"),
     (GenerateConfig, {"n": 65}, "n must be a whole number between 1 and 64"),
     (SimulationConfig, {"eval_seeds": 0}, "eval_prompts and eval_seeds must be at least 1"),

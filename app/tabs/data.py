@@ -3,8 +3,9 @@ several annotators judged; Pick-a-Pic Parquet export (a download) and import.
 
 Import checks the whole file first and writes all of it or nothing (`storage.export`); its message is shown as
 is, and it reads only Gradio's upload of the chosen file. Export and import are admin controls (`AdminArea`):
-votes carry annotator names, and an import changes what the worker trains on. All events are private. Knows
-Gradio and `Studio`.
+votes carry annotator names, and an import changes what the worker trains on. Other annotators' names, counts and
+agreement are shown to admins only; everyone else sees the totals and their own row. All events are private.
+Knows Gradio and `Studio`.
 """
 
 from __future__ import annotations
@@ -48,8 +49,9 @@ def build(studio: Studio, session: gr.State) -> AdminArea:
         import_btn = gr.Button("Import", elem_id="import-btn", **editable)
         message = gr.Markdown(elem_id="data-message")
 
-    def refresh():
-        rows, pairs = studio.annotator_rows()
+    def refresh(state: dict, request: gr.Request):
+        """Everyone sees the counts; only admins see other annotators' names, counts and agreement."""
+        rows, pairs = studio.annotator_rows(actor_of(state, request))
         return (counts_text(studio.counts()), pd.DataFrame(rows, columns=ANNOTATOR_COLUMNS),
                 pd.DataFrame(pairs, columns=COUPLE_COLUMNS))
 
@@ -62,12 +64,12 @@ def build(studio: Studio, session: gr.State) -> AdminArea:
     @user_errors
     def import_(path, state: dict, request: gr.Request):
         actor = actor_of(state, request)
-        studio.access.require_admin(actor, "import")
+        studio.require_admin(actor, "import")
         added = studio.import_file(uploaded_file(path), actor=actor)
         return f"Imported {added} judged pairs."
 
     shown = [summary, per_annotator, couples]
-    tab.select(refresh, None, shown, **PRIVATE)
+    tab.select(refresh, session, shown, **PRIVATE)
     export_btn.click(export, session, [download, message], **PRIVATE)
-    import_btn.click(import_, [upload, session], message, **PRIVATE).success(refresh, None, shown, **PRIVATE)
+    import_btn.click(import_, [upload, session], message, **PRIVATE).success(refresh, session, shown, **PRIVATE)
     return AdminArea(notice, [export_btn, upload, import_btn])

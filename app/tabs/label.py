@@ -1,6 +1,7 @@
 """The Label tab: a prompt, two images side by side, five vote buttons; the next pair follows every vote.
 
-The New pair button is the public `/new_pair` endpoint (prompt, seeds → left image, right image, pair id). The vote
+The New pair button is the public `/new_pair` endpoint (prompt, seeds, identity → left image, right image, pair
+id; `identity` is what `/identity` issued an API client, empty in a browser, whose page holds its own). The vote
 buttons are private events that all call one `record_vote(choice, ...)`, then generate the next pair for the same
 prompt; keyboard keys 1-5 click them (see `app.ui.HEAD`). Generation events share the "gpu" concurrency group, so
 requests from many sessions queue instead of failing. Knows Gradio and `Studio`, nothing below.
@@ -10,7 +11,8 @@ from __future__ import annotations
 
 import gradio as gr
 
-from app.session import annotator_of, user_errors
+from app.access import AnonymousIds
+from app.session import actor_of, annotator_of, new_session, user_errors, with_identity
 from app.studio import Studio
 
 GPU = {"concurrency_id": "gpu", "concurrency_limit": 1}
@@ -26,7 +28,7 @@ VOTE_BUTTONS = [
 CHOICE_TEXT = {choice: label.split(" (")[0] for choice, label, _ in VOTE_BUTTONS}
 
 
-def build(studio: Studio, session: gr.State, status: gr.Markdown, refresh_status) -> None:
+def build(studio: Studio, session: gr.State, status: gr.Markdown, refresh_status, ids: AnonymousIds) -> None:
     """The tab's components and events (inside a `gr.Tabs`)."""
     with gr.Tab("Label", id="label"):
         with gr.Row(equal_height=True):
@@ -48,38 +50,45 @@ def build(studio: Studio, session: gr.State, status: gr.Markdown, refresh_status
         with gr.Row(equal_height=True):
             pair_id = gr.Number(label="Pair", precision=0, interactive=False, elem_id="pair-id", scale=1)
             ack = gr.Markdown("Press **New pair**, then vote with the buttons or the keys 1-5.", elem_id="vote-ack")
+        identity = gr.Textbox("", visible=False, label="identity")  # API clients only (see the module docstring)
 
-    def show_pair(prompt: str, seeds, state: dict, annotator: str):
-        view = studio.new_pair(prompt, seeds, annotator=annotator)
+    def show_pair(prompt: str, seeds, state: dict, request: gr.Request, profile=None, acting: dict | None = None):
+        """A new pair for whoever `acting` (default: `state`) says; `state` keeps the pair on screen (an API
+        client's identity is not kept in it: it presents that with every call)."""
+        acting = acting or state
+        view = studio.new_pair(prompt, seeds, annotator=annotator_of(acting, request, profile),
+                               address=actor_of(acting, request, profile).address)
         return view.left, view.right, view.id, {**state, "pair_id": view.id, "prompt": view.prompt}
 
     @user_errors
-    def make_pair(prompt: str, seeds: str, state: dict, request: gr.Request, profile: gr.OAuthProfile | None,
-                  progress=gr.Progress()):
+    def make_pair(prompt: str, seeds: str = "", identity_token: str | None = None, state: dict | None = None,
+                  request: gr.Request = None, profile: gr.OAuthProfile | None = None, progress=gr.Progress()):
+        state = state or new_session()
         progress(0.1, desc="generating two images…")
-        return show_pair(prompt, seeds, state, annotator_of(state, request, profile))
+        return show_pair(prompt, seeds, state, request, profile, acting=with_identity(state, identity_token, ids))
 
     @user_errors
     def record_vote(choice: str, state: dict, request: gr.Request):
         """The one vote handler behind all five buttons."""
-        receipt = studio.vote(state.get("pair_id"), choice, annotator=annotator_of(state, request))
+        receipt = studio.vote(state.get("pair_id"), choice, annotator=annotator_of(state, request),
+                              address=actor_of(state, request).address)
         text = f"Recorded **{CHOICE_TEXT[choice]}** for pair {receipt['pair_id']}; the next pair is coming."
         return text, {**state, "pair_id": None}
 
     @user_errors
     def next_pair(state: dict, request: gr.Request, progress=gr.Progress()):
         progress(0.1, desc="generating the next pair…")
-        return show_pair(state.get("prompt") or "", None, state, annotator_of(state, request))
+        return show_pair(state.get("prompt") or "", None, state, request)
 
     pair_outputs = [left, right, pair_id, session]
-    new_btn.click(make_pair, [prompt_box, seeds_box, session], pair_outputs, api_name="new_pair",
-                  api_description="Two images of a prompt (optional seeds 'a, b') stored as a pair; returns "
-                                  "left image, right image, pair id.", **GPU
-                  ).then(refresh_status, None, status, **PRIVATE)
+    new_btn.click(make_pair, [prompt_box, seeds_box, identity, session], pair_outputs, api_name="new_pair",
+                  api_description="Two images of a prompt (optional seeds 'a, b'; the identity from /identity) "
+                                  "stored as a pair served to you; returns left image, right image, pair id.", **GPU
+                  ).then(refresh_status, session, status, **PRIVATE)
     for choice, button in buttons.items():
         button.click(bind_choice(record_vote, choice), [session], [ack, session], **PRIVATE
                      ).success(next_pair, [session], pair_outputs, **PRIVATE, **GPU
-                               ).then(refresh_status, None, status, **PRIVATE)
+                               ).then(refresh_status, session, status, **PRIVATE)
 
 
 def bind_choice(fn, choice: str):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import gradio as gr
 import pandas as pd
 
-from settings import OBJECTIVES
+from settings import OBJECTIVES, TRAIN_VOTERS
 from app.session import actor_of, user_errors
 from app.studio import Studio
 from app.tabs import AdminArea
@@ -25,7 +25,7 @@ WIN_COLUMNS = ["version", "win rate", "series"]
 
 
 def build(studio: Studio, session: gr.State) -> AdminArea:
-    cfg = studio.settings()
+    cfg = studio.settings_for(None)  # in the page config, which everyone can read: no annotator names
     editable = {"interactive": studio.access.everyone_admin}  # app.ui unlocks them per session at page load
     with gr.Tab("Train", id="train") as tab:
         notice = gr.Markdown(elem_id="train-access")
@@ -39,9 +39,12 @@ def build(studio: Studio, session: gr.State) -> AdminArea:
             lr = gr.Number(value=cfg["lr"], label="Learning rate", **editable)
             train_steps = gr.Number(value=cfg["train_steps"], precision=0, label="Steps per run", **editable)
             train_every = gr.Number(value=cfg["train_every"], precision=0, label="Train every N votes", **editable)
-        annotators = gr.Dropdown(choices=cfg["train_annotators"] or [], value=cfg["train_annotators"] or [],
-                                 multiselect=True, allow_custom_value=True, label="Train on votes of",
-                                 info="empty = every annotator's votes", elem_id="train-annotators", **editable)
+        annotators = gr.Dropdown(choices=[], value=[], multiselect=True, allow_custom_value=True,
+                                 label="Train on votes of", info="empty = every annotator's votes (of those "
+                                 "below)", elem_id="train-annotators", **editable)
+        voters = gr.Radio(choices=list(TRAIN_VOTERS), value=cfg["train_voters"], label="Whose votes train",
+                          info="signed-in: password logins and Hugging Face sign-ins, no anonymous ids",
+                          elem_id="train-voters", **editable)
         with gr.Row():
             apply_btn = gr.Button("Apply settings", variant="primary", elem_id="apply-settings", **editable)
             train_btn = gr.Button("Train now", elem_id="train-now", **editable)
@@ -62,22 +65,28 @@ def build(studio: Studio, session: gr.State) -> AdminArea:
                                       y_lim=[0, 1], elem_id="winrate-plot",
                                       title="Blind win rate over base, with its 95 % interval")
 
-    def refresh():
-        chosen = studio.settings()["train_annotators"] or []
-        voted = [row["annotator"] for row in studio.annotator_rows()[0]]
-        return (run_text(studio.status()), pd.DataFrame(studio.adapters(), columns=HISTORY_COLUMNS),
+    def refresh(state: dict, request: gr.Request):
+        actor = actor_of(state, request)
+        admin = studio.is_admin(actor)
+        shown = studio.settings_for(actor)
+        chosen = shown["train_annotators"] or []
+        voted = [row["annotator"] for row in studio.annotator_rows(actor)[0]] if admin else []
+        return (run_text(studio.status(admin=admin), shown), pd.DataFrame(studio.adapters(actor),
+                                                                          columns=HISTORY_COLUMNS),
                 gr.update(choices=version_choices(studio)),
                 pd.DataFrame(studio.loss_points(), columns=LOSS_COLUMNS),
                 pd.DataFrame(studio.win_rate_points(), columns=WIN_COLUMNS),
-                gr.update(choices=sorted(set(voted) | set(chosen)), value=chosen))
+                gr.update(choices=sorted(set(voted) | set(chosen)), value=chosen),
+                gr.update(value=shown["train_voters"]))
 
     # Handlers are not named like app.api's endpoints: Gradio names private events after their function as well,
     # and a clash would rename the public endpoint.
     @user_errors
-    def apply(objective_v, gamma_v, beta_v, lr_v, steps_v, every_v, annotators_v, state: dict, request: gr.Request):
+    def apply(objective_v, gamma_v, beta_v, lr_v, steps_v, every_v, annotators_v, voters_v, state: dict,
+              request: gr.Request):
         changes = {"objective": objective_v, "gamma": gamma_v, "beta": beta_v, "lr": lr_v, "train_steps": steps_v}
         if studio.worker is not None:  # the worker's own settings (a studio without one shows them empty)
-            changes.update(train_every=every_v, train_annotators=list(annotators_v or []))
+            changes.update(train_every=every_v, train_annotators=list(annotators_v or []), train_voters=voters_v)
         new = studio.update_settings(actor=actor_of(state, request), **changes)
         return "Settings saved for the next run: " + ", ".join(f"{k} = {v}" for k, v in new.items())
 
@@ -96,22 +105,27 @@ def build(studio: Studio, session: gr.State) -> AdminArea:
         version = studio.rollback(actor=actor_of(state, request))
         return f"Rolled back: {version_label(version)} is live."
 
-    refreshed = [run_info, history, pick, loss_plot, win_plot, annotators]
-    tab.select(refresh, None, refreshed, **PRIVATE)
-    refresh_btn.click(refresh, None, refreshed, **PRIVATE)
-    apply_btn.click(apply, [objective, gamma, beta, lr, train_steps, train_every, annotators, session], message,
-                    **PRIVATE)
-    train_btn.click(ask_training, session, message, **PRIVATE).then(refresh, None, refreshed, **PRIVATE)
-    live_btn.click(choose_live, [pick, session], message, **PRIVATE).success(refresh, None, refreshed, **PRIVATE)
-    rollback_btn.click(roll_back, session, message, **PRIVATE).success(refresh, None, refreshed, **PRIVATE)
-    return AdminArea(notice, [objective, gamma, beta, lr, train_steps, train_every, annotators, apply_btn, train_btn,
-                              live_btn, rollback_btn])
+    refreshed = [run_info, history, pick, loss_plot, win_plot, annotators, voters]
+    tab.select(refresh, session, refreshed, **PRIVATE)
+    refresh_btn.click(refresh, session, refreshed, **PRIVATE)
+    apply_btn.click(apply, [objective, gamma, beta, lr, train_steps, train_every, annotators, voters, session],
+                    message, **PRIVATE)
+    train_btn.click(ask_training, session, message, **PRIVATE).then(refresh, session, refreshed, **PRIVATE)
+    live_btn.click(choose_live, [pick, session], message, **PRIVATE).success(refresh, session, refreshed, **PRIVATE)
+    rollback_btn.click(roll_back, session, message, **PRIVATE).success(refresh, session, refreshed, **PRIVATE)
+    return AdminArea(notice, [objective, gamma, beta, lr, train_steps, train_every, annotators, voters, apply_btn,
+                              train_btn, live_btn, rollback_btn])
 
 
-def run_text(status: dict) -> str:
-    """One line about the worker and its last run, and the last error if there was one."""
+def run_text(status: dict, settings: dict | None = None) -> str:
+    """One line about the worker and its last run (and whose votes train), and the last error if there was one."""
     parts = [f"Worker: **{status['worker_state']}**",
              f"live adapter: **{version_label(status['live_adapter_version'])}**"]
+    if settings and settings.get("train_voters"):
+        whose = "signed-in annotators'" if settings["train_voters"] == "signed-in" else "everyone's"
+        if settings.get("train_annotators"):
+            whose += f" (only {', '.join(settings['train_annotators'])})"
+        parts.append(f"training on {whose} votes")
     if status.get("votes_pending") is not None:
         parts.append(f"{status['votes_pending']} new votes since the last run")
     run = status.get("last_run") or {}

@@ -29,11 +29,24 @@ def test_loopback_addresses():
     assert not any(is_loopback(h) for h in ("0.0.0.0", "192.168.1.5", "::", "studio.example.org"))
 
 
-def test_local_studio_without_admins_lets_everyone_act():
+def test_a_loopback_address_alone_makes_nobody_an_admin():
+    """Behind a reverse proxy, a tunnel or ssh -R every visitor comes from loopback."""
     policy = AccessPolicy.for_host("127.0.0.1")
-    assert not policy.public and policy.everyone_admin
-    assert policy.is_admin(Actor("anon-123")) and policy.is_admin(Actor("client-abc"))
+    assert not policy.public and not policy.everyone_admin
+    assert not policy.is_admin(Actor("anon-123")) and not policy.is_admin(Actor("alice", authenticated=True))
+    with pytest.raises(AdminRequiredError, match="restart it with --local-admin"):
+        policy.require_admin(Actor("anon-123"), "train now")
+
+
+def test_local_admin_is_explicit_and_refused_on_a_public_studio():
+    policy = AccessPolicy.for_host("127.0.0.1", local_admin=True)
+    assert policy.everyone_admin and policy.is_admin(Actor("anon-123"))
     assert not policy.is_admin(None)
+    for host, on_spaces in (("0.0.0.0", False), ("127.0.0.1", True)):
+        with pytest.raises(ValueError, match="local_admin .* needs a loopback host"):
+            AccessPolicy.for_host(host, on_spaces=on_spaces, local_admin=True)
+    with pytest.raises(ValueError, match="local_admin"):
+        StudioConfig(host="0.0.0.0", local_admin=True)
 
 
 @pytest.mark.parametrize("host, on_spaces", [("0.0.0.0", False), ("127.0.0.1", True), ("10.0.0.7", False)])
@@ -156,7 +169,7 @@ def test_config_sharing_checks():
         StudioConfig(auth=[("alice", "a"), ("alice", "b")])
     with pytest.raises(ValueError, match="at least 16 characters"):
         StudioConfig(admin_token="1234")
-    with pytest.raises(ValueError, match="pairs_per_minute must be a whole number >= 0"):
+    with pytest.raises(ValueError, match="pairs_per_minute must be a whole number at least 0"):
         StudioConfig(pairs_per_minute=-1)
     assert StudioConfig(train_annotators="alice,,bob, alice").train_annotators == ("alice", "bob")
     assert StudioConfig(train_annotators="").train_annotators is None

@@ -56,10 +56,11 @@ def test_non_admins_are_refused_every_admin_action_and_nothing_changes(public_st
         "export": lambda a: studio.export(actor=a),
         "training annotators": lambda a: studio.update_settings(actor=a, train_annotators=["bob"]),
     }
-    for actor in (BOB, STRANGER, Actor("alice"), Actor("client-1", token="wrong-token-wrong-token"), None):
-        for name, action in actions.items():
+    wrong_token = [Actor("anon-1", token="wrong-token-wrong-token", address=f"10.0.0.{i}") for i in range(len(actions))]
+    for actor in (BOB, STRANGER, Actor("alice"), None, "wrong token"):
+        for i, (name, action) in enumerate(actions.items()):
             with pytest.raises(AdminRequiredError, match="is for admins only"):
-                action(actor)
+                action(wrong_token[i] if actor == "wrong token" else actor)
             assert snapshot(studio) == before, (actor, name)
     assert caplog.text.count("not an admin") == 5 * len(actions)
 
@@ -134,13 +135,17 @@ def test_rate_limits_per_annotator_write_nothing_when_hit(embedded, tmp_path):
         assert studio.counts()["pairs"] == 1
         studio.new_pair(PROMPT, "5, 6", annotator="other")  # someone else is not slowed down
         studio.vote(first.id, "left", annotator="ann")
-        with pytest.raises(RateLimitedError, match="try again in 60 s"):
-            studio.vote(first.id + 1, "left", annotator="ann")
-        assert studio.counts()["votes"] == 1
         now[0] += 61
-        studio.new_pair(PROMPT, "7, 8", annotator="ann")
-        studio.vote(first.id + 1, "right", annotator="ann")
+        second = studio.new_pair(PROMPT, "7, 8", annotator="ann")
+        now[0] += 1
+        third = studio.new_pair(PROMPT, "9, 10", annotator="ann")
+        studio.vote(second.id, "right", annotator="ann")
+        with pytest.raises(RateLimitedError, match="try again in 60 s"):
+            studio.vote(third.id, "left", annotator="ann")
         assert studio.counts()["votes"] == 2
+        now[0] += 61
+        studio.vote(third.id, "right", annotator="ann")
+        assert studio.counts()["votes"] == 3
     finally:
         studio.close()
 
@@ -169,7 +174,7 @@ def test_annotator_table_of_the_data_tab(studio):
     pair = studio.repo.create_pair(PROMPT, generation(seed=90), generation(seed=91, color=(0, 9, 0)))
     for annotator, choice in (("alice", "tie"), ("bob", "tie"), ("carol", "left")):
         studio.repo.record_vote(pair.id, annotator, choice)
-    rows, couples = studio.annotator_rows()
+    rows, couples = studio.annotator_rows(Actor("me"))  # an admin (the fixture is a one-person studio)
     assert rows[0] == {"annotator": "alice", "votes": 2, "left": 1, "right": 0, "tie": 1, "both bad": 0, "skip": 0,
                        "agreement": 0.5, "shared pairs": 1}
     assert [r["annotator"] for r in rows] == ["alice", "bob", "carol"] and rows[2]["agreement"] == 0.0

@@ -15,7 +15,7 @@ from app.access import Actor
 from app.studio import Studio
 from app.ui import build_ui, launch
 from storage import VOTE_CHOICES, Repository
-from tests.support.studio import free_port
+from tests.support.studio import api_identity, free_port
 
 PROMPT = "a small green circle on an orange background"
 
@@ -37,7 +37,7 @@ def served(embedded, tmp_path):
 def test_only_the_documented_endpoints_are_public(served):
     url, _ = served
     api = Client(url, verbose=False).view_api(return_format="dict", print_info=False)
-    assert set(api["named_endpoints"]) == {"/new_pair", "/vote", "/status", "/whoami", "/train_now",
+    assert set(api["named_endpoints"]) == {"/identity", "/new_pair", "/vote", "/status", "/whoami", "/train_now",
                                            "/update_settings", "/make_live", "/rollback", "/import_votes"}
     assert not api["unnamed_endpoints"]
     # No endpoint takes an annotator: the server decides who acts.
@@ -48,15 +48,16 @@ def test_only_the_documented_endpoints_are_public(served):
 def test_new_pair_vote_status_round_trip(served):
     url, studio = served
     client = Client(url, verbose=False)
-    left, right, pair_id = client.predict(PROMPT, "3, 4", api_name="/new_pair")
+    me = api_identity(client)
+    left, right, pair_id = client.predict(PROMPT, "3, 4", me, api_name="/new_pair")
     assert Image.open(left).size == (32, 32) and Image.open(right).size == (32, 32)
     pair = studio.repo.get_pair(pair_id)
-    assert (pair.left.seed, pair.right.seed) == (3, 4) and pair.served_to.startswith("client-")
-    ack = client.predict(pair_id, "right", api_name="/vote")
+    assert (pair.left.seed, pair.right.seed) == (3, 4) and pair.served_to == me.split(".")[0]
+    ack = client.predict(pair_id, "right", me, api_name="/vote")
     assert ack["recorded"] and ack["pair_id"] == pair_id and ack["annotator"] == pair.served_to
     [stored] = studio.repo.labeled_pairs()
     assert stored.vote_id == ack["vote_id"] and stored.choice == "right"  # committed before the answer
-    _, _, second = client.predict(PROMPT, api_name="/new_pair")  # seeds are optional
+    _, _, second = client.predict(PROMPT, "", me, api_name="/new_pair")  # seeds are optional
     assert second == pair_id + 1
     status = client.predict(api_name="/status")
     assert status["votes"] == 1 and status["pairs"] == 2
@@ -73,16 +74,30 @@ def test_new_pair_vote_status_round_trip(served):
 ])
 def test_bad_new_pair_requests_get_an_error_and_write_nothing(served, args, message):
     url, studio = served
+    client = Client(url, verbose=False)
+    me = api_identity(client)
     with pytest.raises(AppError, match=message):
-        Client(url, verbose=False).predict(*args, api_name="/new_pair")
+        client.predict(*args, me, api_name="/new_pair")
     assert studio.counts()["pairs"] == 0
+
+
+def test_new_pair_and_vote_without_an_identity_are_refused(served):
+    url, studio = served
+    client = Client(url, verbose=False)
+    for call in (lambda: client.predict(PROMPT, "1, 2", api_name="/new_pair"),
+                 lambda: client.predict(PROMPT, "1, 2", "anon-0123456789ab.forged", api_name="/new_pair"),
+                 lambda: client.predict(1, "left", api_name="/vote")):
+        with pytest.raises(AppError, match="nobody is acting|not issued by this studio"):
+            call()
+    assert studio.counts()["pairs"] == 0 and studio.counts()["votes"] == 0
 
 
 def test_bad_votes_get_an_error_and_write_nothing(served):
     url, studio = served
     client = Client(url, verbose=False)
-    _, _, pair_id = client.predict(PROMPT, "1, 2", api_name="/new_pair")
-    client.predict(pair_id, "tie", api_name="/vote")
+    me = api_identity(client)
+    _, _, pair_id = client.predict(PROMPT, "1, 2", me, api_name="/new_pair")
+    client.predict(pair_id, "tie", me, api_name="/vote")
     for args, message in [((pair_id, "left"), "already has your vote 'tie'"),  # replayed, even with a new choice
                           ((pair_id, "tie"), "already has your vote"),
                           ((999, "left"), "no pair with id 999"),
@@ -90,7 +105,7 @@ def test_bad_votes_get_an_error_and_write_nothing(served):
                           (("abc", "left"), "pair id must be a whole number"),
                           ((None, "left"), "no pair to vote on")]:
         with pytest.raises(AppError, match=message):
-            client.predict(*args, api_name="/vote")
+            client.predict(*args, me, api_name="/vote")
     counts = studio.counts()
     assert counts["votes"] == 1 and counts["per_choice"]["tie"] == 1 and counts["pairs"] == 1
 
@@ -119,11 +134,12 @@ def test_four_clients_vote_while_the_worker_trains_and_hot_swaps(tmp_path):
 
     def client_loop(i: int) -> None:
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        me = api_identity(client)
         n = 0
         try:
             while time.monotonic() < deadline and min(after_swap.values()) < 2:
-                _, _, pair_id = client.predict(PROMPT, api_name="/new_pair")
-                acks.append(client.predict(pair_id, VOTE_CHOICES[(i + n) % 5], api_name="/vote"))
+                _, _, pair_id = client.predict(PROMPT, "", me, api_name="/new_pair")
+                acks.append(client.predict(pair_id, VOTE_CHOICES[(i + n) % 5], me, api_name="/vote"))
                 if repo.get_pair(pair_id).left.adapter_version is not None:
                     after_swap[i] += 1
                     studio.update_settings(actor=Actor("test"), train_every=10_000)  # one run is enough here: finish sooner

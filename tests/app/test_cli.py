@@ -72,6 +72,10 @@ def test_config_validation():
         StudioConfig(train_interval_s=0)
     config = StudioConfig(train_every=3, train_interval_s=60, lr=1e-3, train_annotators="a,b")
     assert config.worker_config() == WorkerConfig(train_every=3, train_interval_s=60, train_annotators=("a", "b"))
+    assert config.effective_train_voters() == "everyone"  # local
+    assert StudioConfig(host="0.0.0.0", auth=["a:pw"]).effective_train_voters() == "signed-in"
+    assert StudioConfig(on_spaces=True).effective_train_voters() == "signed-in"
+    assert StudioConfig(host="0.0.0.0", train_voters="everyone", auth=["a:pw"]).effective_train_voters() == "everyone"
     assert config.trainer_config() == TrainerConfig(lr=1e-3)
 
 
@@ -120,7 +124,7 @@ def test_studios_starting_together_agree_on_one_secret(tmp_path, monkeypatch):
 
 SHARING_VARIABLES = ("STUDIO_AUTH", "STUDIO_AUTH_FILE", "STUDIO_ADMINS", "STUDIO_ADMIN_TOKEN", "STUDIO_ALLOW_MODELS",
                      "STUDIO_PAIRS_PER_MINUTE", "STUDIO_VOTES_PER_MINUTE", "STUDIO_TRAIN_ANNOTATORS", "SPACE_ID",
-                     "STUDIO_HOST", "STUDIO_MODEL")
+                     "SYSTEM", "STUDIO_HOST", "STUDIO_MODEL")
 TOKEN = "a-token-of-enough-length"
 
 
@@ -149,7 +153,7 @@ def test_sharing_variables(clean_env, tmp_path):
     for name, value in {"STUDIO_AUTH": "alice:pw-a, bob:pw-b", "STUDIO_AUTH_FILE": str(logins),
                         "STUDIO_ADMINS": "carol", "STUDIO_ADMIN_TOKEN": TOKEN, "STUDIO_HOST": "0.0.0.0",
                         "STUDIO_MODEL": "org/model", "STUDIO_ALLOW_MODELS": "embedded,org/model",
-                        "SPACE_ID": "someone/studio"}.items():
+                        "SPACE_ID": "someone/studio", "SYSTEM": "spaces"}.items():
         clean_env.setenv(name, value)
     config = parse_args([])
     assert [user for user, _ in config.logins] == ["alice", "bob", "carol"] and config.admins == ("carol",)
@@ -166,8 +170,10 @@ def test_sharing_variables(clean_env, tmp_path):
     (["--admins", "alice"], {}, "nobody can sign in here"),
     (["--admin-token", "short"], {}, "at least 16 characters"),
     (["--host", "0.0.0.0", "--model", "org/model"], {}, "model 'org/model' is not allowed"),
-    (["--model", "org/model"], {"SPACE_ID": "someone/studio"}, "bound to a Space"),
-    (["--votes-per-minute", "-1"], {}, "votes_per_minute must be a whole number >= 0"),
+    (["--model", "org/model"], {"SPACE_ID": "someone/studio", "SYSTEM": "spaces"}, "bound to a Space"),
+    (["--votes-per-minute", "-1"], {}, "votes_per_minute must be a whole number at least 0"),
+    (["--local-admin", "--host", "0.0.0.0"], {}, "local_admin makes everyone who reaches the studio an admin"),
+    (["--allowed-origins", "evil.example"], {}, "is not an origin like https://example.org"),
 ])
 def test_bad_sharing_settings_stop_the_start(clean_env, capsys, tmp_path, argv, env, message):
     bad = tmp_path / "bad.txt"

@@ -11,7 +11,7 @@ from gradio_client import Client
 
 from storage import VOTE_CHOICES, Repository
 from tests.support.lora import random_lora
-from tests.support.studio import free_port, register_adapter, start_studio, stop_studio
+from tests.support.studio import api_identity, free_port, register_adapter, start_studio, stop_studio
 
 PROMPT = "a large blue square on a yellow background"
 
@@ -26,21 +26,23 @@ def test_votes_and_live_adapter_survive_sigkill(embedded, tmp_path):
     enough = threading.Event()
     try:
         client = Client(url, verbose=False)
-        _, _, first = client.predict(PROMPT, "1, 2", api_name="/new_pair")
-        acks.append(client.predict(first, "left", api_name="/vote"))
+        me = api_identity(client)
+        _, _, first = client.predict(PROMPT, "1, 2", me, api_name="/new_pair")
+        acks.append(client.predict(first, "left", me, api_name="/vote"))
 
         # The adapter is registered by another process, as `python -m alignment.worker` would do it.
         repo = Repository(data)
         version = register_adapter(repo, random_lora(0))
-        _, _, swapped = client.predict(PROMPT, "1, 2", api_name="/new_pair")
+        _, _, swapped = client.predict(PROMPT, "1, 2", me, api_name="/new_pair")
         assert repo.get_pair(swapped).left.adapter_version == version  # hot-swapped from the database
 
         def vote_until_killed():
             voter = Client(url, verbose=False)
             try:
+                voter_id = api_identity(voter)
                 for n in range(1000):
-                    _, _, pair_id = voter.predict(PROMPT, api_name="/new_pair")
-                    acks.append(voter.predict(pair_id, VOTE_CHOICES[n % 5], api_name="/vote"))
+                    _, _, pair_id = voter.predict(PROMPT, "", voter_id, api_name="/new_pair")
+                    acks.append(voter.predict(pair_id, VOTE_CHOICES[n % 5], voter_id, api_name="/vote"))
                     if len(acks) >= 4:
                         enough.set()
             except Exception:  # the kill cuts the request in flight; what counts is what was acknowledged
@@ -64,7 +66,8 @@ def test_votes_and_live_adapter_survive_sigkill(embedded, tmp_path):
         stored = {v.vote_id for v in repo.labeled_pairs(choices=VOTE_CHOICES)}
         assert acked <= stored and len(stored) - len(acked) <= 1  # at most the one cut off before its answer
         assert status["votes"] == len(stored)
-        _, _, after = client.predict(PROMPT, "1, 2", api_name="/new_pair")
+        # The identity from before the kill: signed with the key kept in the data dir, still valid.
+        _, _, after = client.predict(PROMPT, "1, 2", me, api_name="/new_pair")
         assert repo.get_pair(after).left.adapter_version == version
         assert repo.missing_blobs() == []
         stop_studio(proc)  # SIGTERM (what `docker stop` sends): a clean shutdown, worker thread included

@@ -13,7 +13,7 @@ from app.access import AccessPolicy, Actor, RateLimits
 from app.studio import Studio
 from app.ui import build_ui, launch
 from tests.support.lora import random_lora
-from tests.support.studio import RawSession, free_port, register_adapter, stored_votes
+from tests.support.studio import RawSession, api_identity, free_port, register_adapter, stored_votes
 
 PROMPT = "a small green circle on an orange background"
 TOKEN = "token-for-the-sharing-tests"
@@ -32,6 +32,7 @@ def serve(studio: Studio, **launch_kwargs):
 def shared(swap_studio):
     """A studio with two logins, alice an admin, an admin token; yields (demo, url, studio)."""
     swap_studio.access = AccessPolicy.for_host("127.0.0.1", admins=["alice"], admin_token=TOKEN)
+    swap_studio.limits = RateLimits.per_minute(0, 0, token_failures=100)  # wrong tokens are tried on purpose
     demo, url = serve(swap_studio, auth=LOGINS)
     yield demo, url, swap_studio
     demo.close()
@@ -90,7 +91,10 @@ def test_votes_are_recorded_under_the_login(shared):
     assert bob.predict(TOKEN, api_name="/whoami")["admin"] is True
     alice = Client(url, auth=("alice", "pw-alice"), verbose=False)
     assert alice.predict(api_name="/whoami") == {"annotator": "alice", "signed_in": True, "admin": True}
-    assert alice.predict(pair_id, "right", api_name="/vote")["annotator"] == "alice"
+    with pytest.raises(AppError, match=f"pair {pair_id} was not shown to you"):  # bob's pair, not alice's
+        alice.predict(pair_id, "right", api_name="/vote")
+    _, _, own = alice.predict(PROMPT, "3, 4", api_name="/new_pair")
+    assert alice.predict(own, "right", api_name="/vote")["annotator"] == "alice"
     assert studio.counts()["per_annotator"] == {"alice": 1, "bob": 1}
 
 
@@ -146,34 +150,42 @@ def test_a_client_cannot_choose_the_annotator_it_votes_as(anonymous):
     stored, identity = loaded[1], loaded[3]
     me = stored.split(".")[0]
     assert me.startswith("anon-") and identity == f"Voting anonymously as **{me}** (kept by this browser)"
-    assert page.call("new_pair", [PROMPT, "1, 2", None])["success"]
+    assert page.call("new_pair", [PROMPT, "1, 2", "", None])["success"]
     assert page.call("handler", [None])["success"]  # the first vote button (left), with the session's pair
-    # The vote endpoint given an annotator anyway: the extra value is ignored, the server names the voter.
-    forged = page.call("vote", [1, "right", "alice"])["output"]["data"][0]
-    assert forged["annotator"] == f"client-{page.session_hash[:16]}"
+    # The vote endpoint given a name as its identity: refused; the server names the voter, from what it signed.
+    forged = page.call("vote", [1, "right", "alice"])
+    assert not forged["success"] and "not issued by this studio" in forged["output"]["error"]
     # A signed id from this server is honoured after a reload; an edited one is not.
     again = RawSession(url, demo)
     assert again.call("start_session", [stored, None])["output"]["data"][1] == stored
     assert again.call("start_session", [stored.replace(me, "anon-000000000000"), None])["output"]["data"][1] != stored
-    assert studio.counts()["per_annotator"] == {me: 1, forged["annotator"]: 1}
+    assert studio.counts()["per_annotator"] == {me: 1}
     page.close(), again.close()
-    # gradio_client sessions are told apart, each under the id of its own session.
-    names = {Client(url, verbose=False).predict(api_name="/whoami")["annotator"] for _ in range(2)}
-    assert len(names) == 2 and all(n.startswith("client-") for n in names)
+    # gradio_client sessions are nobody until they ask for an identity; each gets its own.
+    assert Client(url, verbose=False).predict(api_name="/whoami")["annotator"] is None
+    names = set()
+    for _ in range(2):
+        client = Client(url, verbose=False)
+        names.add(client.predict("", api_identity(client), api_name="/whoami")["annotator"])
+    assert len(names) == 2 and all(n.startswith("anon-") for n in names)
 
 
 def test_rate_limits_reach_api_clients_as_errors(anonymous):
     _, url, studio = anonymous
     client = Client(url, verbose=False)
+    me = api_identity(client)
     for seeds in ("1, 2", "3, 4"):
-        client.predict(PROMPT, seeds, api_name="/new_pair")
+        client.predict(PROMPT, seeds, me, api_name="/new_pair")
     with pytest.raises(AppError, match=r"rate limit: try again in \d+ s"):
-        client.predict(PROMPT, "5, 6", api_name="/new_pair")
+        client.predict(PROMPT, "5, 6", me, api_name="/new_pair")
     assert studio.counts()["pairs"] == 2
-    Client(url, verbose=False).predict(PROMPT, "5, 6", api_name="/new_pair")  # another annotator
-    for pair_id in (1, 2):
-        client.predict(pair_id, "left", api_name="/vote")
-    client.predict(3, "left", api_name="/vote")
+    other = Client(url, verbose=False)
+    other.predict(PROMPT, "5, 6", api_identity(other), api_name="/new_pair")  # another annotator
+    studio.limits.pairs.limit = 0  # no more pair limit: the vote limit is next
+    for seeds in ("7, 8", "9, 10"):
+        client.predict(PROMPT, seeds, me, api_name="/new_pair")
+    for pair_id in (1, 2, 4):
+        client.predict(pair_id, "left", me, api_name="/vote")
     with pytest.raises(AppError, match="rate limit: try again in"):
-        client.predict(3, "right", api_name="/vote")
+        client.predict(5, "right", me, api_name="/vote")
     assert studio.counts()["votes"] == 3

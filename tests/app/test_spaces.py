@@ -82,7 +82,7 @@ def test_signed_in_visitors_vote_under_their_hugging_face_name(space):
     assert alice.predict({"gamma": 0.8}, api_name="/update_settings")["gamma"] == 0.8  # an admin here
     visitor = Client(url, verbose=False)  # not signed in: anonymous, and not an admin on a public studio
     whoami = visitor.predict(api_name="/whoami")
-    assert whoami["annotator"].startswith("client-") and not whoami["signed_in"] and not whoami["admin"]
+    assert whoami["annotator"] is None and not whoami["signed_in"] and not whoami["admin"]
     assert studio.counts()["per_annotator"] == {"bob": 1}
 
 

@@ -11,7 +11,7 @@ import pytest
 from app.access import Actor
 from app.inputs import parse_pair_id, parse_seeds
 from app.studio import StudioError
-from storage import UnknownAdapterError, UnknownPairError
+from storage import PairNotServedError, UnknownAdapterError, UnknownPairError
 from tests.support.lora import random_lora
 from tests.support.studio import register_adapter
 
@@ -85,8 +85,9 @@ def test_replayed_invalid_and_unknown_votes_write_nothing(studio):
         studio.vote(999, "left", annotator="ann")
     counts = studio.counts()
     assert counts["votes"] == 1 and counts["per_choice"]["right"] == 1
-    studio.vote(view.id, "tie", annotator="other")  # another annotator may judge the same pair
-    assert studio.counts()["votes"] == 2
+    with pytest.raises(PairNotServedError, match=f"pair {view.id} was not shown to you"):
+        studio.vote(view.id, "tie", annotator="other")  # a vote counts only from whom the pair was served to
+    assert studio.counts()["votes"] == 1
 
 
 def test_status_reports_votes_live_version_and_worker(studio):
@@ -182,7 +183,7 @@ def test_settings_are_validated_and_reach_the_worker(swap_studio):
     after = swap_studio.update_settings(actor=ME, objective="trajectory", gamma=0.8, beta=None, lr=1e-4, train_steps=12.0,
                                         train_every=3)
     assert after == {"objective": "trajectory", "gamma": 0.8, "beta": None, "lr": 1e-4, "train_steps": 12,
-                     "train_every": 3, "train_annotators": None}
+                     "train_every": 3, "train_annotators": None, "train_voters": "everyone"}
     assert swap_studio.worker.trainer_config.train_steps == 12 and swap_studio.worker.config.train_every == 3
 
 

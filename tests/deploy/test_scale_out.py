@@ -25,7 +25,7 @@ from gradio_client import Client
 
 from alignment.training.worker import LEASE_NAME
 from storage import VOTE_CHOICES, Repository
-from tests.support.studio import free_port, start_studio, stop_studio
+from tests.support.studio import api_identity, free_port, start_studio, stop_studio
 from tests.support.processes import REPO_ROOT, env, start_worker, stop_all, tail, wait_for
 
 PROMPTS = ("a large red circle on a blue background", "a small green square", "a yellow triangle")
@@ -68,10 +68,11 @@ def test_two_studios_and_a_worker_process_share_one_postgres_database(pg_url, tm
 
     def client_rounds(client: Client, studio: int, i: int, rounds: int) -> None:
         try:
+            me = api_identity(client)
             for n in range(rounds):
-                _, _, pair_id = client.predict(PROMPTS[(i + n) % len(PROMPTS)], api_name="/new_pair")
+                _, _, pair_id = client.predict(PROMPTS[(i + n) % len(PROMPTS)], "", me, api_name="/new_pair")
                 pairs_by_studio[studio].append(pair_id)
-                acks.append(client.predict(pair_id, CHOICES[(i + 2 * n) % len(CHOICES)], api_name="/vote"))
+                acks.append(client.predict(pair_id, CHOICES[(i + 2 * n) % len(CHOICES)], me, api_name="/vote"))
         except BaseException as e:  # collected: an exception in a thread would not fail the test
             failures.append(e)
 

@@ -42,6 +42,11 @@ def register_adapter(repo, lora: bytes, *, live: bool = True, loss_curve=(0.693,
     return record.version
 
 
+def api_identity(client) -> str:
+    """A signed identity for a `gradio_client.Client` that has no login (what `/identity` issues)."""
+    return client.predict(api_name="/identity")["identity"]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -100,19 +105,30 @@ def stored_votes(repo, votes: list[tuple[str, str]], prompt: str = "a large red 
 class RawSession:
     """One page session over Gradio's HTTP queue (what the page's JavaScript sends), private events included."""
 
-    def __init__(self, url: str, demo, auth: tuple[str, str] | None = None):
-        self.http = httpx.Client(base_url=url.rstrip("/"), timeout=240)
-        self.session_hash = secrets.token_hex(8)
+    def __init__(self, url: str, demo, auth: tuple[str, str] | None = None, *, session_hash: str | None = None,
+                 local_address: str | None = None, headers: dict | None = None):
+        """`local_address` (e.g. 127.0.0.2) makes the session come from another client address; `headers` go
+        with every request (an `Origin`, say)."""
+        transport = httpx.HTTPTransport(local_address=local_address) if local_address else None
+        self.http = httpx.Client(base_url=url.rstrip("/"), timeout=240, transport=transport, headers=headers)
+        self.session_hash = session_hash or secrets.token_hex(8)
         self.dependencies = demo.config["dependencies"]
         if auth is not None:
             self.http.post("/login", data={"username": auth[0], "password": auth[1]}).raise_for_status()
 
-    def call(self, api_name: str, data: list) -> dict:
-        """Run the event named `api_name` with `data` as its inputs; the final message (output or error)."""
-        index = next(i for i, d in enumerate(self.dependencies) if d.get("api_name") == api_name)
-        self.http.post("/gradio_api/queue/join", json={"data": data, "fn_index": index, "event_data": None,
-                                                       "session_hash": self.session_hash, "trigger_id": None}
-                       ).raise_for_status()
+    def index_of(self, api_name: str) -> int:
+        return next(i for i, d in enumerate(self.dependencies) if d.get("api_name") == api_name)
+
+    def join(self, index: int, data: list) -> httpx.Response:
+        """Put event `index` (with `data` as its inputs) in the queue; the join's HTTP answer."""
+        return self.http.post("/gradio_api/queue/join", json={"data": data, "fn_index": index, "event_data": None,
+                                                              "session_hash": self.session_hash, "trigger_id": None})
+
+    def call(self, api_name: str | int, data: list) -> dict:
+        """Run the event named `api_name` (or with that index) with `data` as its inputs; the final message
+        (output or error)."""
+        index = api_name if isinstance(api_name, int) else self.index_of(api_name)
+        self.join(index, data).raise_for_status()
         with self.http.stream("GET", "/gradio_api/queue/data", params={"session_hash": self.session_hash}) as s:
             for line in s.iter_lines():
                 if line.startswith("data:"):

@@ -45,6 +45,8 @@ from storage import StorageError
 log = logging.getLogger(__name__)
 
 LEASE_NAME = "trainer"  # the database lease that lets one worker train at a time
+# What a run is doing, for the UI: `state()["phase"]`. "waiting for votes" whenever no run is going.
+PHASES = ("waiting for votes", "training", "checking fidelity", "going live")
 
 
 class LeaseLostError(RuntimeError):
@@ -132,6 +134,8 @@ class Worker:
         self._thread: threading.Thread | None = None
         self._state = "stopped"
         self._progress: tuple[int, int] | None = None
+        self._phase = PHASES[0]
+        self._train_started = 0.0  # monotonic time of the run's first training step report (for time left)
         self._last_error: str | None = None
         self._last_run: dict | None = None
         self._last_attempt_vote_id = self._initial_watermark()
@@ -206,7 +210,15 @@ class Worker:
         live = self.repo.live_adapter()
         return {"state": self._state, "last_error": self._last_error, "last_run": self._last_run,
                 "progress": self._progress, "live_version": live.version if live else None,
-                "votes_pending": self.votes_pending()}
+                "votes_pending": self.votes_pending(), "phase": self._phase, "time_left_s": self.time_left_s()}
+
+    def time_left_s(self) -> float | None:
+        """Seconds of training left at the pace of the steps so far (None outside training or before a step)."""
+        progress = self._progress
+        if self._phase != "training" or progress is None or progress[0] <= 0:
+            return None
+        step, total = progress
+        return round((time.monotonic() - self._train_started) / step * max(0, total - step), 1)
 
     # ---- one run ----------------------------------------------------------------------------------------------
     def votes_pending(self) -> int:
@@ -251,13 +263,14 @@ class Worker:
             try:
                 self._requested = False
                 self._state = "training"
+                self._phase, self._train_started = "training", time.monotonic()
                 return run()
             finally:
                 self._fence = None
                 self._release_lease()
         finally:
             self._state = "idle" if self._serving and not self._stop.is_set() else "stopped"
-            self._progress = None
+            self._progress, self._phase = None, PHASES[0]
             self._run_lock.release()
 
     def _run(self) -> dict:
@@ -281,7 +294,9 @@ class Worker:
             if self.before_train is not None:
                 self.before_train({"watermark": watermark, "annotators": annotators, "config": cfg.to_dict()})
             result = trainer.train(pairs, progress=self.report_progress)
+            self._phase = "checking fidelity"
             lora, report, chosen = self._guarded_choice(trainer, result)
+            self._phase = "going live"
             metrics = {**result.metrics, **chosen}
             metrics = {k: v for k, v in metrics.items() if v is not None}
             if quarantined:
@@ -308,7 +323,7 @@ class Worker:
                                       metrics=metrics, adapter_version=record.version)
         self._last_error = report.reason
         self._last_run = {"run_id": run_id, "status": status, "version": record.version, "metrics": metrics,
-                          "reason": report.reason}
+                          "reason": report.reason, "votes_used": len(labeled)}
         self._notify()
         return self._last_run
 

@@ -36,7 +36,8 @@ def studio_url(tmp_path_factory):
     port = free_port()
     # Four preference votes start a short run; the tiny learning rate keeps the adapter near the base, so the
     # fidelity guard lets it go live.
-    proc = start_studio(data, port, "--train-every", "4", "--min-votes", "4", "--train-steps", "4", "--lr", "1e-5")
+    proc = start_studio(data, port, "--train-every", "4", "--min-votes", "4", "--train-steps", "4", "--lr", "1e-5",
+                        "--local-admin")  # one person on their own machine: the admin controls are theirs
     yield f"http://127.0.0.1:{port}/", data
     stop_studio(proc)
 

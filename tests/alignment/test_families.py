@@ -108,8 +108,8 @@ def _scheduler_edit(**changes):
 
 
 @pytest.mark.parametrize("kind, edit, words", [
-    ("sd1", lambda f: _edit_json(f / "model_index.json", _class_name="StableDiffusion3Pipeline"),
-     r"'StableDiffusion3Pipeline' are not supported.*StableDiffusionPipeline \(sd\), StableDiffusionXLPipeline"),
+    ("sd1", lambda f: _edit_json(f / "model_index.json", _class_name="KandinskyV22Pipeline"),
+     r"'KandinskyV22Pipeline' are not supported.*StableDiffusionPipeline \(sd\), StableDiffusionXLPipeline"),
     ("sdxl", _scheduler_edit(clip_sample=True), "clip_sample=true"),  # StableDiffusionPipeline resets it itself
     ("sd2", _scheduler_edit(thresholding=True), "thresholding=true"),
     ("sd1", _scheduler_edit(rescale_betas_zero_snr=True), "zero terminal SNR an epsilon prediction"),

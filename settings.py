@@ -345,12 +345,19 @@ class ServerConfig:
     concurrency: int = setting(8, "events served at once; generation always queues on one slot")
     worker: bool = setting(True, "train in a thread of the app; --no-worker leaves it to `python -m "
                                  "alignment.worker` against the same data")
+    ready_depth: int = setting(2, "pairs made ahead per annotator and prompt by the live version, so the next "
+                                  "pair shows as soon as a vote is committed; each counts against the pair rate "
+                                  "limit; 0 = off (every pair is made after the vote)")
+    ready_cap: int = setting(64, "pairs made ahead in all, across annotators (an idle annotator's are dropped "
+                                 "after 10 minutes)")
 
     def __post_init__(self):
         if not isinstance(self.host, str) or not self.host.strip():
             raise ValueError("host must be an address to listen on, e.g. 127.0.0.1 or 0.0.0.0")
         self.port = _whole(self.port, "port", 1, 65535)
         self.concurrency = _whole(self.concurrency, "concurrency", 1)
+        self.ready_depth = _whole(self.ready_depth, "ready_depth", 0, 8)
+        self.ready_cap = _whole(self.ready_cap, "ready_cap", 0)
 
 
 @dataclass

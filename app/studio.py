@@ -44,6 +44,7 @@ from app.access import AccessPolicy, Actor, RateLimits
 from app.admin import DataExchange, Releases, TrainingControls
 from settings import TrainerConfig
 from app.config import StudioConfig
+from app.ready import ReadyQueue
 from app.inputs import BLIND_CHOICES, VOTE_CHOICES, StudioError, parse_pair_id, parse_seeds
 from storage import NewGeneration, Repository
 from storage.export import ImportLimits
@@ -105,10 +106,12 @@ class Studio:
 
     def __init__(self, sampler: Sampler, repo: Repository, worker=None, trainer_config: TrainerConfig | None = None,
                  suggestions: list[str] | None = None, access: AccessPolicy | None = None,
-                 limits: RateLimits | None = None, import_limits: ImportLimits | None = None):
+                 limits: RateLimits | None = None, import_limits: ImportLimits | None = None,
+                 ready_depth: int = 0, ready_cap: int = 64):
         """`sampler` is served through a `LiveModel` that follows `repo` (it owns the sampler's pipeline from now
         on). `access` defaults to one person's in-process studio (`local_admin`: everyone is an admin; a served
-        studio gets its policy from `StudioConfig`), `limits` to none."""
+        studio gets its policy from `StudioConfig`), `limits` to none. `ready_depth` pairs per annotator and
+        prompt are made ahead for the Label tab (`app.ready`; 0 = none, the default here)."""
         self.repo = repo
         self.worker = worker
         self.live = LiveModel(sampler, repo)  # its follower starts with the server: new adapters go live promptly
@@ -121,6 +124,7 @@ class Studio:
         self.releases = Releases(repo, self.live)
         self.data = DataExchange(repo, self.export_dir, self.import_limits)
         self._status_cache: tuple[float, dict] | None = None
+        self.ready = ReadyQueue(self, ready_depth, ready_cap)  # its thread starts with start()
 
     @classmethod
     def open(cls, config: StudioConfig) -> Studio:
@@ -134,15 +138,18 @@ class Studio:
             worker = Worker(repo, model.model_id, trainer_config, worker_config, device=config.device,
                             dtype=config.dtype)
         return cls(Sampler(model), repo, worker, trainer_config, access=config.access_policy(),
-                   limits=config.rate_limits(), import_limits=config.import_limits())
+                   limits=config.rate_limits(), import_limits=config.import_limits(), ready_depth=config.ready_depth,
+                   ready_cap=config.ready_cap)
 
     def start(self) -> None:
         """Start the background threads: the live model's follower of storage, and the worker when there is one."""
         self.live.start()
+        self.ready.start()
         if self.worker is not None:
             self.worker.start()
 
     def close(self) -> None:
+        self.ready.stop()
         self.live.stop()
         if self.worker is not None:
             self.worker.stop()
@@ -265,7 +272,23 @@ class Studio:
                 "serving_adapter_version": self.live.adapter_version,
                 "worker_state": worker.get("state"), "worker_error": worker.get("last_error"),
                 "training_progress": worker.get("progress"),
-                "votes_pending": worker.get("votes_pending"), "last_run": worker.get("last_run")}
+                "votes_pending": worker.get("votes_pending"), "last_run": worker.get("last_run"),
+                "training_phase": worker.get("phase"), "time_left_s": worker.get("time_left_s"),
+                "last_release": self.last_release()}
+
+    def last_release(self) -> dict | None:
+        """What the newest adapter changed, for everyone: its version and status, the votes it used (and how many
+        more than its parent), and the guard's verdict with its figures; None before the first."""
+        adapters = self.repo.list_adapters()
+        if not adapters:
+            return None
+        newest = adapters[-1]
+        parent = next((a for a in adapters if a.version == newest.parent_version), None)
+        m = newest.metrics
+        return {"version": newest.version, "status": newest.status, "votes_used": newest.votes_used,
+                "new_votes": newest.votes_used - (parent.votes_used if parent else 0),
+                "guard_passed": m.get("fidelity_passed"), "fidelity_base": m.get("fidelity_base"),
+                "fidelity_candidate": m.get("fidelity_candidate"), "fidelity_units": m.get("fidelity_units")}
 
     # ---- Train and Data tabs: admins only for what changes something (checked here, done by app.admin) --------
     def is_admin(self, actor: Actor | None) -> bool:

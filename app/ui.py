@@ -36,12 +36,29 @@ BROWSER_KEY = "alignment-studio-annotator"
 UPLOAD_TTL_S = 3600  # uploads (and Gradio's other cached files) are deleted after an hour
 
 # Keys 1-5 click the visible button with that key (Label tab: votes; Compare tab: blind A/B), unless the person
-# is typing in a field.
+# is typing in a field. The page sends at most one vote for the pair on screen: a vote click or key while no pair
+# is shown, or for the pair a vote was just sent for (a double press, a click before the answer came), is dropped,
+# unless 5 s passed and the acknowledgement never changed (that vote was refused, e.g. by a rate limit).
 HEAD = """
 <script>
 (() => {
   const keys = {"1": ["vote-left", "ab-left"], "2": ["vote-right", "ab-right"], "3": ["vote-tie", "ab-tie"],
                 "4": ["vote-both-bad"], "5": ["vote-skip"]};
+  const votes = ["vote-left", "vote-right", "vote-tie", "vote-both-bad", "vote-skip"];
+  const text = (sel) => { const el = document.querySelector(sel); return el ? (el.value ?? el.textContent) : ""; };
+  let last = null;  // {pair, ack, at} of the vote last sent
+  const voteAllowed = () => {
+    const pair = text("#pair-id input"), ack = text("#vote-ack");
+    if (!pair) return false;
+    if (last && last.pair === pair && (ack !== last.ack || Date.now() - last.at < 5000)) return false;
+    last = {pair, ack, at: Date.now()};
+    return true;
+  };
+  document.addEventListener("click", (e) => {
+    const el = e.target && e.target.closest ? e.target.closest("[id]") : null;
+    const vote = el && votes.find((id) => el.id === id || el.closest("#" + id));
+    if (vote && !voteAllowed()) { e.stopImmediatePropagation(); e.preventDefault(); }
+  }, true);
   document.addEventListener("keydown", (e) => {
     if (e.ctrlKey || e.metaKey || e.altKey || e.repeat) return;
     const t = e.target;
@@ -69,11 +86,10 @@ def css(pixelated: bool) -> str:
 
 def status_markdown(s: dict) -> str:
     parts = [f"Live adapter: **{version_label(s['live_adapter_version'])}**",
-             f"Votes: **{s['votes']}**", f"Worker: **{s['worker_state']}**"]
-    if s.get("training_progress"):
-        parts[-1] += " (step {}/{})".format(*s["training_progress"])
-    if s.get("votes_pending") is not None:
-        parts.append(f"{s['votes_pending']} new since last run")
+             f"Votes: **{s['votes']}**", f"Worker: {train.progress_text(s)}"]
+    release = s.get("last_release")
+    if release and s.get("training_phase") in (None, "waiting for votes"):
+        parts.append(train.release_text(release))
     text = " · ".join(parts)
     if s.get("worker_error"):
         text += f" · ⚠️ last run: {s['worker_error']}"

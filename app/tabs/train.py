@@ -1,5 +1,7 @@
 """The Train tab: objective settings (validated by the alignment core), whose votes to train on, Train now, the
-adapter history with make live / roll back, and plots of training loss and blind win rate over versions.
+adapter history with make live / roll back, and plots of training loss and blind win rate over versions. A line
+at the top, refreshed every 2 s, shows what the worker is doing (its phase, step/total and time left) and what the
+newest version changed (votes used, the fidelity guard's verdict).
 
 Settings apply to the next training run; an impossible value is refused with the core's message and nothing
 changes. Settings, Train now, make live and roll back are admin controls (`AdminArea`): `Studio` refuses them to
@@ -22,6 +24,7 @@ from app.tabs.label import PRIVATE
 HISTORY_COLUMNS = ["version", "status", "objective", "votes used", "loss", "metrics", "created", "note"]
 LOSS_COLUMNS = ["step", "loss", "version"]
 WIN_COLUMNS = ["version", "win rate", "series"]
+PROGRESS_EVERY_S = 2.0
 
 
 def build(studio: Studio, session: gr.State) -> AdminArea:
@@ -30,6 +33,7 @@ def build(studio: Studio, session: gr.State) -> AdminArea:
     with gr.Tab("Train", id="train") as tab:
         notice = gr.Markdown(elem_id="train-access")
         run_info = gr.Markdown(elem_id="run-info")
+        live_progress = gr.Markdown(elem_id="train-progress")  # the phase, kept current by a timer
         with gr.Row():
             objective = gr.Dropdown(choices=list(OBJECTIVES), value=cfg["objective"], label="Objective",
                                     info="discounted: the paper's γ-weighted DPO; trajectory: γ = 1", **editable)
@@ -105,6 +109,13 @@ def build(studio: Studio, session: gr.State) -> AdminArea:
         version = studio.rollback(actor=actor_of(state, request))
         return f"Rolled back: {version_label(version)} is live."
 
+    def show_progress(state: dict, request: gr.Request):
+        status = studio.status(max_age_s=PROGRESS_EVERY_S / 2, admin=studio.is_admin(actor_of(state, request)))
+        text = f"Now: {progress_text(status, bar=True)}"
+        return text + (f" · {release_text(status['last_release'])}" if status.get("last_release") else "")
+
+    gr.Timer(PROGRESS_EVERY_S).tick(show_progress, session, live_progress, **PRIVATE, concurrency_limit=None,
+                                    show_progress="hidden")
     refreshed = [run_info, history, pick, loss_plot, win_plot, annotators, voters]
     tab.select(refresh, session, refreshed, **PRIVATE)
     refresh_btn.click(refresh, session, refreshed, **PRIVATE)
@@ -117,17 +128,58 @@ def build(studio: Studio, session: gr.State) -> AdminArea:
                               train_btn, live_btn, rollback_btn])
 
 
+def progress_text(status: dict, *, bar: bool = False) -> str:
+    """The worker's phase (waiting for votes, training, checking fidelity, going live), with step/total and the
+    time left while training; `bar` adds a text progress bar (the Train tab's)."""
+    phase = status.get("training_phase") or status.get("worker_state") or "off"
+    if status.get("worker_state") in ("off", "stopped"):
+        phase = str(status.get("worker_state"))
+    text = f"**{phase}**"
+    step_total = status.get("training_progress")
+    if phase == "training" and step_total:
+        step, total = step_total
+        text += f" step {step}/{total}"
+        if bar and total:
+            filled = round(20 * step / total)
+            text = f"`{'█' * filled}{'░' * (20 - filled)}` " + text
+        if status.get("time_left_s") is not None:
+            text += f", {duration(status['time_left_s'])} left"
+    elif phase == "waiting for votes" and status.get("votes_pending") is not None:
+        text += f" ({status['votes_pending']} new since the last run)"
+    return text
+
+
+def release_text(release: dict | None) -> str:
+    """What the newest version changed: votes used, and the fidelity guard's verdict with its figures."""
+    if not release:
+        return ""
+    outcome = {"live": "went live", "rejected": "was rejected", "candidate": "awaits an admin"}.get(
+        release["status"], f"is {release['status']}")
+    text = f"{version_label(release['version'])} {outcome}: {release['votes_used']} votes"
+    if release.get("new_votes") is not None and release["new_votes"] != release["votes_used"]:
+        text += f" ({release['new_votes']:+d})"
+    passed = release.get("guard_passed")
+    if passed is not None:
+        text += f", guard {'passed' if passed else 'failed'}"
+        base, cand = release.get("fidelity_base"), release.get("fidelity_candidate")
+        if isinstance(base, (int, float)) and isinstance(cand, (int, float)):
+            text += f" (fidelity {cand:.3g} vs base {base:.3g})"
+    return text
+
+
+def duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
 def run_text(status: dict, settings: dict | None = None) -> str:
     """One line about the worker and its last run (and whose votes train), and the last error if there was one."""
-    parts = [f"Worker: **{status['worker_state']}**",
+    parts = [f"Worker: {progress_text(status, bar=True)}",
              f"live adapter: **{version_label(status['live_adapter_version'])}**"]
     if settings and settings.get("train_voters"):
         whose = "signed-in annotators'" if settings["train_voters"] == "signed-in" else "everyone's"
         if settings.get("train_annotators"):
             whose += f" (only {', '.join(settings['train_annotators'])})"
         parts.append(f"training on {whose} votes")
-    if status.get("votes_pending") is not None:
-        parts.append(f"{status['votes_pending']} new votes since the last run")
     run = status.get("last_run") or {}
     if run.get("status") in ("live", "rejected"):
         outcome = "went live" if run["status"] == "live" else "was rejected"
@@ -135,6 +187,8 @@ def run_text(status: dict, settings: dict | None = None) -> str:
     elif run:
         parts.append(f"last run: {run.get('status', '?')}")
     text = " · ".join(parts)
+    if status.get("last_release"):
+        text += f"\n\nLatest version: {release_text(status['last_release'])}"
     if status.get("worker_error"):
         text += f"\n\n⚠️ last error: {status['worker_error']}"
     return text

@@ -1,0 +1,230 @@
+"""`ReadyQueue`: pairs generated ahead for each annotator and prompt, so the next pair is on screen the moment a vote
+is committed.
+
+The queue owns one background thread (`ready-queue`). After a pair is taken (or made on demand) for an annotator
+and prompt, that thread tops the annotator's queue for the prompt up to `depth` pairs, each made by
+`Studio.new_pair`: stored, `served_to` the annotator and counted against their rate limits exactly like a pair
+made on demand. A queued pair made by a version that has since been replaced stays valid data (its trajectories
+record the version that made it). A refill the rate limits (or anything else) refuse is dropped quietly: the
+person only meets the limit, as before, when they ask for a pair and none is ready.
+
+Bounds: `depth` pairs per annotator and prompt, `prompts_per_annotator` prompts per annotator (the least recently
+used is dropped), `cap` pairs in all, and an annotator who takes nothing for `idle_s` loses their queues. A
+dropped pair stays stored, unvoted, like any pair a person skipped by closing the tab. `depth` 0 turns the queue
+off: `pair()` then only generates on demand. Knows `Studio`'s `new_pair`, no Gradio, no SQL, no tensors.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from app.errors import StudioError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Line:
+    """One annotator's queued pairs by prompt (most recently used prompt last), their address and last activity."""
+
+    pairs: collections.OrderedDict = field(default_factory=collections.OrderedDict)  # prompt -> deque[PairView]
+    address: str | None = None
+    active_at: float = 0.0
+
+
+class ReadyQueue:
+    """Pairs made ahead per (annotator, prompt) by the live version, topped up by one background thread."""
+
+    def __init__(self, studio, depth: int = 2, cap: int = 64, *, prompts_per_annotator: int = 2,
+                 idle_s: float = 600.0, clock: Callable[[], float] = time.monotonic):
+        if depth < 0 or cap < 0 or prompts_per_annotator < 1 or idle_s <= 0:
+            raise ValueError("a ready queue needs depth >= 0, cap >= 0, prompts_per_annotator >= 1 and idle_s > 0")
+        self.studio, self.depth, self.cap = studio, int(depth), int(cap)
+        self.prompts_per_annotator, self.idle_s, self.clock = prompts_per_annotator, idle_s, clock
+        self._lines: dict[str, _Line] = {}
+        self._todo: collections.deque[tuple[str, str]] = collections.deque()  # (annotator, prompt) to top up
+        self._cond = threading.Condition()
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self._busy = False  # the thread is making a pair
+        self._making: tuple[str, str] | None = None  # for whom and which prompt
+        self.refused = 0  # refills refused (rate limits, a bad prompt): counted, never shown
+
+    @property
+    def enabled(self) -> bool:
+        return self.depth > 0 and self.cap > 0
+
+    # ---- what the Label tab calls ------------------------------------------------------------------------------
+    def take(self, annotator: str, prompt: str, address: str | None = None):
+        """A ready pair of `prompt` for `annotator` and a top-up of their queue behind it; None when none is ready
+        (and no top-up yet: the caller makes its pair first, then calls `prefetch`, so the person's pair is not
+        kept waiting behind one made ahead)."""
+        if not self.enabled or not annotator:
+            return None
+        with self._cond:
+            line = self._touch(annotator, address)
+            queue = line.pairs.get(prompt)
+            if not queue:
+                return None
+            view = queue.popleft()
+            self._want(annotator, prompt, line)
+            return view
+
+    def pair(self, prompt: str, *, annotator: str, address: str | None = None):
+        """A ready pair of `prompt` for `annotator`, else one made now (`Studio.new_pair`: its errors, rate limits
+        included, reach the caller); either way their queue is topped up behind it."""
+        view = self.take(annotator, self.studio_prompt(prompt), address) or self._made_now(annotator, prompt)
+        if view is None:
+            view = self.studio.new_pair(prompt, annotator=annotator, address=address)
+            self.prefetch(annotator, view.prompt, address)
+        return view
+
+    def _made_now(self, annotator: str, prompt: str, timeout_s: float = 60.0):
+        """The pair the thread is making for (annotator, prompt) right now, once it is made (None when it is
+        making none for them, or that one failed): waiting for it is never slower than starting another."""
+        key = (annotator, self.studio_prompt(prompt))
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while self._making == key and time.monotonic() < deadline:
+                self._cond.wait(deadline - time.monotonic())
+            line = self._lines.get(annotator)
+            queue = line.pairs.get(key[1]) if line else None
+            if not queue:
+                return None
+            self._want(annotator, key[1], line)
+            return queue.popleft()
+
+    def prefetch(self, annotator: str, prompt: str, address: str | None = None) -> None:
+        """Top up `annotator`'s queue for `prompt` (a prompt they will probably be shown next), taking nothing."""
+        if not self.enabled or not annotator:
+            return
+        with self._cond:
+            self._want(annotator, self.studio_prompt(prompt), self._touch(annotator, address))
+
+    def ready(self, annotator: str, prompt: str) -> int:
+        """How many pairs of `prompt` wait for `annotator`."""
+        with self._cond:
+            line = self._lines.get(annotator)
+            return len(line.pairs.get(prompt, ())) if line else 0
+
+    def queued(self) -> int:
+        """Pairs waiting in all queues."""
+        with self._cond:
+            return self._total()
+
+    @staticmethod
+    def studio_prompt(prompt) -> str:
+        """The prompt as the studio stores it (so " a cat " and "a cat" share a queue); a bad one stays as given,
+        for `Studio.new_pair` to refuse."""
+        return " ".join(prompt.split()) if isinstance(prompt, str) else prompt
+
+    # ---- the thread --------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        if not self.enabled or (self._thread is not None and self._thread.is_alive()):
+            return
+        with self._cond:
+            self._stop = False
+        self._thread = threading.Thread(target=self._serve, name="ready-queue", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """Block until no top-up is pending (tests and benchmarks); False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._todo or self._busy:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+            return True
+
+    def _serve(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stop and not self._todo:
+                    self._cond.wait()
+                if self._stop:
+                    return
+                job = self._next_job()
+                self._busy = job is not None
+                self._making = job[:2] if job else None
+                self._cond.notify_all()  # `wait_idle` may be waiting for the jobs just found needless
+            if job is None:
+                continue
+            annotator, prompt, address = job
+            try:
+                view = self.studio.new_pair(prompt, annotator=annotator, address=address)
+            except StudioError as e:  # rate limits, a refused prompt: the person meets them only on demand
+                log.info("ready queue: no pair made ahead for %r: %s", annotator, e)
+                view = None
+            except Exception:  # the thread must survive anything (a database hiccup); the person just waits
+                log.exception("ready queue: making a pair ahead failed")
+                view = None
+            with self._cond:
+                self._busy, self._making = False, None
+                if view is None:
+                    self.refused += 1
+                    self._discard_jobs(annotator, prompt)  # no retry until the queue is used again
+                else:
+                    self._store(annotator, prompt, view)
+                self._cond.notify_all()
+
+    def _next_job(self) -> tuple[str, str, str | None] | None:
+        """The first (annotator, prompt) that still needs a pair, with the address to count it against (under the
+        lock); the job stays queued until its queue is full."""
+        self._drop_idle()
+        while self._todo:
+            annotator, prompt = self._todo[0]
+            line = self._lines.get(annotator)
+            queue = line.pairs.get(prompt) if line else None
+            if queue is None or len(queue) >= self.depth or self._total() >= self.cap:
+                self._todo.popleft()
+                continue
+            return annotator, prompt, line.address
+        return None
+
+    # ---- bookkeeping, under the lock ---------------------------------------------------------------------------
+    def _touch(self, annotator: str, address: str | None) -> _Line:
+        line = self._lines.setdefault(annotator, _Line())
+        line.address, line.active_at = address, self.clock()
+        return line
+
+    def _want(self, annotator: str, prompt: str, line: _Line) -> None:
+        line.pairs.setdefault(prompt, collections.deque())
+        line.pairs.move_to_end(prompt)
+        while len(line.pairs) > self.prompts_per_annotator:
+            line.pairs.popitem(last=False)
+        if (annotator, prompt) not in self._todo:
+            self._todo.append((annotator, prompt))
+        self._cond.notify_all()
+
+    def _store(self, annotator: str, prompt: str, view) -> None:
+        line = self._lines.get(annotator)
+        queue = line.pairs.get(prompt) if line else None
+        if queue is None or len(queue) >= self.depth:  # dropped meanwhile (idle, another prompt): stays stored only
+            return
+        queue.append(view)
+
+    def _discard_jobs(self, annotator: str, prompt: str) -> None:
+        self._todo = collections.deque(job for job in self._todo if job != (annotator, prompt))
+
+    def _drop_idle(self) -> None:
+        now = self.clock()
+        for annotator in [a for a, line in self._lines.items() if now - line.active_at > self.idle_s]:
+            del self._lines[annotator]
+
+    def _total(self) -> int:
+        return sum(len(q) for line in self._lines.values() for q in line.pairs.values())

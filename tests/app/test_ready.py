@@ -1,0 +1,177 @@
+"""The ready queue: pairs made ahead per annotator and prompt, stored and served to that annotator, bounded, within
+the rate limits, and still valid after the version that made them was replaced."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import namedtuple
+
+import pytest
+
+from app.access import RateLimits
+from app.errors import RateLimitedError, StudioError
+from app.ready import ReadyQueue
+from storage import PairNotServedError
+from tests.support.lora import random_lora
+from tests.support.studio import register_adapter
+
+PROMPT = "a large red circle on a blue background"
+OTHER = "a small green square"
+View = namedtuple("View", "id annotator prompt")  # equal to the plain tuple (id, annotator, prompt)
+
+
+class FakeStudio:
+    """`new_pair` as the queue sees it: numbered views, optionally slow, refusing after `limit` pairs."""
+
+    def __init__(self, delay_s: float = 0.0, limit: int | None = None):
+        self.delay_s, self.limit, self.made = delay_s, limit, []
+        self.lock = threading.Lock()
+
+    def new_pair(self, prompt, seeds=None, *, annotator, address=None):
+        with self.lock:
+            if self.limit is not None and len(self.made) >= self.limit:
+                raise RateLimitedError("rate limit: try again in 60 s")
+            self.made.append((annotator, prompt, address))
+            view = View(len(self.made), annotator, prompt)
+        time.sleep(self.delay_s)
+        return view
+
+
+@pytest.fixture
+def fake():
+    studio = FakeStudio()
+    queue = ReadyQueue(studio, depth=2, cap=5)
+    queue.start()
+    yield studio, queue
+    queue.stop()
+
+
+def test_a_pair_made_on_demand_is_followed_by_depth_pairs_made_ahead(fake):
+    studio, queue = fake
+    first = queue.pair(PROMPT, annotator="ann", address="1.2.3.4")
+    assert first == (1, "ann", PROMPT)
+    assert queue.wait_idle() and queue.ready("ann", PROMPT) == 2
+    assert studio.made[1:] == [("ann", PROMPT, "1.2.3.4")] * 2  # made for the same annotator and address
+    assert queue.take("ann", PROMPT) == (2, "ann", PROMPT)  # oldest first, then topped up again
+    assert queue.wait_idle() and queue.ready("ann", PROMPT) == 2 and len(studio.made) == 4
+    assert queue.take("bob", PROMPT) is None  # one annotator's pairs are never another's
+
+
+def test_queues_are_bounded_per_annotator_in_all_and_by_idleness():
+    studio, now = FakeStudio(), [0.0]
+    queue = ReadyQueue(studio, depth=2, cap=5, prompts_per_annotator=1, idle_s=100, clock=lambda: now[0])
+    queue.start()
+    try:
+        queue.pair(PROMPT, annotator="ann")
+        queue.pair(OTHER, annotator="ann")  # a new prompt: the old prompt's queue is dropped
+        assert queue.wait_idle()
+        assert (queue.ready("ann", PROMPT), queue.ready("ann", OTHER)) == (0, 2)
+        for name in ("bob", "cy", "dee"):
+            queue.pair(PROMPT, annotator=name)
+            assert queue.wait_idle()
+        assert queue.queued() == 5  # the global cap
+        now[0] = 150.0
+        queue.prefetch("eve", PROMPT)  # wakes the thread, which drops the four idle annotators first
+        assert queue.wait_idle() and queue.queued() == 2 and queue.ready("eve", PROMPT) == 2
+    finally:
+        queue.stop()
+
+
+def test_a_refused_refill_is_dropped_quietly_and_the_person_meets_the_limit_only_on_demand():
+    studio = FakeStudio(limit=2)
+    queue = ReadyQueue(studio, depth=2)
+    queue.start()
+    try:
+        queue.pair(PROMPT, annotator="ann")
+        assert queue.wait_idle() and queue.ready("ann", PROMPT) == 1 and queue.refused == 1
+        assert queue.take("ann", PROMPT) == (2, "ann", PROMPT)
+        assert queue.wait_idle()
+        with pytest.raises(RateLimitedError):
+            queue.pair(PROMPT, annotator="ann")
+        assert len(studio.made) == 2
+    finally:
+        queue.stop()
+
+
+def test_taking_a_ready_pair_never_waits_on_generation():
+    studio = FakeStudio(delay_s=0.5)
+    queue = ReadyQueue(studio, depth=1)
+    queue.start()
+    try:
+        queue.pair(PROMPT, annotator="ann")
+        assert queue.wait_idle()
+        queue.take("ann", PROMPT)  # its refill now takes 0.5 s in the background...
+        time.sleep(0.05)
+        queue.prefetch("ann", PROMPT)
+        started = time.perf_counter()
+        assert queue.take("ann", PROMPT) is None  # ...and a take meanwhile answers at once, empty-handed
+        assert time.perf_counter() - started < 0.1
+    finally:
+        queue.stop()
+
+
+def test_asking_while_the_next_pair_is_being_made_waits_for_it_instead_of_making_another():
+    studio = FakeStudio(delay_s=0.4)
+    queue = ReadyQueue(studio, depth=1)
+    queue.start()
+    try:
+        queue.pair(PROMPT, annotator="ann")
+        time.sleep(0.1)  # the thread has started on pair 2
+        assert queue.pair(PROMPT, annotator="ann") == (2, "ann", PROMPT)
+        assert queue.wait_idle() and len(studio.made) == 3  # and pair 3 was made ahead behind it
+    finally:
+        queue.stop()
+
+
+def test_an_off_queue_only_makes_pairs_on_demand():
+    studio = FakeStudio()
+    queue = ReadyQueue(studio, depth=0)
+    queue.start()
+    assert queue.pair(PROMPT, annotator="ann") == (1, "ann", PROMPT)
+    assert queue.take("ann", PROMPT) is None and not queue.enabled and len(studio.made) == 1
+    queue.stop()
+
+
+def test_bad_bounds_are_refused():
+    with pytest.raises(ValueError, match="depth >= 0"):
+        ReadyQueue(FakeStudio(), depth=-1)
+
+
+def test_queued_pairs_are_stored_served_to_the_annotator_and_vote_only_for_them(studio):
+    studio.limits = RateLimits.per_minute(3, 0)
+    queue = ReadyQueue(studio, depth=2)
+    queue.start()
+    try:
+        first = queue.pair(f"  {PROMPT} ", annotator="ann")
+        assert queue.wait_idle(60) and queue.ready("ann", PROMPT) == 2
+        ready = queue.take("ann", PROMPT)
+        assert queue.wait_idle(60) and queue.refused == 1  # the 4th pair in a minute: refused in the background
+        pair = studio.repo.get_pair(ready.id)
+        assert ready.id != first.id and (pair.prompt, pair.served_to) == (PROMPT, "ann")
+        assert pair.left.trajectory_hash and ready.left.size == (32, 32)
+        with pytest.raises(PairNotServedError):
+            studio.vote(ready.id, "left", annotator="bob")
+        assert studio.vote(ready.id, "left", annotator="ann")["recorded"]
+        assert studio.counts()["pairs"] == 3
+        with pytest.raises(StudioError, match="rate limit"):
+            queue.pair(OTHER, annotator="ann")
+    finally:
+        queue.stop()
+
+
+def test_a_pair_made_before_a_new_version_went_live_stays_valid(swap_studio):
+    queue = ReadyQueue(swap_studio, depth=1)
+    queue.start()
+    try:
+        queue.pair(PROMPT, annotator="ann")
+        assert queue.wait_idle(60)
+        version = register_adapter(swap_studio.repo, random_lora(0))
+        made_before = queue.take("ann", PROMPT)
+        assert made_before.adapter_version is None  # made by the base, and its trajectories say so
+        assert swap_studio.repo.get_pair(made_before.id).left.adapter_version is None
+        assert swap_studio.vote(made_before.id, "right", annotator="ann")["recorded"]
+        assert queue.wait_idle(60)
+        assert queue.take("ann", PROMPT).adapter_version == version  # the refill comes from the new version
+    finally:
+        queue.stop()

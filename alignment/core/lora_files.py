@@ -1,4 +1,5 @@
-"""LoRA file I/O: diffusers-format LoRA state dicts (keys 'unet.…') to and from safetensors bytes, folders, files.
+"""LoRA file I/O: diffusers-format LoRA state dicts (keys 'unet.…', or 'transformer.…' for a flow transformer) to
+and from safetensors bytes, folders, files.
 
 What `pipe.load_lora_weights` reads is what these functions write. The module knows no pipeline and no storage.
 """
@@ -13,6 +14,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+DENOISER_PREFIXES = ("unet.", "transformer.")  # the network a LoRA adapts, as diffusers names it in the keys
 
 
 class AdapterLoadError(RuntimeError):
@@ -20,9 +22,9 @@ class AdapterLoadError(RuntimeError):
 
 
 def lora_rank(state: dict[str, torch.Tensor]) -> int:
-    """The largest rank among a diffusers-format LoRA state dict's UNet down-projections."""
+    """The largest rank among a diffusers-format LoRA state dict's denoiser (UNet or transformer) down-projections."""
     return max((v.shape[0] for k, v in state.items()
-                if k.startswith("unet.") and ("lora_A" in k or "lora.down" in k)), default=0)
+                if k.startswith(DENOISER_PREFIXES) and ("lora_A" in k or "lora.down" in k)), default=0)
 
 
 @contextmanager
@@ -35,8 +37,9 @@ def materialized(lora: str | Path | bytes | dict | None):
             source = Path(tmp)
             (source / LORA_WEIGHT_NAME).write_bytes(lora)
         state = None if lora is None else read_lora(source)
-        if state is not None and not any(k.startswith("unet.") for k in state):
-            raise AdapterLoadError("the LoRA state dict has no 'unet.'-prefixed keys: it would load nothing")
+        if state is not None and not any(k.startswith(DENOISER_PREFIXES) for k in state):
+            raise AdapterLoadError("the LoRA state dict has no 'unet.'- or 'transformer.'-prefixed keys: it would "
+                                   "load nothing")
         yield state, (source if isinstance(source, (str, Path)) else state)
 
 

@@ -68,6 +68,10 @@ class SwapSlot:
         if max_lora_rank < 1:
             raise ValueError(f"max_lora_rank must be at least 1, got {max_lora_rank}")
         self.pipe = pipe
+        # The network the LoRA adapts: the UNet, or a flow pipeline's transformer; its name prefixes the file's keys.
+        self.denoiser_name = "unet" if getattr(pipe, "unet", None) is not None else "transformer"
+        self.denoiser = getattr(pipe, self.denoiser_name)
+        self.prefix = self.denoiser_name + "."
         self.fuse = fuse
         self.max_lora_rank = max_lora_rank
         self._version: int | None = None
@@ -207,7 +211,9 @@ class SwapSlot:
         """AdapterLoadError for a LoRA whose layers or sizes are not this UNet's (another model family or shape);
         diffusers would skip unknown layers with a warning or fail half-way."""
         if state is not None:
-            check_lora_fits(self.pipe.unet, state)
+            if not any(k.startswith(self.prefix) for k in state):
+                raise AdapterLoadError(f"the LoRA has no '{self.prefix}' keys: it was made for another model family")
+            check_lora_fits(self.denoiser, state, prefix=self.denoiser_name)
 
     def _load_whole(self, version, lora, state, source) -> None:
         """The whole swap: hot-swap (or load) A and B, then fuse; the base is a copy of the saved weights."""
@@ -276,14 +282,14 @@ class SwapSlot:
         text-encoder LoRA is loaded anew), a rank that fits the padding. With `fused`, also invisible to generation:
         fusing on and peft's LoRA path off (also while the base is served), and no offloading hooks that loading
         would re-install."""
-        unet_keys = frozenset(k for k in state if k.startswith("unet."))
+        unet_keys = frozenset(k for k in state if k.startswith(self.prefix))
         swappable = (self._loaded and not self._text_encoder_part and len(unet_keys) == len(state)
                      and unet_keys == self._loaded_keys and lora_rank(state) <= self.max_lora_rank)
         if not fused:
             return swappable
         return (swappable and self.fuse and bool(self._base_weights) and self._adapter_present()
                 and all(module.disable_adapters for module, _ in self._base_weights)
-                and getattr(self.pipe.unet, "_hf_hook", None) is None)
+                and getattr(self.denoiser, "_hf_hook", None) is None)
 
     def _commit(self) -> None:
         """The prepared fused weights become the live ones, the old ones the next spares."""
@@ -297,7 +303,7 @@ class SwapSlot:
         self._version, self._live_lora, self._rank, self._prepared = p.version, p.lora, p.rank, None
 
     def _adapter_present(self) -> bool:
-        return ADAPTER_NAME in (getattr(self.pipe.unet, "peft_config", None) or {})
+        return ADAPTER_NAME in (getattr(self.denoiser, "peft_config", None) or {})
 
     def _recover(self) -> None:
         """After a failed load, A and B may hold part of the new adapter, and diffusers deletes the adapter when
@@ -319,14 +325,14 @@ class SwapSlot:
                         self._version, e)
             self._unfuse()
             if self._adapter_present():
-                self.pipe.unet.disable_lora()
+                self.denoiser.disable_lora()
             self._version = None
 
     def _load(self, state: dict[str, torch.Tensor], source, enable: bool = True) -> None:
         """Load or hot-swap the adapter's A and B (enable: switch peft's LoRA path on; `_fuse` switches it off)."""
-        keys = frozenset(k for k in state if k.startswith("unet."))  # not empty: `materialized` checked
+        keys = frozenset(k for k in state if k.startswith(self.prefix))  # not empty: `_check_fits` checked
         can_hotswap = self._hot_swappable(state, fused=False)
-        foreign = sorted(getattr(self.pipe.unet, "peft_config", None) or ()) if not self._loaded else []
+        foreign = sorted(getattr(self.denoiser, "peft_config", None) or ()) if not self._loaded else []
         if foreign:  # diffusers' hotswap must be enabled before the first adapter: fail clearly, change nothing
             raise AdapterLoadError(f"the pipeline already holds LoRA adapter(s) {', '.join(foreign)} that this "
                                    "sampler did not load; give the sampler a pipeline of its own (load_pipeline)")
@@ -334,7 +340,7 @@ class SwapSlot:
         try:
             if not self._loaded:
                 self._guard(self.pipe, PIPELINE_METHODS)
-                self._guard(self.pipe.unet, UNET_METHODS)
+                self._guard(self.denoiser, UNET_METHODS)
                 self.pipe.enable_lora_hotswap(target_rank=max(self.max_lora_rank, lora_rank(state)))
             elif not can_hotswap:  # different targets or a larger rank: replace the adapter, keep the pipeline
                 self._unfuse()
@@ -345,7 +351,7 @@ class SwapSlot:
         except (ValueError, RuntimeError, KeyError) as e:
             raise AdapterLoadError(f"could not load the adapter: {e}") from e
         finally:
-            for module in self.pipe.unet.modules():
+            for module in self.denoiser.modules():
                 if isinstance(module, BaseTunerLayer):
                     self._guard(module, LAYER_METHODS)
         if enable:
@@ -359,12 +365,12 @@ class SwapSlot:
         if not (self.fuse and self._loaded):
             return
         if not self._base_weights:
-            self._base_weights = [(m, m.base_layer.weight.detach().clone()) for m in self.pipe.unet.modules()
+            self._base_weights = [(m, m.base_layer.weight.detach().clone()) for m in self.denoiser.modules()
                                   if isinstance(m, LoraLayer) and ADAPTER_NAME in m.lora_A]
         with torch.no_grad():
             for module, base in self._base_weights:
                 fuse_into(module, base, self._rank)
-        self.pipe.unet.disable_lora()  # the delta is in the weights now; peft's own path would add it again
+        self.denoiser.disable_lora()  # the delta is in the weights now; peft's own path would add it again
         self._fused = True
 
     def _unfuse(self) -> None:

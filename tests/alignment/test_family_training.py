@@ -18,7 +18,7 @@ from alignment.training.worker import Worker
 from app.studio import Studio
 from settings import SamplerConfig, TrainerConfig, WorkerConfig
 from storage import Repository
-from tests.support.families import KINDS, tiny_family
+from tests.support.families import FLOW_KINDS, KINDS, tiny_family
 
 TURBO = ("sd-turbo", "sdxl-turbo")
 PROMPTS = ["a red circle", "a large blue square on a yellow background", "a green triangle", "a small white circle"]
@@ -155,7 +155,7 @@ def test_the_lora_loads_in_the_plain_pipeline_and_draws_what_the_fused_studio_sa
 # ------------------------------------------------------------------ through the studio
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", KINDS + FLOW_KINDS)
 def test_a_vote_train_live_round_through_the_studio(kind, tmp_path):
     model = load(kind)
     repo = Repository(tmp_path / "data")

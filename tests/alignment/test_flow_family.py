@@ -17,6 +17,7 @@ from alignment.families.flow import FlowSDEScheduler, flow_scheduler
 from alignment.families.loader import LoadedModel, load_pipeline
 from alignment.families.tiny import build_family
 from alignment.serving.sampler import Sampler
+from alignment.serving.swap import SwapSlot
 from alignment.training.trainer import Trainer, TrainingPair
 from settings import SamplerConfig, TrainerConfig
 from tests.support.families import edited_copy, tiny_family
@@ -84,6 +85,21 @@ def test_a_short_run_lowers_the_loss_and_its_lora_draws_the_studios_images_in_pl
         assert np.abs(np.asarray(x.image, np.int16) - np.asarray(y.image, np.int16)).max() <= 1
         assert torch.allclose(x.trajectory.latents.float(), y.trajectory.latents.float(), atol=2e-3)
         assert not torch.allclose(x.trajectory.latents[-1].float(), z.trajectory.latents[-1].float(), atol=1e-3)
+    fused = load_pipeline(str(tiny_family("sd3")))
+    SwapSlot(fused.pipe).load(1, result.lora)  # fused into the transformer's weights, as the studio serves it
+    for x, y in zip(a, Sampler(fused, config(steps=6)).generate(PROMPTS[0], [5, 6])):
+        assert np.abs(np.asarray(x.image, np.int16) - np.asarray(y.image, np.int16)).max() <= 2
+
+
+def test_the_swap_slot_refuses_a_unet_lora_on_a_transformer_and_changes_nothing(model):
+    slot = SwapSlot(model.pipe)
+    before = Sampler(model, config(steps=4)).generate(PROMPTS[0], [1])[0].trajectory.latents
+    unet_lora = {"unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight": torch.zeros(4, 32),
+                 "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_B.weight": torch.zeros(32, 4)}
+    with pytest.raises(AdapterLoadError, match="no 'transformer.' keys: it was made for another model family"):
+        slot.load(1, unet_lora)
+    assert slot.version is None
+    assert torch.equal(Sampler(model, config(steps=4)).generate(PROMPTS[0], [1])[0].trajectory.latents, before)
 
 
 def test_a_lora_for_another_transformer_shape_is_refused_before_loading(tmp_path, model):

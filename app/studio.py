@@ -44,6 +44,7 @@ from app.access import AccessPolicy, Actor, RateLimits
 from app.admin import DataExchange, Releases, TrainingControls
 from settings import TrainerConfig
 from app.config import StudioConfig
+from app.campaign import Campaign
 from app.ready import ReadyQueue
 from app.inputs import BLIND_CHOICES, VOTE_CHOICES, StudioError, parse_pair_id, parse_seeds
 from storage import NewGeneration, Repository
@@ -125,6 +126,7 @@ class Studio:
         self.data = DataExchange(repo, self.export_dir, self.import_limits)
         self._status_cache: tuple[float, dict] | None = None
         self.ready = ReadyQueue(self, ready_depth, ready_cap)  # its thread starts with start()
+        self.campaign = Campaign(repo)
 
     @classmethod
     def open(cls, config: StudioConfig) -> Studio:
@@ -184,6 +186,26 @@ class Studio:
             raise StudioError(f"pair {pid} already has your vote {record.choice!r}; it stands and nothing changed")
         return {"recorded": True, "vote_id": record.id, "pair_id": record.pair_id, "choice": record.choice,
                 "annotator": record.annotator, "created_at": record.created_at.isoformat()}
+
+    # ---- labeling campaigns (app.campaign) ---------------------------------------------------------------------
+    def set_campaign(self, prompts, *, actor: Actor) -> list[str]:
+        """Make `prompts` (a list, or text with one prompt a line; empty ends it) the labeling campaign (admins
+        only); each is checked like a pair's prompt, and a bad one changes nothing."""
+        self.require_admin(actor, "setting a labeling campaign")
+        lines = prompts.splitlines() if isinstance(prompts, str) else list(prompts or [])
+        try:
+            return self.campaign.set([checked_prompt(line) for line in lines if str(line).strip()])
+        except ValueError as e:
+            raise StudioError(str(e)) from e
+
+    def next_prompt(self, current: str | None) -> str | None:
+        """What an annotator is offered after a vote: the campaign prompt with the fewest votes, else `current`."""
+        order = self.campaign.order()
+        return order[0] if order else current
+
+    def prompt_rows(self, actor: Actor | None = None) -> list[dict]:
+        """Votes per prompt: the campaign's for everyone, every prompt for admins (prompts typed by annotators)."""
+        return self.campaign.rows(every_prompt=self.is_admin(actor))
 
     # ---- Compare tab ------------------------------------------------------------------------------------------
     def versions(self) -> list[int]:

@@ -341,6 +341,17 @@ class Repository(AdapterMixin, LeaseMixin):
             "per_choice": {c: per_choice.get(c, 0) for c in VOTE_CHOICES},
         }
 
+    def votes_per_prompt(self, prompts: Iterable[str] | None = None) -> dict[str, int]:
+        """Votes (every choice) per prompt text; with `prompts`, exactly those texts, 0 for one never voted on or
+        not stored, in their order."""
+        with self._read.begin() as s:
+            counted = dict(s.execute(select(Prompt.text, func.count(Vote.id))
+                                     .join(Pair, Pair.prompt_id == Prompt.id)
+                                     .join(Vote, Vote.pair_id == Pair.id).group_by(Prompt.text)).all())
+        if prompts is None:
+            return dict(sorted(counted.items()))
+        return {text: counted.get(text, 0) for text in prompts}
+
     def annotator_stats(self, top_couples: int = 20) -> dict:
         """Votes per annotator and choice, and how often annotators agree where they judged the same pair.
 

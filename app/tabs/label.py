@@ -88,7 +88,7 @@ def build(studio: Studio, session: gr.State, status: gr.Markdown, refresh_status
         next one still being made), or for the same pair arriving twice at once, it changes nothing and shows no
         error; the page itself sends no second vote for a pair on screen (`app.ui.HEAD`). The next pair comes in
         the same answer when one is ready."""
-        unchanged = (gr.update(),) * 3
+        unchanged = (gr.update(),) * 4
         pid = state.get("pair_id")
         if pid is None:
             return (NO_PAIR_TEXT if state.get("prompt") is None else gr.update(), state, *unchanged)
@@ -101,10 +101,17 @@ def build(studio: Studio, session: gr.State, status: gr.Markdown, refresh_status
             voted.release(annotator, pid)  # refused (e.g. a rate limit): the person may press again
             raise
         text = f"Recorded **{CHOICE_TEXT[choice]}** for pair {receipt['pair_id']}"
-        view = studio.ready.take(annotator, state.get("prompt") or "", address)
+        prompt = studio.next_prompt(state.get("prompt")) or ""  # a campaign's least-voted prompt, or the same
+        shown_prompt = gr.update() if prompt == state.get("prompt") else gr.update(value=prompt)
+        view = studio.ready.take(annotator, prompt, address)
+        order = studio.campaign.order()
+        if len(order) > 1:  # the campaign prompt probably offered after this one
+            studio.ready.prefetch(annotator, order[1], address)
         if view is None:
-            return f"{text}; the next pair is coming.", {**state, "pair_id": None}, *unchanged
-        return f"{text}.", {**state, "pair_id": view.id, "prompt": view.prompt}, view.left, view.right, view.id
+            return (f"{text}; the next pair is coming.", {**state, "pair_id": None, "prompt": prompt},
+                    *unchanged[:3], shown_prompt)
+        return (f"{text}.", {**state, "pair_id": view.id, "prompt": view.prompt}, view.left, view.right, view.id,
+                shown_prompt)
 
     @user_errors
     def next_pair(state: dict, request: gr.Request, progress=gr.Progress()):
@@ -120,7 +127,7 @@ def build(studio: Studio, session: gr.State, status: gr.Markdown, refresh_status
                                   "stored as a pair served to you; returns left image, right image, pair id.", **GPU
                   ).then(refresh_status, session, status, **PRIVATE)
     for choice, button in buttons.items():
-        button.click(bind_choice(record_vote, choice), [session], [ack, session, left, right, pair_id],
+        button.click(bind_choice(record_vote, choice), [session], [ack, session, left, right, pair_id, prompt_box],
                      **PRIVATE).success(next_pair, [session], pair_outputs, **PRIVATE, **GPU
                                         ).then(refresh_status, session, status, **PRIVATE)
 

@@ -8,6 +8,7 @@ import threading
 
 import pytest
 
+from app.access import Actor
 from app.tabs.label import NO_PAIR_TEXT, VotedPairs
 from app.ui import build_ui, launch
 from tests.support.studio import RawSession, free_port
@@ -82,7 +83,7 @@ def test_the_next_pair_comes_in_the_votes_answer_without_waiting_on_generation(p
     first = outputs(events.run("new-pair", PROMPT, "", ""))
     assert first[2] == 1
     assert studio.ready.wait_idle(60) and studio.ready.ready(studio.repo.get_pair(1).served_to, PROMPT) == 2
-    ack, _, left, right, shown = outputs(events.run("vote-left"))
+    ack, _, left, right, shown, _ = outputs(events.run("vote-left"))
     assert "Recorded **Left is better** for pair 1" in text_of(ack)
     assert shown == 2 and left and right  # a ready pair, in the same answer
     pairs_now = studio.counts()["pairs"]
@@ -112,3 +113,14 @@ def test_a_vote_claimed_twice_at_once_is_recorded_once():
     assert voted.claim("ann", 7)  # a refused vote may be pressed again
     voted.claim("ann", 8), voted.claim("ann", 9)
     assert voted.claim("ann", 7)  # only the newest `keep` are remembered
+
+
+def test_in_a_campaign_the_vote_moves_the_person_to_the_least_voted_prompt(page):
+    studio, events = page
+    other = "a small green square"
+    studio.set_campaign([PROMPT, other], actor=Actor("admin"))  # a local studio: everyone is an admin
+    assert outputs(events.run("new-pair", PROMPT, "", ""))[2] == 1
+    ack, _, _, _, _, prompt = outputs(events.run("vote-left"))
+    assert "Recorded" in text_of(ack) and text_of(prompt) == other  # PROMPT has a vote now, `other` none
+    shown = outputs(events.after_vote())[2]
+    assert studio.repo.get_pair(shown).prompt == other

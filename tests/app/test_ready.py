@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import namedtuple
+from contextlib import contextmanager
 
 import pytest
 
@@ -38,13 +39,22 @@ class FakeStudio:
         return view
 
 
+@contextmanager
+def running(studio, **settings):
+    """A started ReadyQueue over `studio`, stopped afterwards."""
+    queue = ReadyQueue(studio, **settings)
+    queue.start()
+    try:
+        yield queue
+    finally:
+        queue.stop()
+
+
 @pytest.fixture
 def fake():
     studio = FakeStudio()
-    queue = ReadyQueue(studio, depth=2, cap=5)
-    queue.start()
-    yield studio, queue
-    queue.stop()
+    with running(studio, depth=2, cap=5) as queue:
+        yield studio, queue
 
 
 def test_a_pair_made_on_demand_is_followed_by_depth_pairs_made_ahead(fake):
@@ -60,9 +70,7 @@ def test_a_pair_made_on_demand_is_followed_by_depth_pairs_made_ahead(fake):
 
 def test_queues_are_bounded_per_annotator_in_all_and_by_idleness():
     studio, now = FakeStudio(), [0.0]
-    queue = ReadyQueue(studio, depth=2, cap=5, prompts_per_annotator=1, idle_s=100, clock=lambda: now[0])
-    queue.start()
-    try:
+    with running(studio, depth=2, cap=5, prompts_per_annotator=1, idle_s=100, clock=lambda: now[0]) as queue:
         queue.pair(PROMPT, annotator="ann")
         queue.pair(OTHER, annotator="ann")  # a new prompt: the old prompt's queue is dropped
         assert queue.wait_idle()
@@ -74,15 +82,11 @@ def test_queues_are_bounded_per_annotator_in_all_and_by_idleness():
         now[0] = 150.0
         queue.prefetch("eve", PROMPT)  # wakes the thread, which drops the four idle annotators first
         assert queue.wait_idle() and queue.queued() == 2 and queue.ready("eve", PROMPT) == 2
-    finally:
-        queue.stop()
 
 
 def test_a_refused_refill_is_dropped_quietly_and_the_person_meets_the_limit_only_on_demand():
     studio = FakeStudio(limit=2)
-    queue = ReadyQueue(studio, depth=2)
-    queue.start()
-    try:
+    with running(studio, depth=2) as queue:
         queue.pair(PROMPT, annotator="ann")
         assert queue.wait_idle() and queue.ready("ann", PROMPT) == 1 and queue.refused == 1
         assert queue.take("ann", PROMPT) == (2, "ann", PROMPT)
@@ -90,15 +94,11 @@ def test_a_refused_refill_is_dropped_quietly_and_the_person_meets_the_limit_only
         with pytest.raises(RateLimitedError):
             queue.pair(PROMPT, annotator="ann")
         assert len(studio.made) == 2
-    finally:
-        queue.stop()
 
 
 def test_taking_a_ready_pair_never_waits_on_generation():
     studio = FakeStudio(delay_s=0.5)
-    queue = ReadyQueue(studio, depth=1)
-    queue.start()
-    try:
+    with running(studio, depth=1) as queue:
         queue.pair(PROMPT, annotator="ann")
         assert queue.wait_idle()
         queue.take("ann", PROMPT)  # its refill now takes 0.5 s in the background...
@@ -107,30 +107,22 @@ def test_taking_a_ready_pair_never_waits_on_generation():
         started = time.perf_counter()
         assert queue.take("ann", PROMPT) is None  # ...and a take meanwhile answers at once, empty-handed
         assert time.perf_counter() - started < 0.1
-    finally:
-        queue.stop()
 
 
 def test_asking_while_the_next_pair_is_being_made_waits_for_it_instead_of_making_another():
     studio = FakeStudio(delay_s=0.4)
-    queue = ReadyQueue(studio, depth=1)
-    queue.start()
-    try:
+    with running(studio, depth=1) as queue:
         queue.pair(PROMPT, annotator="ann")
         time.sleep(0.1)  # the thread has started on pair 2
         assert queue.pair(PROMPT, annotator="ann") == (2, "ann", PROMPT)
         assert queue.wait_idle() and len(studio.made) == 3  # and pair 3 was made ahead behind it
-    finally:
-        queue.stop()
 
 
 def test_an_off_queue_only_makes_pairs_on_demand():
     studio = FakeStudio()
-    queue = ReadyQueue(studio, depth=0)
-    queue.start()
-    assert queue.pair(PROMPT, annotator="ann") == (1, "ann", PROMPT)
-    assert queue.take("ann", PROMPT) is None and not queue.enabled and len(studio.made) == 1
-    queue.stop()
+    with running(studio, depth=0) as queue:
+        assert queue.pair(PROMPT, annotator="ann") == (1, "ann", PROMPT)
+        assert queue.take("ann", PROMPT) is None and not queue.enabled and len(studio.made) == 1
 
 
 def test_bad_bounds_are_refused():
@@ -140,9 +132,7 @@ def test_bad_bounds_are_refused():
 
 def test_queued_pairs_are_stored_served_to_the_annotator_and_vote_only_for_them(studio):
     studio.limits = RateLimits.per_minute(3, 0)
-    queue = ReadyQueue(studio, depth=2)
-    queue.start()
-    try:
+    with running(studio, depth=2) as queue:
         first = queue.pair(f"  {PROMPT} ", annotator="ann")
         assert queue.wait_idle(60) and queue.ready("ann", PROMPT) == 2
         ready = queue.take("ann", PROMPT)
@@ -156,14 +146,10 @@ def test_queued_pairs_are_stored_served_to_the_annotator_and_vote_only_for_them(
         assert studio.counts()["pairs"] == 3
         with pytest.raises(StudioError, match="rate limit"):
             queue.pair(OTHER, annotator="ann")
-    finally:
-        queue.stop()
 
 
 def test_a_pair_made_before_a_new_version_went_live_stays_valid(swap_studio):
-    queue = ReadyQueue(swap_studio, depth=1)
-    queue.start()
-    try:
+    with running(swap_studio, depth=1) as queue:
         queue.pair(PROMPT, annotator="ann")
         assert queue.wait_idle(60)
         version = register_adapter(swap_studio.repo, random_lora(0))
@@ -173,5 +159,3 @@ def test_a_pair_made_before_a_new_version_went_live_stays_valid(swap_studio):
         assert swap_studio.vote(made_before.id, "right", annotator="ann")["recorded"]
         assert queue.wait_idle(60)
         assert queue.take("ann", PROMPT).adapter_version == version  # the refill comes from the new version
-    finally:
-        queue.stop()

@@ -29,9 +29,16 @@ from storage.export import ImportLimits, export_parquet, import_parquet
 
 log = logging.getLogger(__name__)
 
-# Adapter metrics worth a glance in the history table (all of them stay in the database).
-SHOWN_METRICS = ("accuracy", "margin", "fidelity_base", "fidelity_candidate", "drift", "pairs", "steps",
-                 "train_seconds")
+# Adapter metrics worth a glance in the history table, with their labels (all of them stay in the database). The
+# worker's fidelity figures are the confirmation seeds' (the adapter was not selected on them); the guard's own
+# figure on the seeds it selected on is labelled as such.
+SHOWN_METRICS = {"accuracy": "accuracy", "margin": "margin",
+                 "fidelity_base": "fidelity base (confirmation seeds)",
+                 "fidelity_candidate": "fidelity adapter (confirmation seeds)",
+                 "fidelity_lower_bound": "90% bound of the difference",
+                 "guard_selection_fidelity_candidate": "guard's own fidelity (selection seeds)",
+                 "checkpoint_step": "checkpoint", "drift": "drift", "pairs": "pairs", "steps": "steps",
+                 "train_seconds": "train s", "guard_seconds": "guard s"}
 
 
 class TrainingControls:
@@ -112,7 +119,7 @@ class TrainingControls:
             shown = [k for k in SHOWN_METRICS if a.metrics.get(k) is not None]
             rows.append({"version": a.version, "status": a.status, "objective": a.objective,
                          "votes used": a.votes_used, "loss": _short(a.metrics.get("loss", "")),
-                         "metrics": ", ".join(f"{k} {_short(a.metrics[k])}" for k in shown),
+                         "metrics": ", ".join(f"{SHOWN_METRICS[k]} {_short(a.metrics[k])}" for k in shown),
                          "created": a.created_at.astimezone().strftime("%Y-%m-%d %H:%M:%S"),
                          "note": a.status_reason or ""})
         return rows

@@ -392,8 +392,10 @@ class SharingConfig:
     token_failures_per_minute: int = setting(5, "wrong admin tokens one client address may try per minute; each "
                                                 "is logged")
     queue_size: int = setting(64, "events that may wait in the queue; beyond it a client is told the studio is busy")
-    pending_per_address: int = setting(8, "events one client address may have waiting in the queue; beyond it "
-                                          "it is told the studio is busy (honest clients keep their turn)")
+    pending_per_address: int | None = setting(None, "events one client address may have waiting in the queue; 0 = "
+                                                    "no limit; unset = 8 when public, no limit on localhost; beyond "
+                                                    "it, it is told the studio is busy (honest clients keep their "
+                                                    "turn)")
     max_upload_mb: float = setting(64.0, "largest upload (an import file), in MB; larger ones are refused before "
                                          "they are read")
     uploads_per_minute: int = setting(10, "uploads per client address per minute")
@@ -424,11 +426,11 @@ class SharingConfig:
         if self.secret is not None and not self.secret.strip():
             self.secret = None
         for name in ("pairs_per_minute", "votes_per_minute", "address_pairs_per_minute", "address_votes_per_minute",
-                     "identities_per_minute", "forwarded_hops"):
+                     "identities_per_minute", "forwarded_hops", "pending_per_address"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, _whole(value, name, 0))
-        for name in ("token_failures_per_minute", "queue_size", "pending_per_address", "uploads_per_minute",
+        for name in ("token_failures_per_minute", "queue_size", "uploads_per_minute",
                      "max_import_rows"):
             setattr(self, name, _whole(getattr(self, name), name, 1))
         for name in ("max_upload_mb", "upload_cache_mb", "max_import_value_mb"):

@@ -21,6 +21,7 @@ from settings import (PUBLIC_ADDRESS_FACTOR, PUBLIC_MODELS, PUBLIC_PAIRS_PER_MIN
 from storage.export import ImportLimits
 
 PUBLIC_IDENTITIES_PER_MINUTE = 10  # new anonymous identities per client address on a public studio
+PUBLIC_PENDING_PER_ADDRESS = 8  # events one client address may have waiting in the queue on a public studio
 MB = 1 << 20
 
 PARTS = (ModelConfig, StoreConfig, ServerConfig, SharingConfig, TrainerConfig, WorkerConfig)
@@ -85,7 +86,8 @@ class StudioConfig(ModelConfig, StoreConfig, ServerConfig, SharingConfig, Traine
         """What `app.guard.StudioGuard` enforces in front of Gradio's routes."""
         policy = self.access_policy()
         return GuardPolicy(allowed_origins=self.allowed_origins, forwarded_hops=policy.forwarded_hops,
-                           pending_per_address=self.pending_per_address,
+                           pending_per_address=(self.pending_per_address if self.pending_per_address is not None
+                                                else PUBLIC_PENDING_PER_ADDRESS if self.public else 0),
                            max_upload_bytes=int(self.max_upload_mb * MB), uploads_per_minute=self.uploads_per_minute,
                            upload_cache_bytes=int(self.upload_cache_mb * MB), lax_cookies=not self.on_spaces)
 

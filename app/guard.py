@@ -13,8 +13,8 @@ that admin. In order, for each HTTP request:
    `same-site` without an allowed `Origin`. Clients that are not browsers send neither header and are not
    affected.
 3. **Busy.** A queue join (or REST call) is refused (429, "busy") while its address already has
-   `pending_per_address` events waiting, so that one client cannot fill the queue ahead of everyone else; the
-   queue as a whole is bounded by Gradio's `max_size`.
+   `pending_per_address` events waiting (0 = no bound), so that one client cannot fill the queue ahead of
+   everyone else; the queue as a whole is bounded by Gradio's `max_size`.
 4. **Uploads.** An upload needs a `Content-Length` of at most `max_upload_bytes` (413 otherwise, before a byte of
    the body is read), counts against `uploads_per_minute` per address, and is refused (507) while the upload
    folder holds more than `upload_cache_bytes`; files in it older than `upload_ttl_s` are deleted.
@@ -104,7 +104,7 @@ class StudioGuard:
         sensitive = method == "POST" or path.startswith(API_PREFIXES)
         if sensitive and not self._same_origin(headers):
             return 403, "cross-site request refused: this studio answers only pages of its own origin"
-        if method == "POST" and path.startswith(QUEUED_PATHS):
+        if method == "POST" and path.startswith(QUEUED_PATHS) and self.policy.pending_per_address > 0:
             waiting = self.pending(address)
             if waiting >= self.policy.pending_per_address:
                 return 429, (f"busy: {waiting} of your requests are already waiting; try again when they are "

@@ -73,6 +73,9 @@ def test_config_validation():
     config = StudioConfig(train_every=3, train_interval_s=60, lr=1e-3, train_annotators="a,b")
     assert config.worker_config() == WorkerConfig(train_every=3, train_interval_s=60, train_annotators=("a", "b"))
     assert config.effective_train_voters() == "everyone"  # local
+    assert config.guard_policy().pending_per_address == 0  # no bound per address on loopback, as rate limits
+    assert StudioConfig(host="0.0.0.0").guard_policy().pending_per_address == 8
+    assert StudioConfig(host="0.0.0.0", pending_per_address=3).guard_policy().pending_per_address == 3
     assert StudioConfig(host="0.0.0.0", auth=["a:pw"]).effective_train_voters() == "signed-in"
     assert StudioConfig(on_spaces=True).effective_train_voters() == "signed-in"
     assert StudioConfig(host="0.0.0.0", train_voters="everyone", auth=["a:pw"]).effective_train_voters() == "everyone"

@@ -42,8 +42,12 @@ def _env() -> dict:
 
 def _worker_cmd(data_dir: Path, train_steps: int, lease_ttl_s: float) -> list[str]:
     return [sys.executable, "-m", "alignment.worker", "--data-dir", str(data_dir), "--once", "--min-votes", "1",
-            "--train-steps", str(train_steps), "--checkpoint-every", "10", "--fidelity-prompts", "4",
-            "--lease-ttl-s", str(lease_ttl_s)]
+            "--train-steps", str(train_steps), "--checkpoint-every", "10", *GUARD, "--lease-ttl-s", str(lease_ttl_s)]
+
+
+# A guard of 8 + 8 seeds (one image each): the phases to kill in, at a few seconds each, not the statistics.
+GUARD = ("--fidelity-seeds", ",".join(str(1000 + i) for i in range(8)),
+         "--fidelity-confirm-seeds", ",".join(str(2000 + i) for i in range(8)), "--fidelity-prompts", "1")
 
 
 def prepare(data_dir: Path, pairs: int) -> None:

@@ -27,10 +27,14 @@ from storage import Repository
 from tests.support.studio import free_port
 from tests.support.processes import start_worker, stop_all, tail, wait_for
 
+# A small guard (4 + 4 seeds, one image each): what is tested here is the processes, not the guard's statistics.
+SMALL_GUARD = ("--fidelity-seeds", "1000,1001,1002,1003", "--fidelity-confirm-seeds", "2000,2001,2002,2003",
+               "--fidelity-prompts", "1")
+
 PROMPTS = ["a red circle on a blue background", "a large green square", "a small yellow triangle",
            "a purple circle on a white background", "a blue square", "an orange triangle",
            "a small red square on a white background", "a large blue triangle"]
-WORKER_ARGS = ("--train-every", "2", "--min-votes", "2", "--train-steps", "3", "--fidelity-prompts", "2")
+WORKER_ARGS = ("--train-every", "2", "--min-votes", "2", "--train-steps", "3", *SMALL_GUARD)
 
 
 def add_votes(repo, embedded, prompts, seed0: int) -> None:
@@ -79,7 +83,8 @@ def test_two_processes_train_the_adapter_one_process_would(tmp_path, embedded):
     # The reference: the same worker in one process (in this one), with the settings the command line gave.
     with Repository(one) as reference:
         tcfg = TrainerConfig(train_steps=3)
-        worker = Worker(reference, "embedded", tcfg, WorkerConfig(train_every=2, min_votes=2, fidelity_prompts=2),
+        worker = Worker(reference, "embedded", tcfg, WorkerConfig(train_every=2, min_votes=2, fidelity_seeds=(1000, 1001, 1002, 1003),
+                                                         fidelity_confirm_seeds=(2000, 2001, 2002, 2003), fidelity_prompts=1),
                         trainer=Trainer(load_pipeline("embedded"), tcfg))
         ref_run = worker.run_once()
         assert ref_run["metrics"]["processes"] == 1

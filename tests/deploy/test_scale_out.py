@@ -28,6 +28,10 @@ from storage import VOTE_CHOICES, Repository
 from tests.support.studio import api_identity, free_port, start_studio, stop_studio
 from tests.support.processes import REPO_ROOT, env, start_worker, stop_all, tail, wait_for
 
+# A small guard (4 + 4 seeds, one image each): what is tested here is the processes, not the guard's statistics.
+SMALL_GUARD = ("--fidelity-seeds", "1000,1001,1002,1003", "--fidelity-confirm-seeds", "2000,2001,2002,2003",
+               "--fidelity-prompts", "1")
+
 PROMPTS = ("a large red circle on a blue background", "a small green square", "a yellow triangle")
 CHOICES = ("left", "right", "tie", "left", "skip", "right", "both_bad")
 BUSY = "another worker holds the training lease"
@@ -58,7 +62,7 @@ def test_two_studios_and_a_worker_process_share_one_postgres_database(pg_url, tm
     worker_log = tmp_path / "worker.log"
     # A tiny learning rate keeps the adapter close to the base, so the fidelity guard lets it go live.
     worker = start_worker(shared, "--database-url", pg_url, "--train-every", "4", "--min-votes", "4",
-                          "--train-steps", "3", "--lr", "1e-5", "--fidelity-prompts", "4", "--lease-ttl", "60",
+                          "--train-steps", "3", "--lr", "1e-5", *SMALL_GUARD, "--lease-ttl", "60",
                           log=worker_log)
     studios: list[tuple[str, subprocess.Popen]] = []
     repo = Repository(tmp_path / "observer", pg_url)  # the test's own view of the database (no blobs needed)
@@ -140,7 +144,7 @@ def test_a_worker_killed_mid_run_is_taken_over_by_another_on_its_machine(pg_url,
     ttl = 20.0
     repo = Repository(shared, pg_url)
     voted_pairs(repo, embedded)
-    args = ("--database-url", pg_url, "--train-every", "1", "--min-votes", "2", "--fidelity-prompts", "2",
+    args = ("--database-url", pg_url, "--train-every", "1", "--min-votes", "2", *SMALL_GUARD,
             "--lease-ttl", str(ttl))
     logs = {"a": tmp_path / "worker-a.log", "b": tmp_path / "worker-b.log"}
     # Worker a gets a run long enough never to end before it is killed; worker b's run is short.

@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 API_PREFIXES = ("/gradio_api/", "/config")
 QUEUED_PATHS = ("/gradio_api/queue/join", "/gradio_api/call/")
 UPLOAD_PATH = "/gradio_api/upload"
+SAMESITE_NONE = re.compile(rb"samesite=none", re.IGNORECASE)
 
 
 @dataclass
@@ -167,9 +169,8 @@ class StudioGuard:
         async def wrapped(message):
             if message["type"] == "http.response.start":
                 message = {**message, "headers": [
-                    (k, v.replace(b"samesite=none", b"samesite=lax").replace(b"SameSite=none", b"SameSite=lax")
-                        .replace(b"SameSite=None", b"SameSite=Lax"))
-                    if k.lower() == b"set-cookie" else (k, v) for k, v in message.get("headers", [])]}
+                    (k, SAMESITE_NONE.sub(b"SameSite=Lax", v) if k.lower() == b"set-cookie" else v)
+                    for k, v in message.get("headers", [])]}
             await send(message)
 
         return wrapped

@@ -292,6 +292,11 @@ class WorkerConfig:
                                                           "equal seeds by more than this fraction of the distance "
                                                           "between two different base images (unset = no drift "
                                                           "check)")
+    warm_guard: bool = setting(True, "render the fidelity guard's base images after the first vote, while waiting "
+                                     "for the votes that start a run (the run's guard then renders only candidates)")
+    sampling_wait_s: float = setting(10.0, "sampling first: when the worker runs in the app's process, each training "
+                                           "step and guard render waits up to this many seconds while images are "
+                                           "being made for someone (0 = never wait)")
     lease_ttl_s: float = setting(600.0, "seconds a dead worker can block others; the training lease is renewed from "
                                         "the training steps, so this must exceed the time to load the model and to "
                                         "run the fidelity guard", aliases=("--lease-ttl",))
@@ -305,6 +310,8 @@ class WorkerConfig:
             raise ValueError(f"train_interval_s must be positive seconds or unset, got {self.train_interval_s}")
         if not self.poll_s > 0:
             raise ValueError(f"poll_s must be positive, got {self.poll_s}")
+        if not 0 <= self.sampling_wait_s <= 3600:
+            raise ValueError(f"sampling_wait_s must be in [0, 3600] seconds, got {self.sampling_wait_s}")
         if not 0 < self.lease_ttl_s <= 7 * 24 * 3600:
             raise ValueError(f"lease_ttl_s must be positive and at most a week, got {self.lease_ttl_s}")
         if not 0 <= self.fidelity_max_drop < 1:

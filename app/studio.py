@@ -116,6 +116,8 @@ class Studio:
         self.repo = repo
         self.worker = worker
         self.live = LiveModel(sampler, repo)  # its follower starts with the server: new adapters go live promptly
+        if worker is not None and getattr(worker, "priority", False) is None:
+            worker.priority = self.live.priority  # sampling first: the worker in this process yields to generation
         self.access = access or AccessPolicy(local_admin=True)
         self.limits = limits or RateLimits.off()
         self.import_limits = import_limits or ImportLimits()

@@ -33,6 +33,7 @@ from dataclasses import dataclass, replace
 
 from alignment.core.limits import validate_prompt, validate_seeds
 from alignment.core.lora_files import AdapterLoadError
+from alignment.serving.priority import SamplingFirst
 from alignment.serving.sampler import Generation, Sampler
 from alignment.serving.swap import SwapSlot
 from settings import SamplerConfig
@@ -65,14 +66,17 @@ class _Pairs:
 class LiveModel(_Pairs):
     """The sampler at the version storage says is live, for every thread; the follower of storage belongs to it."""
 
-    def __init__(self, sampler: Sampler, repo, *, slot: SwapSlot | None = None, interval_s: float = 1.0):
-        """`slot` defaults to a fusing `SwapSlot` on the sampler's pipeline (which it then owns)."""
+    def __init__(self, sampler: Sampler, repo, *, slot: SwapSlot | None = None, interval_s: float = 1.0,
+                 priority: SamplingFirst | None = None):
+        """`slot` defaults to a fusing `SwapSlot` on the sampler's pipeline (which it then owns). Every generation
+        is marked on `priority` (a worker in this process yields to it)."""
         if not interval_s > 0:
             raise ValueError(f"interval_s must be > 0, got {interval_s}")
         self._sampler = sampler
         self._slot = slot or SwapSlot(sampler.pipe)
         self._repo = repo
         self.interval_s = interval_s
+        self.priority = priority or SamplingFirst()
         self._lock = threading.RLock()  # the generation lock: generation and every change of the weights
         self._tickets = itertools.count(1)
         self._applied = 0  # the ticket of the latest answer applied
@@ -102,8 +106,9 @@ class LiveModel(_Pairs):
     def generate(self, prompt: str, seeds, config: SamplerConfig | None = None) -> list[Generation]:
         """Images of `prompt` at the version storage says is live now, one per seed, as one batch."""
         prompt, seeds = validate_prompt(prompt), validate_seeds(seeds)
-        _, images = self._serve(self._read_live(), lambda: self._sampler.generate(
-            prompt, seeds, config, adapter_version=self._slot.version))
+        with self.priority.sampling():
+            _, images = self._serve(self._read_live(), lambda: self._sampler.generate(
+                prompt, seeds, config, adapter_version=self._slot.version))
         return images
 
 
@@ -118,7 +123,7 @@ class LiveModel(_Pairs):
     def _generate_at(self, version: int | None, lora: bytes | None, prompt: str, seeds,
                      config: SamplerConfig | None) -> list[Generation]:
         prompt, seeds = validate_prompt(prompt), validate_seeds(seeds)
-        with self._lock, self._slot.temporarily(version, lora):
+        with self.priority.sampling(), self._lock, self._slot.temporarily(version, lora):
             return self._sampler.generate(prompt, seeds, config, adapter_version=version)
 
     # ---- following storage ----------------------------------------------------------------------------------------

@@ -222,15 +222,34 @@ class FidelityGuard:
             values.append(value)
         return values, None
 
-    def measure(self, sampler: Sampler, set_adapter_enabled: Callable[[bool], None], seed_set: str) -> FidelityReport:
-        """Render base (adapter off, once per seed set) and candidate (adapter on) at the `seed_set` seeds
-        ("selection" or "confirmation") and compare."""
-        plan = guard_plan(self.prompts, self.seeds if seed_set == "selection" else self.confirm_seeds, self.per_seed)
+    def _plan(self, seed_set: str) -> list[tuple[str, int]]:
+        return guard_plan(self.prompts, self.seeds if seed_set == "selection" else self.confirm_seeds, self.per_seed)
+
+    def _base(self, sampler: Sampler, set_adapter_enabled: Callable[[bool], None], seed_set: str) -> tuple:
+        """The base's images at the `seed_set` seeds and their per-unit scores, rendered once (adapter off)."""
         if seed_set not in self._base_cache:
+            plan = self._plan(seed_set)
             set_adapter_enabled(False)
             base_images = self._render(sampler, plan)
             self._base_cache[seed_set] = (base_images, self._score_units(base_images, plan))
-        base_images, (base_units, base_missing) = self._base_cache[seed_set]
+        return self._base_cache[seed_set]
+
+    @property
+    def base_ready(self) -> bool:
+        return {"selection", "confirmation"} <= set(self._base_cache)
+
+    def render_base(self, sampler: Sampler, set_adapter_enabled: Callable[[bool], None] = lambda on: None) -> None:
+        """Render and score the base's images of both seed sets now, which the first `measure` of each set would
+        otherwise do (the worker does it while it waits for votes, so a run's guard renders only candidates).
+        `set_adapter_enabled` defaults to nothing, for a pipeline that has no adapter yet."""
+        for seed_set in ("selection", "confirmation"):
+            self._base(sampler, set_adapter_enabled, seed_set)
+
+    def measure(self, sampler: Sampler, set_adapter_enabled: Callable[[bool], None], seed_set: str) -> FidelityReport:
+        """Render base (adapter off, once per seed set) and candidate (adapter on) at the `seed_set` seeds
+        ("selection" or "confirmation") and compare."""
+        plan = self._plan(seed_set)
+        base_images, (base_units, base_missing) = self._base(sampler, set_adapter_enabled, seed_set)
         set_adapter_enabled(True)
         images = self._render(sampler, plan)
         cand_units, cand_missing = self._score_units(images, plan)

@@ -94,7 +94,7 @@ class Trainer:
         """Replace the adapter with a new LoRA from `config` (seeded; lora_B = 0, so the policy is the reference).
         Its weights are float32 whatever the base's dtype."""
         cfg = self.config
-        if ADAPTER in getattr(self.unet, "peft_config", {}):
+        if self.has_adapter:
             self.unet.delete_adapters(ADAPTER)
         torch.manual_seed(cfg.seed)
         self.unet.add_adapter(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha or cfg.lora_rank,
@@ -411,6 +411,11 @@ class Trainer:
         """A CPU copy of the current LoRA weights (for `restore`)."""
         return {n: p.detach().to("cpu", copy=True) for n, p in self.unet.named_parameters()
                 if "lora_" in n and ADAPTER in n}
+
+    @property
+    def has_adapter(self) -> bool:
+        """A LoRA was trained (or restored) into the pipeline; before the first run it is the base alone."""
+        return ADAPTER in getattr(self.unet, "peft_config", {})
 
     def set_adapter_enabled(self, on: bool) -> None:
         """The trained LoRA on, or off (the base model), e.g. for rendering with the trainer's own pipeline."""

@@ -34,6 +34,7 @@ from safetensors import SafetensorError
 
 from alignment.core.trajectory import Trajectory
 from alignment.families.loader import ModelLoadError
+from alignment.serving.priority import SamplingFirst, YieldingSampler
 from alignment.serving.sampler import Sampler
 from alignment.training.fidelity import FidelityGuard, FidelityReport
 from alignment.training.scorers import resolve_scorer
@@ -147,6 +148,10 @@ class Worker:
         self._busy_logged_for: str | None = None  # the lease holder last reported busy (logged once each)
         self._fence = None  # the lease's fencing token while this worker holds it
         self._serving = False
+        # the live model's generations in this process, yielded to before each step and guard render (the studio
+        # sets it; None: nothing to yield to)
+        self.priority: SamplingFirst | None = None
+        self._warm_tried = False
 
     # ---- public API -------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -187,6 +192,8 @@ class Worker:
                 try:
                     if self.should_train():
                         self.run_once()
+                    elif self._warm_guard_due():
+                        self.warm_guard()
                 except Exception as e:  # the loop must survive anything and report it
                     self._last_error = f"{type(e).__name__}: {e}"
                     log.exception("worker loop error")
@@ -344,6 +351,36 @@ class Worker:
             return result.lora, decision.verdict, info
         return trainer.export_lora(), decision.verdict, info
 
+    # ---- the guard's base images, ahead of the first run --------------------------------------------------------
+    def _warm_guard_due(self) -> bool:
+        return (not self._warm_tried and self.config.warm_guard and not self._stop.is_set()
+                and self.repo.votes_since(0) > 0)
+
+    def warm_guard(self) -> bool:
+        """Render the fidelity guard's base images now, while waiting for votes (a run's guard then renders only its
+        candidates): once per worker, after the first vote, yielding to sampling like a run. True when it rendered;
+        a failure is logged and left to the first run to report."""
+        if not self._run_lock.acquire(blocking=False):
+            return False
+        self._warm_tried = True
+        try:
+            trainer = self.trainer()
+            guard = self.guard(trainer)
+            if guard.base_ready:
+                return False
+            enable = trainer.set_adapter_enabled if trainer.has_adapter else (lambda on: None)
+            t0 = time.perf_counter()
+            guard.render_base(_Stoppable(self._guard_sampler(trainer), self._stop), enable)
+            log.info("the fidelity guard's base images are ready (%.1f s)", time.perf_counter() - t0)
+            return True
+        except _Stopped:
+            return False
+        except Exception as e:  # noqa: BLE001 - the first run builds the same parts and reports what fails
+            log.warning("could not prepare the fidelity guard's base images: %s: %s", type(e).__name__, e)
+            return False
+        finally:
+            self._run_lock.release()
+
     # ---- parts ------------------------------------------------------------------------------------------------
     def trainer(self) -> Trainer:
         if self._trainer is None:
@@ -360,15 +397,25 @@ class Worker:
             self._guard = FidelityGuard.from_config(cfg, embedded=model.is_embedded, scorer=scorer)
         return self._guard
 
-    @staticmethod
-    def _guard_sampler(trainer: Trainer) -> Sampler:
-        return Sampler(trainer.model, SamplerConfig.from_defaults(trainer.model.sampler_defaults), fuse=False)
+    def _guard_sampler(self, trainer: Trainer):
+        sampler = Sampler(trainer.model, SamplerConfig.from_defaults(trainer.model.sampler_defaults), fuse=False)
+        return sampler if self._yielding() is None else YieldingSampler(sampler, self._yielding())
+
+    def _yielding(self) -> SamplingFirst | None:
+        """The priority to yield to with this worker's wait bound, or None (no live model here, or waits off)."""
+        if self.priority is None or not self.config.sampling_wait_s:
+            return None
+        self.priority.max_wait_s = self.config.sampling_wait_s
+        return self.priority
 
     def report_progress(self, step: int, total: int) -> None:
-        """The trainer's progress callback: progress for the UI, and the lease heartbeat (renewed every third of
-        its ttl; `LeaseLostError` when the lease was lost, which stops the run)."""
+        """The trainer's progress callback: progress for the UI, the lease heartbeat (renewed every third of its
+        ttl; `LeaseLostError` when the lease was lost, which stops the run), then sampling first: the next step
+        waits while the live model in this process makes images."""
         self._progress = (step, total)
         self._heartbeat()
+        if step < total and self._yielding() is not None:
+            self.priority.yield_to_sampling()
 
     def _heartbeat(self) -> None:
         """Renew the training lease every third of its ttl; a lost lease stops the run."""
@@ -406,6 +453,25 @@ class Worker:
     def _notify(self) -> None:
         if self.on_change is not None:
             self.on_change(self._last_run or {})
+
+
+class _Stopped(Exception):
+    """The worker was stopped while it rendered ahead."""
+
+
+class _Stoppable:
+    """A sampler that stops rendering when `stop` is set (between batches)."""
+
+    def __init__(self, sampler, stop: threading.Event):
+        self._sampler, self._stop = sampler, stop
+
+    def generate(self, *args, **kwargs):
+        if self._stop.is_set():
+            raise _Stopped()
+        return self._sampler.generate(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._sampler, name)
 
 
 def parse_args(argv: list[str] | None = None) -> Parsed:

@@ -253,3 +253,28 @@ def test_a_vote_that_commits_after_a_larger_id_was_read_still_counts_as_pending(
     assert repo.votes_since(3) == 0  # what the worker used to look at
     assert worker.votes_pending() == 1 and worker.should_train()
     repo.close()
+
+
+def test_the_guards_base_images_are_rendered_while_waiting_so_a_run_renders_only_candidates(repo_with_votes,
+                                                                                            monkeypatch):
+    worker = make_worker(repo_with_votes, fidelity_seeds=(1000, 1001), fidelity_prompts=2, train_every=100)
+    renders = []
+    real = FidelityGuard._render
+    monkeypatch.setattr(FidelityGuard, "_render", lambda self, sampler, plan: renders.append(len(plan))
+                        or real(self, sampler, plan))
+    assert not worker.should_train() and worker._warm_guard_due()  # votes, but not enough for a run
+    assert worker.warm_guard()  # the base's selection and confirmation images
+    assert renders == [4, 4] and worker.guard(worker.trainer()).base_ready
+    assert not worker._warm_guard_due() and not worker.warm_guard()  # once per worker
+    worker.request_training()
+    run = worker.run_once()
+    assert run["status"] in ("live", "rejected")
+    assert len(renders) == 2 + run["metrics"]["checkpoints_checked"] + 1  # candidates only: checks + confirmation
+    cold = make_worker(repo_with_votes, fidelity_seeds=(1000, 1001), fidelity_prompts=2, warm_guard=False)
+    assert not cold._warm_guard_due()
+
+
+def test_a_stopped_worker_stops_rendering_ahead(repo_with_votes, monkeypatch):
+    worker = make_worker(repo_with_votes, fidelity_seeds=(1000, 1001), fidelity_prompts=2, train_every=100)
+    worker._stop.set()
+    assert not worker.warm_guard() and not worker.guard(worker.trainer()).base_ready

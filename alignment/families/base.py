@@ -213,8 +213,9 @@ class Family:
         """The network the LoRA adapts and the trainer runs (the UNet; a flow family's transformer)."""
         return pipe.unet
 
-    def call_kwargs(self, config) -> dict:
-        """The pipeline-call arguments of the sampler's settings besides steps, guidance and size."""
+    def call_kwargs(self, config, pipe=None) -> dict:
+        """The pipeline-call arguments of the sampler's settings (and of `pipe`'s own settings) besides steps,
+        guidance and size."""
         return {"eta": config.eta, "guidance_rescale": config.guidance_rescale}
 
     @contextmanager
@@ -236,6 +237,12 @@ class Family:
         """A trained LoRA (diffusers-format keys without prefix) as the file the family's pipeline loads."""
         from alignment.core.lora_files import save_lora_bytes
         return save_lora_bytes(state, metadata=metadata)
+
+    def configure(self, pipe, settings: dict) -> None:
+        """Apply a model folder's `studio.json` "pipeline" settings (ModelLoadError for any this family lacks)."""
+        if settings:
+            raise ModelLoadError(f"studio.json's pipeline section has settings the {self.name} family does not "
+                                 f"take: {', '.join(sorted(settings))}")
 
     def check(self, pipe) -> None:
         """Raise ModelLoadError for a pipeline of this class that the studio cannot sample or train faithfully."""

@@ -52,7 +52,8 @@ class LoadedModel:
 
     @property
     def is_embedded(self) -> bool:
-        return self.model_id == EMBEDDED_ID
+        """One of the embedded models (trained on the shapes data: its image analysis and prompts apply)."""
+        return self.model_id in (EMBEDDED_ID, EMBEDDED_FLOW_ID)
 
     @property
     def settings(self) -> dict:
@@ -157,6 +158,7 @@ def load_pipeline(model: str = EMBEDDED_ID, device: str | None = None, dtype: st
         raise ModelLoadError(f"could not load {model!r}: {e}.{hint}") from e
     pipe.scheduler = flow.flow_scheduler(pipe.scheduler) if family.flow else ddim_scheduler(pipe.scheduler)
     family.check(pipe)
+    family.configure(pipe, model_meta(source, local).get("pipeline", {}))
     pipe.set_progress_bar_config(disable=True)
     pipe.to(dev)
     defaults = sampler_defaults(source, pipe, local, family)
@@ -176,7 +178,19 @@ def sampler_defaults(source, pipe, local: bool, family: Family = sd.FAMILY) -> d
         # Lin et al. 2023 pair zero terminal SNR with guidance_rescale 0.7; eta = 1 can make diffusers' first step
         # NaN on such schedules (see schedules.check_sampling)
         out.update(guidance_rescale=0.7, eta=min(float(out["eta"]), 0.9))
-    meta = Path(source) / "studio.json" if local else None
-    if meta is not None and meta.is_file():
-        out.update(json.loads(meta.read_text()).get("sampler", {}))
+    out.update(model_meta(source, local).get("sampler", {}))
     return out
+
+
+def model_meta(source, local: bool) -> dict:
+    """A local model folder's `studio.json` (sampler settings, pipeline settings), or {}."""
+    meta = Path(source) / "studio.json" if local else None
+    if meta is None or not meta.is_file():
+        return {}
+    try:
+        data = json.loads(meta.read_text())
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"could not read {meta}: {e}") from e
+    if not isinstance(data, dict) or not all(isinstance(data.get(k, {}), dict) for k in ("sampler", "pipeline")):
+        raise ModelLoadError(f"{meta} must be a JSON object whose 'sampler' and 'pipeline' are objects")
+    return data

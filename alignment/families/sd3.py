@@ -24,6 +24,14 @@ from alignment.families import flow
 from alignment.families.base import Conditioning, Family, ModelLoadError, guided_output, stored_rows
 
 POOLED = "pooled_projections"
+# Length of the T5 part of the joint text sequence. Without T5 the pipeline fills it with zeros; a model trained with
+# a shorter one (the embedded flow model: its studio.json's "pipeline" section) sets it on the pipeline at load.
+TEXT_LENGTH_ATTR = "studio_max_sequence_length"
+DEFAULT_TEXT_LENGTH = 256  # the pipeline's own default
+
+
+def text_length(pipe) -> int:
+    return int(getattr(pipe, TEXT_LENGTH_ATTR, DEFAULT_TEXT_LENGTH))
 
 
 def _transformer(transformer, x, t, embeds, added) -> torch.Tensor:
@@ -47,10 +55,10 @@ class StableDiffusion3(Family):
     def denoiser(self, pipe):
         return pipe.transformer
 
-    def call_kwargs(self, config) -> dict:
+    def call_kwargs(self, config, pipe=None) -> dict:
         if config.guidance_rescale:
             raise ValueError("StableDiffusion3Pipeline has no guidance_rescale; set it to 0 for this model")
-        return {}
+        return {"max_sequence_length": text_length(pipe)}
 
     @contextmanager
     def sampling(self, pipe, generators: list, config):
@@ -69,6 +77,19 @@ class StableDiffusion3(Family):
             StableDiffusion3Pipeline.save_lora_weights(d, transformer_lora_layers=state,
                                                        transformer_lora_adapter_metadata=metadata)
             return (Path(d) / LORA_WEIGHT_NAME).read_bytes()
+
+    def configure(self, pipe, settings: dict) -> None:
+        """Apply a model folder's `studio.json` "pipeline" settings: `max_sequence_length` (the T5 part's length,
+        1 to 512)."""
+        unknown = set(settings) - {"max_sequence_length"}
+        if unknown:
+            raise ModelLoadError(f"studio.json's pipeline section has unknown settings: {', '.join(sorted(unknown))}")
+        if "max_sequence_length" in settings:
+            length = settings["max_sequence_length"]
+            if isinstance(length, bool) or not isinstance(length, int) or not 1 <= length <= 512:
+                raise ModelLoadError(f"studio.json: max_sequence_length must be a whole number in 1..512, got "
+                                     f"{length!r}")
+            setattr(pipe, TEXT_LENGTH_ATTR, length)
 
     def check(self, pipe) -> None:
         if getattr(pipe, "transformer", None) is None:
@@ -91,7 +112,8 @@ class StableDiffusion3(Family):
         if any(got[k] is None for k in needed):
             embeds, negative, pooled, negative_pooled = pipe.encode_prompt(
                 prompt=prompt, prompt_2=None, prompt_3=None, device=device, num_images_per_prompt=1,
-                do_classifier_free_guidance=guided, negative_prompt=negative_prompt)
+                do_classifier_free_guidance=guided, negative_prompt=negative_prompt,
+                max_sequence_length=text_length(pipe))
             got.update({"prompt_embeds": embeds, "negative_prompt_embeds": negative, POOLED: pooled,
                         "negative_" + POOLED: negative_pooled})
         if not guided:

@@ -99,7 +99,7 @@ class Sampler:
             return kwargs
 
         with fam.sampling(pipe, gens, cfg):  # a flow family's SDE steps draw from the same generators
-            out = pipe(**fam.prompt_kwargs([prompt] * n, [cfg.negative_prompt] * n), **fam.call_kwargs(cfg),
+            out = pipe(**fam.prompt_kwargs([prompt] * n, [cfg.negative_prompt] * n), **fam.call_kwargs(cfg, pipe),
                        height=cfg.height, width=cfg.width, num_inference_steps=cfg.steps,
                        guidance_scale=cfg.guidance_scale, generator=gens, latents=x0.to(net.dtype),
                        callback_on_step_end=capture,

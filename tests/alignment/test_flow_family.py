@@ -129,3 +129,33 @@ def test_unsupported_flow_pipelines_and_schedules_are_refused_with_the_reason(tm
         sampler.generate(PROMPTS[0], [0], config(steps=1))
     with pytest.raises(ValueError, match="guidance_rescale"):
         sampler.generate(PROMPTS[0], [0], config(guidance_rescale=0.5))
+
+
+def test_a_model_folder_sets_the_t5_length_the_sampler_and_the_trainer_both_use(tmp_path, model):
+    folder = tmp_path / "short"
+    shutil.copytree(tiny_family("sd3"), folder)
+    (folder / "studio.json").write_text(json.dumps({"pipeline": {"max_sequence_length": 8}}))
+    short = load_pipeline(str(folder))
+    assert sd3.text_length(short.pipe) == 8 and sd3.text_length(model.pipe) == sd3.DEFAULT_TEXT_LENGTH
+    clip_tokens = short.pipe.tokenizer_max_length
+    cond = short.family.conditioning(short.pipe, PROMPTS[0], guided=True)
+    assert cond.embeds.shape[1] == clip_tokens + 8
+    seen = []
+    real = short.pipe.transformer.forward
+    short.pipe.transformer.forward = lambda *a, **k: seen.append(k["encoder_hidden_states"].shape[1]) or real(*a, **k)
+    Sampler(short, config(steps=2)).generate(PROMPTS[0], [0])
+    assert set(seen) == {clip_tokens + 8}  # the pipeline's own call: the same sequence the trainer replays
+
+    for bad in ({"max_sequence_length": 0}, {"max_sequence_length": "8"}, {"max_sequence_length": True},
+                {"unknown": 1}):
+        (folder / "studio.json").write_text(json.dumps({"pipeline": bad}))
+        with pytest.raises(ModelLoadError, match="max_sequence_length|unknown"):
+            load_pipeline(str(folder))
+    (folder / "studio.json").write_text("{not json")
+    with pytest.raises(ModelLoadError, match="could not read"):
+        load_pipeline(str(folder))
+    sd_folder = tmp_path / "sd"
+    shutil.copytree(tiny_family("sd1"), sd_folder)
+    (sd_folder / "studio.json").write_text(json.dumps({"pipeline": {"max_sequence_length": 8}}))
+    with pytest.raises(ModelLoadError, match="does not take"):
+        load_pipeline(str(sd_folder))

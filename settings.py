@@ -183,7 +183,11 @@ class TrainerConfig:
                                        f"({', '.join(f'{k} {v:g}' for k, v in DEFAULT_BETA.items())})")
     log_ratio_clip: float = setting(1e-2, "eps: each step's log-ratio is clamped to [-eps, eps]")
     steps_per_pair: int = setting(3, "M: step indices sampled per pair and update")
-    train_steps: int = setting(120, "optimiser steps per training run")
+    train_steps: int = setting(120, "optimiser steps per training run (at most; see pair_epochs)")
+    pair_epochs: float | None = setting(24.0, "a run on few votes is shorter: it takes min(train_steps, "
+                                              "ceil(pair_epochs x pairs / batch_pairs)) steps, so each pair is "
+                                              "drawn about this many times (24: 24 steps on 8 votes, train_steps "
+                                              "from 40 pairs on); unset = always train_steps")
     batch_pairs: int = setting(8, "pairs per optimiser step (at least the number of training processes)")
     lr: float = setting(3e-4, "AdamW learning rate (with 120 steps and checkpoints every 10: docs/benchmarks.md, "
                               "'What the studio serves')")
@@ -220,6 +224,9 @@ class TrainerConfig:
             raise ValueError(f"beta must be positive, got {self.beta}")
         if not self.log_ratio_clip > 0:
             raise ValueError(f"log_ratio_clip must be positive, got {self.log_ratio_clip}")
+        if self.pair_epochs is not None and (isinstance(self.pair_epochs, bool)
+                                             or not 0 < self.pair_epochs < 1e6):
+            raise ValueError(f"pair_epochs must be a positive number (or unset), got {self.pair_epochs}")
         for name in ("steps_per_pair", "train_steps", "batch_pairs", "lora_rank"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -237,6 +244,12 @@ class TrainerConfig:
         self.target_modules = names(self.target_modules, "target_modules")
         if not self.target_modules:
             raise ValueError("target_modules must name at least one module, e.g. to_q,to_k,to_v,to_out.0")
+
+    def steps_for(self, pairs: int) -> int:
+        """Optimiser steps of a run on `pairs` training pairs."""
+        if self.pair_epochs is None:
+            return self.train_steps
+        return max(1, min(self.train_steps, math.ceil(self.pair_epochs * pairs / self.batch_pairs)))
 
     @property
     def effective_gamma(self) -> float:

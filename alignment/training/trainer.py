@@ -363,11 +363,12 @@ class Trainer:
         history: list[dict] = []
         checkpoints: list[tuple[int, dict[str, torch.Tensor]]] = []
         t0 = time.perf_counter()
+        total = cfg.steps_for(len(pairs))
         self.unet.train()
         if cfg.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
         try:
-            for step in range(cfg.train_steps):
+            for step in range(total):
                 batch = [pairs[rng.randrange(len(pairs))] for _ in range(cfg.batch_pairs)]
                 with accel.autocast():
                     # `parts`: tensors whose gradients add up to the loss's (the loss itself, or micro-batches)
@@ -388,9 +389,9 @@ class Trainer:
                 history.append({"step": step, "loss": loss, "margin": stats[1].item(),
                                 "accuracy": _finite(stats[2]), "clipped": _finite(stats[3])})
                 done = step + 1
-                if done == cfg.train_steps or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0):
+                if done == total or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0):
                     checkpoints.append((done, self.lora_state()))
-                ranks.guarded(progress, step + 1, cfg.train_steps)  # e.g. a lost lease stops every process
+                ranks.guarded(progress, step + 1, total)  # e.g. a lost lease stops every process
         finally:
             self.unet.eval()
             if cfg.gradient_checkpointing:
@@ -403,7 +404,7 @@ class Trainer:
         metrics = {"loss_first": history[0]["loss"], "loss": _mean(h["loss"] for h in tail),
                    "margin": _mean(h["margin"] for h in tail), "accuracy": _mean(h["accuracy"] for h in tail),
                    "clipped_fraction": _mean(h["clipped"] for h in tail), "pairs": len(pairs),
-                   "steps": cfg.train_steps, "processes": ranks.count,
+                   "steps": total, "processes": ranks.count,
                    "train_seconds": round(time.perf_counter() - t0, 3)}
         return TrainResult(lora, metrics, history, checkpoints)
 

@@ -189,3 +189,19 @@ def test_a_diverging_run_produces_no_adapter(labeled_pairs, monkeypatch):
     monkeypatch.setattr(tr, "guided_eps", lambda *a: real(*a) * float("nan"))
     with pytest.raises(TrainingDivergedError):
         tr.train(labeled_pairs)
+
+
+def test_a_run_on_few_pairs_takes_pair_epochs_worth_of_steps(labeled_pairs):
+    pairs = labeled_pairs[:2]
+    seen = []
+    tr = Trainer(load_pipeline(), TrainerConfig(train_steps=50, batch_pairs=4, steps_per_pair=1, pair_epochs=6,
+                                                checkpoint_every=2))
+    result = tr.train(pairs, progress=lambda step, total: seen.append((step, total)))
+    assert len(result.history) == 3 and seen[-1] == (3, 3)  # ceil(6 x 2 / 4), not 50
+    assert [s for s, _ in result.checkpoints] == [2, 3] and result.metrics["steps"] == 3
+    assert TrainerConfig(pair_epochs=None, train_steps=50).steps_for(2) == 50
+    assert TrainerConfig(train_steps=120, batch_pairs=8).steps_for(8) == 24  # the defaults: 24 steps on 8 votes
+    assert TrainerConfig(train_steps=120, batch_pairs=8).steps_for(1000) == 120
+    for bad in (0, -1, float("inf"), True):
+        with pytest.raises(ValueError, match="pair_epochs"):
+            TrainerConfig(pair_epochs=bad)

@@ -129,6 +129,8 @@ class Studio:
         self._status_cache: tuple[float, dict] | None = None
         self.ready = ReadyQueue(self, ready_depth, ready_cap)  # its thread starts with start()
         self.campaign = Campaign(repo)
+        from app.gallery import Gallery  # imported here: app.gallery uses this module's input checks
+        self.gallery = Gallery(self)  # the Compare tab's before/after grid and version strip, with their cache
 
     @classmethod
     def open(cls, config: StudioConfig) -> Studio:

@@ -9,25 +9,41 @@
     /make_live       admins: 'base', 'v3' or 3
     /rollback        admins: back to the previous live version
     /import_votes    admins: a Pick-a-Pic Parquet file uploaded with handle_file(...)
+    /blind_trial     prompt, seed (optional), identity -> {trial, left, right, prompt, seed, adapter_version,
+                     expires_in_s}: base and the live adapter from one seed, sides shuffled; which side is which
+                     stays on the server
+    /blind_choice    trial, choice (left, right, tie), identity -> the outcome and your running win rate of that
+                     adapter over the base with its 95 % interval (as the Compare tab's blind A/B gives)
 
 Every admin endpoint takes an optional `admin_token` (a wrong one is logged and throttled per address). Who votes
 comes from the request (password login, Spaces sign-in) or from the identity the server issued and signed; a
-client cannot choose another's. `Studio` decides and logs refusals. Knows Gradio, `Studio` and `app.session`.
+client cannot choose another's. `Studio` decides and logs refusals. A blind trial an API client opens waits in
+`app.blind.PendingTrials` (its owner only, answered once, bounded, expiring) and is recorded by
+`Studio.record_blind`, the Compare tab's path, with its rate limits. Knows Gradio, `Studio`, `app.session` and
+`app.blind`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import gradio as gr
 from gradio.data_classes import FileData
+from gradio.processing_utils import save_pil_to_cache
+from gradio.utils import get_upload_folder
+from PIL import Image
 
 from app.access import AnonymousIds
+from app.blind import PendingTrials
 from app.session import actor_of, address_of, annotator_of, uploaded_file, user_errors, with_identity
-from app.studio import Studio
+from app.studio import BlindTrial, Studio
 from app.tabs.compare import parse_version, version_label
+from app.tabs.label import GPU
 
 
 def register(studio: Studio, ids: AnonymousIds) -> None:
     """Add the endpoints to the Blocks being built; `ids` signs the identities `/identity` issues."""
+    pending: PendingTrials[BlindTrial] = PendingTrials()
 
     @user_errors
     def identity(request: gr.Request) -> dict:
@@ -93,9 +109,40 @@ def register(studio: Studio, ids: AnonymousIds) -> None:
         studio.require_admin(actor, "import")  # before looking at the file
         return {"imported": studio.import_file(uploaded_file(file), actor=actor)}
 
+    @user_errors
+    def blind_trial(prompt: str, seed: str = "", identity: str = "", request: gr.Request = None,
+                    profile: gr.OAuthProfile | None = None) -> dict:
+        """Base vs. the live adapter from one seed (optional; empty = random), sides shuffled: returns the trial id
+        to answer with /blind_choice, the left and right images, the prompt, the seed and the adapter's version.
+        Which side is the adapter stays on the server. A trial is yours alone, answered once, and expires."""
+        annotator = annotator_of(with_identity(None, identity, ids), request, profile)
+        pending.check_room(annotator)  # before rendering: a client that never answers costs no images
+        trial = studio.blind_trial(prompt, seed, annotator=annotator, address=address_of(request))
+        trial_id = pending.add(dataclasses.replace(trial, left=None, right=None), annotator)  # no images kept
+        return {"trial": trial_id, "left": image_file(trial.left), "right": image_file(trial.right),
+                "prompt": trial.prompt, "seed": trial.seed, "adapter_version": trial.adapter_version,
+                "expires_in_s": pending.ttl_s}
+
+    @user_errors
+    def blind_choice(trial: str, choice: str, identity: str = "", request: gr.Request = None,
+                     profile: gr.OAuthProfile | None = None) -> dict:
+        """Answer your blind trial: left, right or tie. Stored apart from the training votes; returns the outcome
+        (adapter, base or tie) and your running win rate of that adapter over the base with its 95 % interval."""
+        annotator = annotator_of(with_identity(None, identity, ids), request, profile)
+        with pending.answering(trial, annotator) as open_trial:  # stays open when recording fails
+            answer = studio.record_blind(open_trial, choice, annotator=annotator, address=address_of(request))
+        return {"trial": str(trial).strip(), **answer}
+
     gr.api(identity, api_name="identity", concurrency_limit=None)
     gr.api(vote, api_name="vote")
     gr.api(status, api_name="status", concurrency_limit=None)
     gr.api(whoami, api_name="whoami", concurrency_limit=None)
     for fn in (train_now, update_settings, make_live, rollback, import_votes):
         gr.api(fn, api_name=fn.__name__)
+    gr.api(blind_trial, api_name="blind_trial", **GPU)
+    gr.api(blind_choice, api_name="blind_choice")
+
+
+def image_file(image: Image.Image) -> FileData:
+    """`image` as a PNG in Gradio's cache (deleted with the other cached files), for a client to download."""
+    return FileData(path=save_pil_to_cache(image, cache_dir=get_upload_folder(), format="png"))

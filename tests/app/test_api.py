@@ -38,7 +38,8 @@ def test_only_the_documented_endpoints_are_public(served):
     url, _ = served
     api = Client(url, verbose=False).view_api(return_format="dict", print_info=False)
     assert set(api["named_endpoints"]) == {"/identity", "/new_pair", "/vote", "/status", "/whoami", "/train_now",
-                                           "/update_settings", "/make_live", "/rollback", "/import_votes"}
+                                           "/update_settings", "/make_live", "/rollback", "/import_votes",
+                                           "/blind_trial", "/blind_choice"}
     assert not api["unnamed_endpoints"]
     # No endpoint takes an annotator: the server decides who acts.
     for name, endpoint in api["named_endpoints"].items():

@@ -25,10 +25,11 @@ from tests.support.studio import free_port, start_studio, stop_studio
 
 # name -> how many inputs the endpoint takes (the fuzzer also sends fewer and more)
 ENDPOINTS = {"new_pair": 3, "vote": 3, "status": 1, "whoami": 2, "identity": 0, "train_now": 1,
-             "update_settings": 2, "make_live": 2, "rollback": 1, "import_votes": 2}
+             "update_settings": 2, "make_live": 2, "rollback": 1, "import_votes": 2, "blind_trial": 3,
+             "blind_choice": 3}
 # Where an endpoint takes the identity `/identity` issued: the fuzzer puts a valid one there half of the time, so
 # that the other inputs are judged too, not only the missing identity.
-IDENTITY_SLOT = {"new_pair": 2, "vote": 2, "whoami": 1}
+IDENTITY_SLOT = {"new_pair": 2, "vote": 2, "whoami": 1, "blind_trial": 2, "blind_choice": 2}
 FILE_REFERENCES = st.fixed_dictionaries({"path": st.sampled_from(["/etc/passwd", "../../studio.db", "", "x" * 5000,
                                                                   "/proc/self/environ", "studio-data/studio.db"]),
                                          "meta": st.just({"_type": "gradio.FileData"})})

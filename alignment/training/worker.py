@@ -136,6 +136,7 @@ class Worker:
         self._state = "stopped"
         self._progress: tuple[int, int] | None = None
         self._phase = PHASES[0]
+        self.phase_times: dict[str, float] = {}  # the last run's phases: when each began (time.monotonic), and "done"
         self._train_started = 0.0  # monotonic time of the run's first training step report (for time left)
         self._last_error: str | None = None
         self._last_run: dict | None = None
@@ -271,6 +272,7 @@ class Worker:
                 self._requested = False
                 self._state = "training"
                 self._phase, self._train_started = "training", time.monotonic()
+                self.phase_times = {"training": self._train_started}
                 return run()
             finally:
                 self._fence = None
@@ -278,6 +280,7 @@ class Worker:
         finally:
             self._state = "idle" if self._serving and not self._stop.is_set() else "stopped"
             self._progress, self._phase = None, PHASES[0]
+            self.phase_times["done"] = time.monotonic()
             self._run_lock.release()
 
     def _run(self) -> dict:
@@ -301,9 +304,9 @@ class Worker:
             if self.before_train is not None:
                 self.before_train({"watermark": watermark, "annotators": annotators, "config": cfg.to_dict()})
             result = trainer.train(pairs, progress=self.report_progress)
-            self._phase = "checking fidelity"
+            self._enter("checking fidelity")
             lora, report, chosen = self._guarded_choice(trainer, result)
-            self._phase = "going live"
+            self._enter("going live")
             metrics = {**result.metrics, **chosen}
             metrics = {k: v for k, v in metrics.items() if v is not None}
             if quarantined:
@@ -334,6 +337,10 @@ class Worker:
         self._notify()
         return self._last_run
 
+    def _enter(self, phase: str) -> None:
+        self._phase = phase
+        self.phase_times[phase] = time.monotonic()
+
     def _guarded_choice(self, trainer: Trainer, result) -> tuple[bytes, FidelityReport, dict]:
         """The adapter to register: the latest checkpoint of the run (the final weights first) that passes the
         fidelity guard on its selection seeds and then again on its confirmation seeds (`FidelityGuard.decide`);
@@ -358,8 +365,9 @@ class Worker:
 
     def warm_guard(self) -> bool:
         """Render the fidelity guard's base images now, while waiting for votes (a run's guard then renders only its
-        candidates): once per worker, after the first vote, yielding to sampling like a run. True when it rendered;
-        a failure is logged and left to the first run to report."""
+        candidates): once per worker, after the first vote, yielding to sampling like a run, and giving way to a
+        run that becomes due. True when it rendered both seed sets; a failure is logged and left to the first run
+        to report."""
         if not self._run_lock.acquire(blocking=False):
             return False
         self._warm_tried = True
@@ -370,7 +378,9 @@ class Worker:
                 return False
             enable = trainer.set_adapter_enabled if trainer.has_adapter else (lambda on: None)
             t0 = time.perf_counter()
-            guard.render_base(_Stoppable(self._guard_sampler(trainer), self._stop), enable)
+            # a run that becomes due goes first: it renders what is left (a finished seed set stays cached)
+            guard.render_base(_Stoppable(self._guard_sampler(trainer),
+                                         lambda: self._stop.is_set() or self.should_train()), enable)
             log.info("the fidelity guard's base images are ready (%.1f s)", time.perf_counter() - t0)
             return True
         except _Stopped:
@@ -456,17 +466,17 @@ class Worker:
 
 
 class _Stopped(Exception):
-    """The worker was stopped while it rendered ahead."""
+    """Rendering ahead gave way (the worker stopped, or a run became due)."""
 
 
 class _Stoppable:
-    """A sampler that stops rendering when `stop` is set (between batches)."""
+    """A sampler that stops rendering, between batches, once `stop()` is true."""
 
-    def __init__(self, sampler, stop: threading.Event):
+    def __init__(self, sampler, stop: Callable[[], bool]):
         self._sampler, self._stop = sampler, stop
 
     def generate(self, *args, **kwargs):
-        if self._stop.is_set():
+        if self._stop():
             raise _Stopped()
         return self._sampler.generate(*args, **kwargs)
 

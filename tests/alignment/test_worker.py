@@ -278,3 +278,20 @@ def test_a_stopped_worker_stops_rendering_ahead(repo_with_votes, monkeypatch):
     worker = make_worker(repo_with_votes, fidelity_seeds=(1000, 1001), fidelity_prompts=2, train_every=100)
     worker._stop.set()
     assert not worker.warm_guard() and not worker.guard(worker.trainer()).base_ready
+
+
+def test_rendering_ahead_gives_way_to_a_run_that_becomes_due(repo_with_votes, monkeypatch):
+    worker = make_worker(repo_with_votes, fidelity_seeds=(1000, 1001), fidelity_prompts=2, train_every=100)
+    real = FidelityGuard._render
+    renders = []
+
+    def render(self, sampler, plan):
+        renders.append(len(plan))
+        return real(self, sampler, plan)
+
+    monkeypatch.setattr(FidelityGuard, "_render", render)
+    # the votes for a run arrive once the selection set is rendered
+    monkeypatch.setattr(worker, "should_train", lambda: "selection" in worker.guard(worker.trainer())._base_cache)
+    assert not worker.warm_guard()
+    guard = worker.guard(worker.trainer())
+    assert renders == [4, 4] and "selection" in guard._base_cache and not guard.base_ready  # kept what it finished

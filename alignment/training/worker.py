@@ -22,6 +22,7 @@ The worker touches storage and its own trainer, never the app's sampler: the liv
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import socket
@@ -136,7 +137,10 @@ class Worker:
         self._state = "stopped"
         self._progress: tuple[int, int] | None = None
         self._phase = PHASES[0]
-        self.phase_times: dict[str, float] = {}  # the last run's phases: when each began (time.monotonic), and "done"
+        # the current run's phases: when each began (time.monotonic); finished runs' are in `run_phases`, the
+        # newest last, with "done" and the run's adapter "version"
+        self.phase_times: dict[str, float] = {}
+        self.run_phases: collections.deque[dict] = collections.deque(maxlen=16)
         self._train_started = 0.0  # monotonic time of the run's first training step report (for time left)
         self._last_error: str | None = None
         self._last_run: dict | None = None
@@ -275,12 +279,13 @@ class Worker:
                 self.phase_times = {"training": self._train_started}
                 return run()
             finally:
+                self.run_phases.append({**self.phase_times, "done": time.monotonic(),
+                                        "version": (self._last_run or {}).get("version")})
                 self._fence = None
                 self._release_lease()
         finally:
             self._state = "idle" if self._serving and not self._stop.is_set() else "stopped"
             self._progress, self._phase = None, PHASES[0]
-            self.phase_times["done"] = time.monotonic()
             self._run_lock.release()
 
     def _run(self) -> dict:

@@ -5,7 +5,9 @@ The queue owns one background thread (`ready-queue`). After a pair is taken (or 
 and prompt, that thread tops the annotator's queue for the prompt up to `depth` pairs, each made by
 `Studio.new_pair`: stored, `served_to` the annotator and counted against their rate limits exactly like a pair
 made on demand. A queued pair made by a version that has since been replaced stays valid data (its trajectories
-record the version that made it). A refill the rate limits (or anything else) refuse is dropped quietly: the
+record the version that made it), but pairs of the version the live model serves go first: when a new version
+goes live (`refresh`, called by the live model after a swap) every queue is topped up with pairs of it, and an
+older pair is handed out only while none of the new version is ready, so a vote's effect shows on the next pair. A refill the rate limits (or anything else) refuse is dropped quietly: the
 person only meets the limit, as before, when they ask for a pair and none is ready.
 
 Bounds: `depth` pairs per annotator and prompt, `prompts_per_annotator` prompts per annotator (the least recently
@@ -71,7 +73,7 @@ class ReadyQueue:
             queue = line.pairs.get(prompt)
             if not queue:
                 return None
-            view = queue.popleft()
+            view = self._pop(queue)
             self._want(annotator, prompt, line)
             return view
 
@@ -97,7 +99,7 @@ class ReadyQueue:
             if not queue:
                 return None
             self._want(annotator, key[1], line)
-            return queue.popleft()
+            return self._pop(queue)
 
     def prefetch(self, annotator: str, prompt: str, address: str | None = None) -> None:
         """Top up `annotator`'s queue for `prompt` (a prompt they will probably be shown next), taking nothing."""
@@ -105,6 +107,17 @@ class ReadyQueue:
             return
         with self._cond:
             self._want(annotator, self.studio_prompt(prompt), self._touch(annotator, address))
+
+    def refresh(self, version: int | None = None) -> None:
+        """A new version went live: top every queue up with its pairs (the older ones stay, behind them)."""
+        if not self.enabled:
+            return
+        with self._cond:
+            for annotator, line in self._lines.items():
+                for prompt in line.pairs:
+                    if (annotator, prompt) not in self._todo:
+                        self._todo.append((annotator, prompt))
+            self._cond.notify_all()
 
     def ready(self, annotator: str, prompt: str) -> int:
         """How many pairs of `prompt` wait for `annotator`."""
@@ -190,7 +203,7 @@ class ReadyQueue:
             annotator, prompt = self._todo[0]
             line = self._lines.get(annotator)
             queue = line.pairs.get(prompt) if line else None
-            if queue is None or len(queue) >= self.depth or self._total() >= self.cap:
+            if queue is None or self._fresh(queue) >= self.depth or self._total() >= self.cap:
                 self._todo.popleft()
                 continue
             return annotator, prompt, line.address
@@ -214,9 +227,30 @@ class ReadyQueue:
     def _store(self, annotator: str, prompt: str, view) -> None:
         line = self._lines.get(annotator)
         queue = line.pairs.get(prompt) if line else None
-        if queue is None or len(queue) >= self.depth:  # dropped meanwhile (idle, another prompt): stays stored only
-            return
+        if queue is None or self._fresh(queue) >= self.depth:  # dropped meanwhile (idle, another prompt): stays
+            return                                               # stored only
         queue.append(view)
+        while len(queue) > 2 * self.depth:  # older versions' pairs beyond `depth` go (they stay stored, unvoted)
+            serving = self._serving()
+            del queue[next(i for i, v in enumerate(queue) if _version(v) != serving)]
+
+    def _serving(self) -> int | None:
+        return getattr(getattr(self.studio, "live", None), "adapter_version", None)
+
+    def _fresh(self, queue) -> int:
+        """Pairs in `queue` made by the version the live model serves (at most `depth`; older ones at most
+        `depth` more)."""
+        serving = self._serving()
+        return sum(1 for v in queue if _version(v) == serving)
+
+    def _pop(self, queue):
+        """The oldest pair of the version served now, else the oldest pair."""
+        serving = self._serving()
+        for i, view in enumerate(queue):
+            if _version(view) == serving:
+                del queue[i]
+                return view
+        return queue.popleft()
 
     def _discard_jobs(self, annotator: str, prompt: str) -> None:
         self._todo = collections.deque(job for job in self._todo if job != (annotator, prompt))
@@ -228,3 +262,7 @@ class ReadyQueue:
 
     def _total(self) -> int:
         return sum(len(q) for line in self._lines.values() for q in line.pairs.values())
+
+
+def _version(view) -> int | None:
+    return getattr(view, "adapter_version", None)

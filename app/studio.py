@@ -128,6 +128,7 @@ class Studio:
         self.data = DataExchange(repo, self.export_dir, self.import_limits)
         self._status_cache: tuple[float, dict] | None = None
         self.ready = ReadyQueue(self, ready_depth, ready_cap)  # its thread starts with start()
+        self.live.on_swap.append(self.ready.refresh)  # a new version's pairs go first
         self.campaign = Campaign(repo)
         from app.gallery import Gallery  # imported here: app.gallery uses this module's input checks
         self.gallery = Gallery(self)  # the Compare tab's before/after grid and version strip, with their cache

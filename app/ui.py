@@ -79,6 +79,7 @@ def css(pixelated: bool) -> str:
     rendering = "image-rendering: pixelated;" if pixelated else ""
     return f"""
 .pair-img img {{ width: 256px !important; height: 256px !important; object-fit: contain; {rendering} }}
+.grid-gallery img {{ {rendering} }}
 .pair-img {{ min-height: 300px; }}
 #status-bar {{ padding: 6px 12px; border-radius: 8px; background: var(--block-background-fill); }}
 """

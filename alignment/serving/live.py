@@ -77,6 +77,8 @@ class LiveModel(_Pairs):
         self._repo = repo
         self.interval_s = interval_s
         self.priority = priority or SamplingFirst()
+        # called with the new version after the weights changed (under the generation lock: keep them short)
+        self.on_swap: list = []
         self._lock = threading.RLock()  # the generation lock: generation and every change of the weights
         self._tickets = itertools.count(1)
         self._applied = 0  # the ticket of the latest answer applied
@@ -205,6 +207,11 @@ class LiveModel(_Pairs):
                     return False
                 self._slot.load(answer.version, answer.lora)
             log.info("the sampler now serves %s", _label(self._slot.version))
+            for listener in self.on_swap:
+                try:
+                    listener(self._slot.version)
+                except Exception:  # a listener never stops a swap
+                    log.exception("a swap listener failed")
         self._applied = answer.ticket
         return True
 

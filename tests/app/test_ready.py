@@ -159,3 +159,22 @@ def test_a_pair_made_before_a_new_version_went_live_stays_valid(swap_studio):
         assert swap_studio.vote(made_before.id, "right", annotator="ann")["recorded"]
         assert queue.wait_idle(60)
         assert queue.take("ann", PROMPT).adapter_version == version  # the refill comes from the new version
+
+
+def test_pairs_of_a_version_that_just_went_live_go_first(swap_studio):
+    with running(swap_studio, depth=2) as queue:
+        assert swap_studio.ready.refresh in swap_studio.live.on_swap  # the Studio wires its own queue
+        swap_studio.live.on_swap.append(queue.refresh)  # and this one the same way
+        queue.pair(PROMPT, annotator="ann")
+        assert queue.wait_idle(60) and queue.ready("ann", PROMPT) == 2  # two base pairs waiting
+        version = register_adapter(swap_studio.repo, random_lora(0))
+        assert swap_studio.live.sync()  # the swap tops every queue up with the new version's pairs
+        assert queue.wait_idle(60) and queue.ready("ann", PROMPT) == 4  # 2 new ones, 2 base ones behind them
+        taken = [queue.take("ann", PROMPT) for _ in range(2)]
+        assert [v.adapter_version for v in taken] == [version, version]
+        assert queue.wait_idle(60)
+        assert queue.ready("ann", PROMPT) == 4  # refills of the new version; the base's stay as a fallback
+        register_adapter(swap_studio.repo, random_lora(1))
+        assert swap_studio.live.sync() and queue.wait_idle(60)
+        assert queue.ready("ann", PROMPT) == 4  # at most depth older pairs are kept
+        assert {v.adapter_version for v in queue._lines["ann"].pairs[PROMPT]} == {version, version + 1}

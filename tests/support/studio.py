@@ -69,9 +69,14 @@ def wait_http(url: str, timeout: float = 240.0, proc: subprocess.Popen | None = 
     raise TimeoutError(f"no answer from {url} within {timeout} s")
 
 
-def start_studio(data_dir: Path, port: int, *args: str, log: Path | None = None) -> subprocess.Popen:
-    """`python -m app` on `data_dir` and `port` as its own process group; waits until it answers."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+def start_studio(data_dir: Path, port: int, *args: str, log: Path | None = None,
+                 threads: int | None = 1) -> subprocess.Popen:
+    """`python -m app` on `data_dir` and `port` as its own process group; waits until it answers. `threads` sets
+    OMP_NUM_THREADS (None: torch's default, every core)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    env.pop("OMP_NUM_THREADS", None)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
     out = open(log or data_dir.parent / f"studio-{port}.log", "ab")
     proc = subprocess.Popen([sys.executable, "-m", "app", "--data-dir", str(data_dir), "--port", str(port), *args],
                             cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)

@@ -1,0 +1,31 @@
+"""Short versions of the labeling benchmarks: the labeling latency (idle and while a worker trains) and the
+click-to-effect time with its breakdown, at tiny sizes, checked for what they report."""
+
+import pytest
+
+from benchmarks import click_to_effect, labeling
+
+TINY_GUARD = {"fidelity_seeds": (1000, 1001, 1002, 1003), "fidelity_prompts": 1}
+
+
+def test_labeling_while_training_counts_only_votes_cast_during_a_run(tmp_path):
+    r = labeling.label_session(1, 4, (0.0, 0.05), tmp_path / "d", sampling_wait_s=5.0)
+    assert r["training"] and r["votes"] == 4 and r["sampling_wait_s"] == 5.0
+    assert 0 < r["p50_ms"] <= r["p95_ms"] <= r["max_ms"] and 0 <= r["ready_share"] <= 1
+    assert r["labels_per_minute"] > 0 and r["pairs_stored"] >= 8 + 4  # the 8 votes the runs train on, then 4
+
+
+def test_click_to_effect_splits_the_time_from_the_trigger_to_the_first_pair_of_the_new_version(tmp_path):
+    trainer, worker = click_to_effect.parse_config("train_steps=3,lr=1e-5,train_every=3,min_votes=3,"
+                                                   "fidelity_seeds=4,fidelity_prompts=1")
+    assert trainer == {"train_steps": 3, "lr": 1e-5} and worker["fidelity_seeds"] == (1_500_000_000, 1_500_000_001,
+                                                                                      1_500_000_002, 1_500_000_003)
+    r = click_to_effect.one_config("tiny", trainer, worker, "alignment.eval.labelers:larger", (0.0, 0.05),
+                                   tmp_path / "d", max_s=300)
+    assert r["status"] == "live" and "error" not in r, r
+    phases = r["phases_s"]
+    assert list(phases) == list(click_to_effect.PHASE_NAMES) and all(v >= 0 for v in phases.values())
+    assert sum(phases.values()) == pytest.approx(r["click_to_effect_s"], abs=0.05)
+    assert r["steps"] == 3 and r["pairs_trained"] >= 3
+    with pytest.raises(SystemExit, match="unknown setting"):
+        click_to_effect.parse_config("no_such_setting=1")

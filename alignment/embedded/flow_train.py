@@ -44,12 +44,12 @@ class FlowTrainConfig:
     out: str = "models/tiny-flow"
     seed: int = 0
     n_images: int = 20_000
-    steps: int = 2400
+    steps: int = 4800
     batch: int = 64
     lr: float = 1e-3
     text_lr: float = 5e-4
     caption_dropout: float = 0.1
-    ema_decay: float = 0.995
+    ema_decay: float = 0.998
     warmup: int = 100
     width: int = 128  # transformer inner width (heads x head_dim)
     heads: int = 4

@@ -189,3 +189,30 @@ def test_a_vote_train_live_round_through_the_studio(kind, tmp_path):
         assert not torch.equal(studio.live.generate(PROMPTS[0], [11])[0].trajectory.latents, now.trajectory.latents)
     finally:
         studio.close()
+
+
+def test_the_embedded_flow_model_runs_the_studio_loop_with_its_image_analysis_as_the_guard(tmp_path):
+    from alignment.eval.labelers import larger
+
+    model = load_pipeline("embedded-flow")
+    repo = Repository(tmp_path / "data")
+    tcfg = TrainerConfig(train_steps=6, batch_pairs=4, steps_per_pair=2, lr=1e-4)
+    wcfg = WorkerConfig(train_every=6, min_votes=6, fidelity_seeds=tuple(range(1000, 1004)), fidelity_prompts=2)
+    worker = Worker(repo, model.model_id, tcfg, wcfg, trainer=Trainer(load_pipeline("embedded-flow"), tcfg))
+    studio = Studio(Sampler(model), repo, worker)
+    try:
+        assert any("circle" in p or "square" in p for p in studio.suggestions)  # the shapes prompts
+        for i in range(6):
+            pair = studio.new_pair(studio.suggestions[i % len(studio.suggestions)], [2 * i, 2 * i + 1],
+                                   annotator="ann")
+            choice = {0: "left", 1: "right", None: "tie"}[larger(pair.left, pair.right, pair.prompt)]
+            studio.vote(pair.id, choice, annotator="ann")
+        run = worker.run_once()
+        assert run["status"] in ("live", "rejected"), run
+        metrics = repo.get_adapter(run["version"]).metrics
+        assert metrics["fidelity_scorer"] == "embedded" and metrics["fidelity_base"] > 0.5  # scored, not drift only
+        if run["status"] == "live":
+            assert studio.live.sync() and studio.new_pair(studio.suggestions[0], annotator="ann").adapter_version \
+                == run["version"]
+    finally:
+        studio.close()

@@ -51,6 +51,10 @@ def parse_config(text: str) -> tuple[dict, dict]:
         if name == "fidelity_seeds":  # a count: that many seeds from the default selection range
             start = WorkerConfig().fidelity_seeds[0]
             typed = tuple(range(start, start + int(value)))
+        elif isinstance(getattr(TrainerConfig() if kind == "t" else WorkerConfig(), name), bool):
+            if value.strip().lower() not in ("true", "false"):
+                raise SystemExit(f"{name} takes true or false, got {value!r}")
+            typed = value.strip().lower() == "true"
         else:
             typed = type(getattr(TrainerConfig() if kind == "t" else WorkerConfig(), name))(value)
         (trainer if kind == "t" else worker)[name] = typed

@@ -29,3 +29,7 @@ def test_click_to_effect_splits_the_time_from_the_trigger_to_the_first_pair_of_t
     assert r["steps"] == 3 and r["pairs_trained"] >= 3
     with pytest.raises(SystemExit, match="unknown setting"):
         click_to_effect.parse_config("no_such_setting=1")
+    assert click_to_effect.parse_config("warm_guard=false,pair_epochs=1e5") == ({"pair_epochs": 1e5},
+                                                                               {"warm_guard": False})
+    with pytest.raises(SystemExit, match="true or false"):
+        click_to_effect.parse_config("warm_guard=0")

@@ -137,7 +137,8 @@ def build(studio: Studio, session: gr.State) -> None:
         grid_a = gr.Gallery(label="A", columns=DEFAULT_GRID_SEEDS, elem_id="grid-a", **GALLERY)
         grid_b = gr.Gallery(label="B", columns=DEFAULT_GRID_SEEDS, elem_id="grid-b", **GALLERY)
         grid_note = gr.Markdown(elem_id="grid-refresh-note")
-        strip = gr.Gallery(label="Version strip: one seed, base to newest", elem_id="version-strip", **GALLERY)
+        strip = gr.Gallery(label="Version strip: one seed, base to newest", elem_id="version-strip", columns=8,
+                           **GALLERY)
         strip_note = gr.Markdown(elem_id="strip-note")
         timer = gr.Timer(GRID_EVERY_S, active=False)  # on only while the grid on screen follows the live version
         shown_grid = gr.State(None)  # {"request": GridRequest, "follow": bool, "serial": int} of the grid shown

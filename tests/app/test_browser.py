@@ -141,13 +141,17 @@ def test_compare_and_blind_ab(page, studio_url):
                                                         timeout=GENERATION_MS)
     expect(page.get_by_text("rendering base and live adapter")).to_have_count(0, timeout=GENERATION_MS)
     expect(page.locator("#blind-left img")).to_be_visible()  # the next trial is ready
+    page.locator("#grid-btn").click()  # the before/after grid: base against the live v1 at 4 seeds, and the strip
+    expect(page.locator("#grid-version")).to_contain_text("B: v1", timeout=GENERATION_MS)
+    expect(page.locator("#grid-b img")).to_have_count(4, timeout=GENERATION_MS)
+    expect(page.locator("#version-strip img")).to_have_count(2, timeout=GENERATION_MS)  # base, v1
     shot(page, "compare")
     with Repository(data) as repo:
         assert sum(repo.ab_results(adapter_version=1).values()) == 1
         assert repo.counts()["votes"] == 6  # blind choices are not training votes
 
 
-def test_train_and_data_tabs(page):
+def test_train_and_data_tabs(page, studio_url):
     page.get_by_role("tab", name="Train").click()
     history = page.locator("#adapter-history")
     expect(history).to_contain_text("live", timeout=GENERATION_MS)
@@ -157,8 +161,12 @@ def test_train_and_data_tabs(page):
     shot(page, "train")
 
     page.get_by_role("tab", name="Data").click()
-    # 7 pairs shown and 2 made ahead for the next votes (the ready queue, depth 2): pairs, not votes
-    expect(page.locator("#data-counts")).to_contain_text("6 votes on 9 pairs from 1 annotator",
+    # 7 pairs shown, and made ahead for the next votes (the ready queue, depth 2: base pairs, then v1's once it went
+    # live): the tab counts pairs, not votes
+    with Repository(studio_url[1]) as repo:
+        pairs = repo.counts()["pairs"]
+    assert 9 <= pairs <= 11
+    expect(page.locator("#data-counts")).to_contain_text(f"6 votes on {pairs} pairs from 1 annotator",
                                                          timeout=GENERATION_MS)
     page.get_by_role("button", name="Export Parquet").click()
     expect(page.locator("#data-message")).to_contain_text("Exported 4 preference votes", timeout=GENERATION_MS)

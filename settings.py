@@ -305,8 +305,9 @@ class WorkerConfig:
                                                           "equal seeds by more than this fraction of the distance "
                                                           "between two different base images (unset = no drift "
                                                           "check)")
-    warm_guard: bool = setting(True, "render the fidelity guard's base images after the first vote, while waiting "
-                                     "for the votes that start a run (the run's guard then renders only candidates)")
+    warm_guard: bool = setting(True, "render the fidelity guard's base images once a quarter of train_every votes "
+                                     "are in, while waiting for the rest (the run's guard then renders only "
+                                     "candidates)")
     sampling_wait_s: float = setting(10.0, "sampling first: when the worker runs in the app's process, each training "
                                            "step and guard render waits up to this many seconds while images are "
                                            "being made for someone (0 = never wait)")

@@ -365,12 +365,16 @@ class Worker:
 
     # ---- the guard's base images, ahead of the first run --------------------------------------------------------
     def _warm_guard_due(self) -> bool:
-        return (not self._warm_tried and self.config.warm_guard and not self._stop.is_set()
-                and self.repo.votes_since(0) > 0)
+        """Not rendered yet, and the first run within reach: a quarter of the votes that start one (so a studio set
+        to train rarely, or not at all, spends nothing on it)."""
+        if self._warm_tried or not self.config.warm_guard or self._stop.is_set():
+            return False
+        cfg = self.config
+        return 4 * self.votes_pending() >= cfg.train_every and 4 * self.repo.votes_since(0) >= cfg.min_votes
 
     def warm_guard(self) -> bool:
         """Render the fidelity guard's base images now, while waiting for votes (a run's guard then renders only its
-        candidates): once per worker, after the first vote, yielding to sampling like a run, and giving way to a
+        candidates): once per worker, when the first run is within reach, yielding to sampling like a run, and giving way to a
         run that becomes due. True when it rendered both seed sets; a failure is logged and left to the first run
         to report."""
         if not self._run_lock.acquire(blocking=False):

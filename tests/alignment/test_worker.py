@@ -257,7 +257,7 @@ def test_a_vote_that_commits_after_a_larger_id_was_read_still_counts_as_pending(
 
 def test_the_guards_base_images_are_rendered_while_waiting_so_a_run_renders_only_candidates(repo_with_votes,
                                                                                             monkeypatch):
-    worker = make_worker(repo_with_votes, fidelity_seeds=(1000, 1001), fidelity_prompts=2, train_every=100)
+    worker = make_worker(repo_with_votes, fidelity_seeds=(1000, 1001), fidelity_prompts=2, train_every=20)
     renders = []
     real = FidelityGuard._render
     monkeypatch.setattr(FidelityGuard, "_render", lambda self, sampler, plan: renders.append(len(plan))
@@ -272,16 +272,18 @@ def test_the_guards_base_images_are_rendered_while_waiting_so_a_run_renders_only
     assert len(renders) == 2 + run["metrics"]["checkpoints_checked"] + 1  # candidates only: checks + confirmation
     cold = make_worker(repo_with_votes, fidelity_seeds=(1000, 1001), fidelity_prompts=2, warm_guard=False)
     assert not cold._warm_guard_due()
+    rare = make_worker(repo_with_votes, fidelity_seeds=(1000, 1001), fidelity_prompts=2, train_every=25)
+    assert not rare._warm_guard_due()  # 6 votes: not yet a quarter of the 25 that start a run
 
 
 def test_a_stopped_worker_stops_rendering_ahead(repo_with_votes, monkeypatch):
-    worker = make_worker(repo_with_votes, fidelity_seeds=(1000, 1001), fidelity_prompts=2, train_every=100)
+    worker = make_worker(repo_with_votes, fidelity_seeds=(1000, 1001), fidelity_prompts=2, train_every=20)
     worker._stop.set()
     assert not worker.warm_guard() and not worker.guard(worker.trainer()).base_ready
 
 
 def test_rendering_ahead_gives_way_to_a_run_that_becomes_due(repo_with_votes, monkeypatch):
-    worker = make_worker(repo_with_votes, fidelity_seeds=(1000, 1001), fidelity_prompts=2, train_every=100)
+    worker = make_worker(repo_with_votes, fidelity_seeds=(1000, 1001), fidelity_prompts=2, train_every=20)
     real = FidelityGuard._render
     renders = []
 

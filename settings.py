@@ -308,7 +308,7 @@ class WorkerConfig:
     warm_guard: bool = setting(True, "render the fidelity guard's base images once a quarter of train_every votes "
                                      "are in, while waiting for the rest (the run's guard then renders only "
                                      "candidates)")
-    sampling_wait_s: float = setting(10.0, "sampling first: when the worker runs in the app's process, each training "
+    sampling_wait_s: float = setting(2.0, "sampling first: when the worker runs in the app's process, each training "
                                            "step and guard render waits up to this many seconds while images are "
                                            "being made for someone (0 = never wait)")
     lease_ttl_s: float = setting(600.0, "seconds a dead worker can block others; the training lease is renewed from "

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 
 
 class SamplingFirst:
-    def __init__(self, max_wait_s: float = 10.0, grace_s: float = 0.1):
+    def __init__(self, max_wait_s: float = 2.0, grace_s: float = 0.1):
         if max_wait_s < 0 or grace_s < 0:
             raise ValueError(f"max_wait_s and grace_s must be >= 0, got {max_wait_s} and {grace_s}")
         self.max_wait_s, self.grace_s = float(max_wait_s), float(grace_s)

@@ -194,7 +194,7 @@ def test_registering_and_promoting_check_the_workers_lease_fence(repo_with_votes
 
 
 def test_serve_polls_until_stopped_and_survives_a_failing_poll(repo_with_votes, monkeypatch):
-    worker = make_worker(repo_with_votes)
+    worker = make_worker(repo_with_votes, warm_guard=False)  # only the polls (rendering ahead asks should_train too)
     worker.config = replace(worker.config, poll_s=0.01)
     polls = []
 

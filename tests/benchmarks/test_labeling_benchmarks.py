@@ -20,7 +20,7 @@ def test_click_to_effect_splits_the_time_from_the_trigger_to_the_first_pair_of_t
                                                    "fidelity_seeds=4,fidelity_prompts=1")
     assert trainer == {"train_steps": 3, "lr": 1e-5} and worker["fidelity_seeds"] == (1_500_000_000, 1_500_000_001,
                                                                                       1_500_000_002, 1_500_000_003)
-    r = click_to_effect.one_config("tiny", trainer, worker, "alignment.eval.labelers:larger", (0.0, 0.05),
+    r = click_to_effect.one_config("tiny", trainer, worker, "alignment.eval.labelers:larger", (0.1, 0.3),
                                    tmp_path / "d", max_s=300)
     assert r["status"] == "live" and "error" not in r, r
     phases = r["phases_s"]

@@ -53,10 +53,11 @@ class SamplingFirst:
     def _busy(self, now: float) -> bool:
         return self._active > 0 or now - self._last_end < self.grace_s
 
-    def yield_to_sampling(self) -> float:
-        """Wait while images are being made (at most `max_wait_s`); the seconds waited."""
+    def yield_to_sampling(self, max_wait_s: float | None = None) -> float:
+        """Wait while images are being made (at most `max_wait_s`, default the one given at construction); the
+        seconds waited."""
         start = time.monotonic()
-        deadline = start + self.max_wait_s
+        deadline = start + (self.max_wait_s if max_wait_s is None else max_wait_s)
         with self._cond:
             while True:
                 now = time.monotonic()
@@ -73,11 +74,11 @@ class SamplingFirst:
 class YieldingSampler:
     """A sampler whose every `generate` first yields to the live model's generations (the guard renders with it)."""
 
-    def __init__(self, sampler, priority: SamplingFirst):
-        self._sampler, self._priority = sampler, priority
+    def __init__(self, sampler, priority: SamplingFirst, max_wait_s: float | None = None):
+        self._sampler, self._priority, self._max_wait_s = sampler, priority, max_wait_s
 
     def generate(self, *args, **kwargs):
-        self._priority.yield_to_sampling()
+        self._priority.yield_to_sampling(self._max_wait_s)
         return self._sampler.generate(*args, **kwargs)
 
     def __getattr__(self, name):

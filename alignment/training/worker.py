@@ -418,14 +418,13 @@ class Worker:
 
     def _guard_sampler(self, trainer: Trainer):
         sampler = Sampler(trainer.model, SamplerConfig.from_defaults(trainer.model.sampler_defaults), fuse=False)
-        return sampler if self._yielding() is None else YieldingSampler(sampler, self._yielding())
+        if self._yielding() is None:
+            return sampler
+        return YieldingSampler(sampler, self.priority, self.config.sampling_wait_s)
 
     def _yielding(self) -> SamplingFirst | None:
-        """The priority to yield to with this worker's wait bound, or None (no live model here, or waits off)."""
-        if self.priority is None or not self.config.sampling_wait_s:
-            return None
-        self.priority.max_wait_s = self.config.sampling_wait_s
-        return self.priority
+        """The priority to yield to, or None (no live model in this process, or waits off)."""
+        return None if not self.config.sampling_wait_s else self.priority
 
     def report_progress(self, step: int, total: int) -> None:
         """The trainer's progress callback: progress for the UI, the lease heartbeat (renewed every third of its
@@ -434,7 +433,7 @@ class Worker:
         self._progress = (step, total)
         self._heartbeat()
         if step < total and self._yielding() is not None:
-            self.priority.yield_to_sampling()
+            self.priority.yield_to_sampling(self.config.sampling_wait_s)
 
     def _heartbeat(self) -> None:
         """Renew the training lease every third of its ttl; a lost lease stops the run."""

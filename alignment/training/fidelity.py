@@ -27,7 +27,9 @@ The guard fails closed. A report is `passed` only when every check measured and 
 and failed rejects the candidate (`scored` and not `passed`); when something could not be measured (no prompts, a
 scorer that answered None or NaN or raised, fewer than two units, no check at all) the report is not `scored`:
 the candidate is never promoted automatically, and the reason says what was missing. The guard renders with the
-trainer's own pipeline (the LoRA toggled on and off), never the live sampler.
+trainer's own pipeline (the LoRA toggled on and off), never the live sampler. The base's images are rendered
+once per guard and, with a `cache` (`alignment.training.guard_cache`; the worker keeps one in its data
+directory), once per model and settings: a restarted worker reads them back.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from typing import TYPE_CHECKING
 
 from alignment.eval.splits import guard_prompts
 from alignment.serving.sampler import Sampler
+from alignment.training.guard_cache import BaseImageCache, cache_key, matches
 from alignment.training.scorers import Scorer, drift, embedded_fidelity, scorer_name
 from settings import MAX_DRIFT, WorkerConfig, confirmation_seeds, default
 
@@ -162,7 +165,7 @@ class FidelityGuard:
                  max_drop: float = default(WorkerConfig, "fidelity_max_drop"), scorer: Scorer | None = None,
                  prompts: Sequence[str] | None = None, per_seed: int | None = default(WorkerConfig, "fidelity_prompts"),
                  max_drift: float | None = MAX_DRIFT, confirm_seeds: Sequence[int] | None = None,
-                 alpha: float = default(WorkerConfig, "fidelity_alpha")):
+                 alpha: float = default(WorkerConfig, "fidelity_alpha"), cache: BaseImageCache | None = None):
         if not 0 <= max_drop < 1:
             raise ValueError(f"max_drop must be in [0, 1), got {max_drop}")
         if max_drift is not None and not max_drift > 0:
@@ -176,13 +179,15 @@ class FidelityGuard:
             prompts = guard_prompts() if embedded else GENERAL_PROMPTS
         self.prompts = list(prompts)
         self._base_cache: dict[str, tuple] = {}
+        self.cache = cache
 
     @classmethod
-    def from_config(cls, cfg: WorkerConfig, *, embedded: bool, scorer: Scorer | None) -> FidelityGuard:
+    def from_config(cls, cfg: WorkerConfig, *, embedded: bool, scorer: Scorer | None,
+                    cache: BaseImageCache | None = None) -> FidelityGuard:
         """The guard a worker with settings `cfg` runs (the benchmarks build theirs the same way)."""
         return cls(embedded=embedded, seeds=cfg.fidelity_seeds, scorer=scorer, max_drop=cfg.fidelity_max_drop,
                    per_seed=cfg.fidelity_prompts, max_drift=cfg.fidelity_max_drift,
-                   confirm_seeds=cfg.fidelity_confirm_seeds, alpha=cfg.fidelity_alpha)
+                   confirm_seeds=cfg.fidelity_confirm_seeds, alpha=cfg.fidelity_alpha, cache=cache)
 
     @property
     def images_per_check(self) -> int:
@@ -230,9 +235,26 @@ class FidelityGuard:
         if seed_set not in self._base_cache:
             plan = self._plan(seed_set)
             set_adapter_enabled(False)
-            base_images = self._render(sampler, plan)
+            base_images = self._stored_base(sampler, plan)
+            if base_images is None:
+                base_images = self._render(sampler, plan)
+                if self.cache is not None and base_images:
+                    self.cache.save(cache_key(sampler, plan), plan, base_images)
             self._base_cache[seed_set] = (base_images, self._score_units(base_images, plan))
         return self._base_cache[seed_set]
+
+    def _stored_base(self, sampler: Sampler, plan: list[tuple[str, int]]) -> list | None:
+        """The base's images of `plan` from the cache, when its first image renders the same again now."""
+        if self.cache is None or not plan:
+            return None
+        stored = self.cache.load(cache_key(sampler, plan), plan)
+        if stored is None:
+            return None
+        if not matches(self._render(sampler, plan[:1])[0], stored[0]):
+            log.warning("the guard's stored base images no longer match a fresh render (other weights?): "
+                        "rendering them again")
+            return None
+        return stored
 
     @property
     def base_ready(self) -> bool:

@@ -29,6 +29,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from PIL import Image
 from safetensors import SafetensorError
@@ -38,6 +39,7 @@ from alignment.families.loader import ModelLoadError
 from alignment.serving.priority import SamplingFirst, YieldingSampler
 from alignment.serving.sampler import Sampler
 from alignment.training.fidelity import FidelityGuard, FidelityReport
+from alignment.training.guard_cache import BaseImageCache
 from alignment.training.scorers import resolve_scorer
 from alignment.training.trainer import Trainer, TrainingPair
 from settings import ModelConfig, SamplerConfig, StoreConfig, TrainerConfig, WorkerConfig, is_anonymous
@@ -413,7 +415,9 @@ class Worker:
             cfg, model = self.config, trainer.model
             scorer = resolve_scorer(cfg.fidelity_scorer, embedded=model.is_embedded, clip_model=cfg.clip_model,
                                     device=str(model.device))
-            self._guard = FidelityGuard.from_config(cfg, embedded=model.is_embedded, scorer=scorer)
+            data_dir = getattr(self.repo, "data_dir", None)
+            cache = None if data_dir is None else BaseImageCache(Path(data_dir) / "cache" / "guard-base")
+            self._guard = FidelityGuard.from_config(cfg, embedded=model.is_embedded, scorer=scorer, cache=cache)
         return self._guard
 
     def _guard_sampler(self, trainer: Trainer):

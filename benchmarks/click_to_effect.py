@@ -14,7 +14,8 @@ the fidelity guard, saving (the adapter registered and marked live), the swap (t
 first served pair (the ready queue's pairs made before the swap are still handed out, and are valid data). Each `--config` (comma-separated
 `name=value` of the trainer's and the worker's settings over the defaults) runs on a fresh data directory, one
 after the other in one process. Prints one line per config and a JSON summary; a run whose guard rejects the
-adapter reports it and has no served time.
+adapter reports it and has no served time. `--restarted` measures a studio started before on its data directory:
+the guard's base images are then read back from disk (`alignment.training.guard_cache`) instead of rendered.
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ def watch_swap(studio, stop: threading.Event, seen: dict) -> None:
 
 
 def one_config(label: str, trainer_overrides: dict, worker_overrides: dict, labeler_name: str,
-               think_s: tuple[float, float], data_dir: Path, max_s: float, seed: int = 0) -> dict:
+               think_s: tuple[float, float], data_dir: Path, max_s: float, seed: int = 0,
+               restarted: bool = False) -> dict:
     from alignment.families.loader import load_pipeline
     from alignment.serving.sampler import Sampler
     from alignment.training.worker import Worker
@@ -82,6 +84,9 @@ def one_config(label: str, trainer_overrides: dict, worker_overrides: dict, labe
     tcfg = dataclasses.replace(TrainerConfig(), **trainer_overrides)
     wcfg = dataclasses.replace(WorkerConfig(), **worker_overrides)
     repo = Repository(data_dir)
+    if restarted:  # a studio ran on this data directory before: its guard's base images are on disk
+        if not Worker(repo, "embedded", tcfg, wcfg).warm_guard():
+            raise SystemExit("could not render the guard's base images ahead")
     worker = Worker(repo, "embedded", tcfg, wcfg)
     studio = Studio(Sampler(load_pipeline("embedded")), repo, worker, tcfg, ready_depth=2)
     prompt = studio.suggestions[0]  # one prompt, as a person labels: the ready queue keeps its pairs coming
@@ -145,6 +150,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--labeler", default="alignment.eval.labelers:larger")
     parser.add_argument("--think-s", type=float, nargs=2, default=(0.8, 2.0))
     parser.add_argument("--max-s", type=float, default=900.0, help="give up on a config after this long")
+    parser.add_argument("--restarted", action="store_true",
+                        help="measure a restarted studio: the guard's base images rendered on its data directory "
+                             "before (by another worker), as every start after the first finds them")
     parser.add_argument("--out", type=Path, help="write the JSON summary here")
     args = parser.parse_args(argv)
     results = []
@@ -152,7 +160,8 @@ def main(argv: list[str] | None = None) -> None:
         for i, text in enumerate(args.config or [""]):
             trainer, worker = parse_config(text)
             r = one_config(text or "defaults", trainer, worker, args.labeler, tuple(args.think_s),
-                           Path(tmp) / f"c{i}", args.max_s)
+                           Path(tmp) / f"c{i}", args.max_s, restarted=args.restarted)
+            r["restarted"] = args.restarted
             results.append(r)
             print(json.dumps(r), flush=True)
             parts = ", ".join(f"{k} {v} s" for k, v in r.get("phases_s", {}).items())

@@ -9,7 +9,10 @@ each objective trains a fresh LoRA on the first N labels, and the adapter's imag
 judged against the base's (same prompt and seed, ties half) with a Wilson interval, with the prompt fidelity of
 both (`alignment.embedded.evaluate.score`). `--noise-levels` adds the noise-level trade-off: the base's sample
 quality at each noise level (the SDE's `eta`; the smallest stands in for the ODE, which has no log-probability and
-which the sampler therefore refuses). Results are printed and written as JSON, one row per point.
+which the sampler therefore refuses). Results are printed and written as JSON, one row per point;
+`--summarize FILE...` pools earlier results over their seeds into the table of docs/flow.md:
+
+    python -m benchmarks.flow_alignment --summarize docs/flow-alignment-results.jsonl
 """
 
 from __future__ import annotations
@@ -65,6 +68,46 @@ def run(args) -> list[dict]:
     return rows
 
 
+def summarize(rows: list[dict]) -> list[dict]:
+    """The alignment rows pooled over seeds, one per (labeler, labels, variant): the win rate of all their
+    comparisons (ties half) with its Wilson interval, each seed's win rate, and the mean fidelity of base and
+    adapter."""
+    from alignment.core.objective import paired_win_rate
+
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r.get("kind") == "alignment":
+            groups.setdefault((r["labeler"], r["labels"], r["variant"]), []).append(r)
+    out = []
+    for (labeler, labels, variant), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1],
+                                                                                 list(VARIANTS).index(kv[0][2]))):
+        rs = sorted(rs, key=lambda r: r["seed"])
+        if len({r["seed"] for r in rs}) != len(rs):
+            raise ValueError(f"{labeler}/{labels}/{variant}: a seed appears twice")
+        rate, low, high = paired_win_rate(sum(r["wins"] for r in rs), sum(r["ties"] for r in rs),
+                                          sum(r["comparisons"] for r in rs))
+        out.append({"labeler": labeler, "labels": labels, "variant": variant, "seeds": [r["seed"] for r in rs],
+                    "win_rate": rate, "ci_low": low, "ci_high": high,
+                    "per_seed": [r["win_rate"] for r in rs],
+                    "fidelity_base": sum(r["fidelity_base"] for r in rs) / len(rs),
+                    "fidelity_aligned": sum(r["fidelity_aligned"] for r in rs) / len(rs)})
+    return out
+
+
+def markdown(summary: list[dict]) -> str:
+    """`summarize`'s rows as the table in docs/flow.md: a line per labeler and label count, a column per variant."""
+    lines = ["| labeler | labels | " + " | ".join(VARIANTS) + " |", "|---|---|" + "---|" * len(VARIANTS)]
+    cells: dict[tuple, dict[str, str]] = {}
+    for r in summary:
+        per_seed = "/".join(f"{x:.2f}" for x in r["per_seed"])
+        cells.setdefault((r["labeler"], r["labels"]), {})[r["variant"]] = (
+            f"{r['win_rate']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] ({per_seed}), fid "
+            f"{r['fidelity_aligned']:.3f}")
+    for (labeler, labels), by_variant in cells.items():
+        lines.append(f"| {labeler} | {labels} | " + " | ".join(by_variant.get(v, "") for v in VARIANTS) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="embedded-flow")
@@ -78,11 +121,33 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--eval-seeds", type=int, default=4)
     p.add_argument("--noise-levels", type=float, nargs="*", default=[0.7, 0.3, 0.05])
     p.add_argument("--json", type=Path)
+    p.add_argument("--summarize", type=Path, nargs="+", metavar="FILE",
+                   help="print the pooled table of earlier results (JSON lists or JSON lines) and run nothing")
     args = p.parse_args(argv)
+    if args.summarize:
+        rows = [r for f in args.summarize for r in read_rows(f)]
+        print(markdown(summarize(rows)))
+        return rows
     rows = run(args)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(rows, indent=2))
+    return rows
+
+
+def read_rows(path: Path) -> list[dict]:
+    """Rows from a `--json` file (a JSON list) or from the printed rows, one JSON object a line
+    (docs/flow-alignment-results.jsonl, a captured log: other lines are skipped)."""
+    text = path.read_text()
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError:
+        try:
+            rows = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+        except json.JSONDecodeError as e:
+            raise SystemExit(f"{path}: a line that starts like a row is not JSON ({e})") from None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise SystemExit(f"{path}: expected a list of result rows")
     return rows
 
 

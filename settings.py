@@ -315,6 +315,12 @@ class WorkerConfig:
                                         "the training steps, so this must exceed the time to load the model and to "
                                         "run the fidelity guard", aliases=("--lease-ttl",))
 
+    @property
+    def confirm_seeds(self) -> tuple[int, ...]:
+        """The guard's confirmation seeds: `fidelity_confirm_seeds`, or (unset) as many as `fidelity_seeds` from
+        1.6e9, so that `dataclasses.replace(cfg, fidelity_seeds=...)` moves an unset confirmation set with it."""
+        return confirmation_seeds(self.fidelity_seeds, self.fidelity_confirm_seeds)
+
     def __post_init__(self):
         if int(self.train_every) < 1:
             raise ValueError(f"train_every must be at least 1 vote, got {self.train_every}")
@@ -335,7 +341,9 @@ class WorkerConfig:
             raise ValueError("fidelity_seeds must hold at least one seed")
         if self.fidelity_prompts is not None:
             self.fidelity_prompts = _whole(self.fidelity_prompts, "fidelity_prompts", 1)
-        self.fidelity_confirm_seeds = confirmation_seeds(self.fidelity_seeds, self.fidelity_confirm_seeds)
+        if self.fidelity_confirm_seeds is not None:  # unset stays unset: `confirm_seeds` follows fidelity_seeds
+            self.fidelity_confirm_seeds = tuple(int(s) for s in self.fidelity_confirm_seeds)
+        confirmation_seeds(self.fidelity_seeds, self.fidelity_confirm_seeds)  # checked now
         if not 0 < self.fidelity_alpha <= 0.5:
             raise ValueError(f"fidelity_alpha must be in (0, 0.5], got {self.fidelity_alpha}")
         self.train_annotators = (None if self.train_annotators is None

@@ -187,7 +187,7 @@ class FidelityGuard:
         """The guard a worker with settings `cfg` runs (the benchmarks build theirs the same way)."""
         return cls(embedded=embedded, seeds=cfg.fidelity_seeds, scorer=scorer, max_drop=cfg.fidelity_max_drop,
                    per_seed=cfg.fidelity_prompts, max_drift=cfg.fidelity_max_drift,
-                   confirm_seeds=cfg.fidelity_confirm_seeds, alpha=cfg.fidelity_alpha, cache=cache)
+                   confirm_seeds=cfg.confirm_seeds, alpha=cfg.fidelity_alpha, cache=cache)
 
     @property
     def images_per_check(self) -> int:

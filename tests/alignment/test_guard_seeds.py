@@ -55,7 +55,7 @@ def test_training_guard_and_evaluation_seeds_are_disjoint(monkeypatch):
         assert len(benchmark.seeds) == 1024 and len(studio_loop.seeds) == 1024
         assert not training & set(eval_seeds(run_seed, 1000)), run_seed
         cfg = WorkerConfig()
-        selection, confirmation = set(cfg.fidelity_seeds), set(cfg.fidelity_confirm_seeds)
+        selection, confirmation = set(cfg.fidelity_seeds), set(cfg.confirm_seeds)
         assert len(selection) == len(confirmation) == 64 and not selection & confirmation
         for guard_set in (selection, confirmation):
             assert not guard_set & every_eval and not guard_set & training

@@ -1,6 +1,7 @@
 """The guard's statistics: Student's t, the paired lower bound by seed, the rendering plan, and the decision with
 its confirmation on a second seed set (sampler stand-ins, no model)."""
 
+import dataclasses
 import math
 from types import SimpleNamespace
 
@@ -84,7 +85,11 @@ def test_confirmation_seeds_are_disjoint_and_rendered_apart():
         FidelityGuard(seeds=(1, 2), confirm_seeds=(2, 3))
     with pytest.raises(ValueError, match="none of fidelity_seeds"):
         WorkerConfig(fidelity_seeds=(1, 2), fidelity_confirm_seeds=(2,))
-    assert not set(WorkerConfig().fidelity_seeds) & set(WorkerConfig().fidelity_confirm_seeds)
+    assert not set(WorkerConfig().fidelity_seeds) & set(WorkerConfig().confirm_seeds)
+    smaller = dataclasses.replace(WorkerConfig(), fidelity_seeds=(1000, 1001))  # an unset set follows the selection
+    assert len(smaller.confirm_seeds) == 2 and not set(smaller.confirm_seeds) & {1000, 1001}
+    kept = dataclasses.replace(WorkerConfig(fidelity_confirm_seeds=(7, 8, 9)), fidelity_seeds=(1,))
+    assert kept.confirm_seeds == (7, 8, 9)  # a set given stays
 
 
 class FakeTrainer:

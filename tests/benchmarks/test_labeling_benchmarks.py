@@ -19,10 +19,10 @@ def test_labeling_while_training_counts_only_votes_cast_during_a_run(tmp_path):
 def test_click_to_effect_splits_the_time_from_the_trigger_to_the_first_pair_of_the_new_version(tmp_path,
                                                                                                restarted):
     trainer, worker = click_to_effect.parse_config("train_steps=3,lr=1e-5,train_every=3,min_votes=3,"
-                                                   "fidelity_seeds=4,fidelity_prompts=1")
+                                                   "fidelity_seeds=4,fidelity_prompts=1,sampling_wait_s=0.3")
     assert trainer == {"train_steps": 3, "lr": 1e-5} and worker["fidelity_seeds"] == (1_500_000_000, 1_500_000_001,
                                                                                       1_500_000_002, 1_500_000_003)
-    r = click_to_effect.one_config("tiny", trainer, worker, "alignment.eval.labelers:larger", (0.1, 0.3),
+    r = click_to_effect.one_config("tiny", trainer, worker, "alignment.eval.labelers:larger", (0.5, 1.0),
                                    tmp_path / "d", max_s=300, restarted=restarted)
     assert r["status"] == "live" and "error" not in r, r
     entries = list((tmp_path / "d" / "cache" / "guard-base").iterdir())

@@ -238,7 +238,7 @@ def run_grid(args) -> list[dict]:
                          "device": loaded.device.type, "objective": cfg.objective, "gamma": cfg.effective_gamma,
                          "beta": cfg.effective_beta,
                          "lr": cfg.lr, "eps": cfg.log_ratio_clip, "train_steps": cfg.train_steps,
-                         "train_seconds": round(train_s, 1),
+                         "steps": result.metrics.get("steps"), "train_seconds": round(train_s, 1),
                          "ties_in_pool": sum(p["target"] == 0.5 for p in pool[:n]),
                          "train_accuracy": round(result.metrics["accuracy"], 3),
                          "clipped_fraction": round(result.metrics["clipped_fraction"], 3),

@@ -38,7 +38,10 @@ UPLOAD_TTL_S = 3600  # uploads (and Gradio's other cached files) are deleted aft
 # Keys 1-5 click the visible button with that key (Label tab: votes; Compare tab: blind A/B), unless the person
 # is typing in a field. The page sends at most one vote for the pair on screen: a vote click or key while no pair
 # is shown, or for the pair a vote was just sent for (a double press, a click before the answer came), is dropped,
-# unless 5 s passed and the acknowledgement never changed (that vote was refused, e.g. by a rate limit).
+# unless 5 s passed and the acknowledgement never changed (that vote was refused, e.g. by a rate limit). A vote
+# puts the slot's pair (`app.tabs.label`: hidden, its images already loaded) on screen at once, unless the slot is
+# empty or its pair was shown already; a press within 0.25 s of such a swap is taken for the same press. The
+# vote event's own script (`label.READ_VOTE_JS`) sends the pair voted on and the pair swapped in.
 HEAD = """
 <script>
 (() => {
@@ -46,18 +49,42 @@ HEAD = """
                 "4": ["vote-both-bad"], "5": ["vote-skip"]};
   const votes = ["vote-left", "vote-right", "vote-tie", "vote-both-bad", "vote-skip"];
   const text = (sel) => { const el = document.querySelector(sel); return el ? (el.value ?? el.textContent) : ""; };
+  const img = (id) => document.querySelector("#" + id + " img");
   let last = null;  // {pair, ack, at} of the vote last sent
+  let swappedAt = 0;
+  const shown = new Set();  // slot pairs already put on screen, and any held when New pair was pressed
   const voteAllowed = () => {
     const pair = text("#pair-id input"), ack = text("#vote-ack");
-    if (!pair) return false;
+    if (!pair || Date.now() - swappedAt < 250) return false;
     if (last && last.pair === pair && (ack !== last.ack || Date.now() - last.at < 5000)) return false;
     last = {pair, ack, at: Date.now()};
     return true;
   };
+  const swapIn = (pair) => {
+    const next = text("#next-pair-id input");
+    const l = img("left-img"), r = img("right-img"), nl = img("next-left-img"), nr = img("next-right-img");
+    if (!next || next === pair || shown.has(next) || !l || !r || !nl || !nr || !nl.src || !nr.src) return null;
+    shown.add(next);
+    l.src = nl.src; r.src = nr.src;
+    document.querySelector("#pair-id input").value = next;
+    swappedAt = Date.now();
+    return Number(next);
+  };
+  const warmed = new Set();  // the slot's images, fetched as soon as they arrive
+  setInterval(() => {
+    for (const id of ["next-left-img", "next-right-img"]) {
+      const el = img(id);
+      if (el && el.src && !warmed.has(el.src)) { warmed.add(el.src); new Image().src = el.src; }
+    }
+  }, 100);
   document.addEventListener("click", (e) => {
     const el = e.target && e.target.closest ? e.target.closest("[id]") : null;
+    if (el && el.closest("#new-pair")) { const next = text("#next-pair-id input"); if (next) shown.add(next); }
     const vote = el && votes.find((id) => el.id === id || el.closest("#" + id));
-    if (vote && !voteAllowed()) { e.stopImmediatePropagation(); e.preventDefault(); }
+    if (!vote) return;
+    if (!voteAllowed()) { e.stopImmediatePropagation(); e.preventDefault(); return; }
+    const pair = Number(last.pair);
+    window.__studioVote = {voted: pair, swapped: swapIn(last.pair)};
   }, true);
   document.addEventListener("keydown", (e) => {
     if (e.ctrlKey || e.metaKey || e.altKey || e.repeat) return;

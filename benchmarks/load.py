@@ -49,8 +49,9 @@ def free_port() -> int:
 class StudioProcess:
     """`python -m app` on a data directory and port, restartable; knows when it is up."""
 
-    def __init__(self, data_dir: Path, port: int, args: list[str], log: Path):
-        self.data_dir, self.port, self.args, self.log = data_dir, port, args, log
+    def __init__(self, data_dir: Path, port: int, args: list[str], log: Path, threads: int | None = 1):
+        """`threads` sets OMP_NUM_THREADS (None: torch's default, every core)."""
+        self.data_dir, self.port, self.args, self.log, self.threads = data_dir, port, args, log, threads
         self.proc: subprocess.Popen | None = None
         self.up = threading.Event()
         self.up_since = 0.0  # monotonic time of the last successful health check after a start
@@ -61,7 +62,10 @@ class StudioProcess:
 
     def start(self, timeout_s: float = 300.0) -> float:
         """Start and wait until it answers HTTP 200; returns the seconds that took."""
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+        env.pop("OMP_NUM_THREADS", None)
+        if self.threads is not None:
+            env["OMP_NUM_THREADS"] = str(self.threads)
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "app", "--data-dir", str(self.data_dir), "--port", str(self.port), *self.args],

@@ -55,6 +55,11 @@ class Events:
         first = next(i for i in self.by_trigger[trigger] if i not in self.chained)
         return self.session.call(first, [*data, None])  # State inputs come from the server's session
 
+    def vote(self, trigger: str, voted=None, swapped=None) -> dict:
+        """A vote as the page sends it: the pair on screen at the press and the slot's pair it swapped in (both
+        None: what a page sends for a click that did not pass its listener)."""
+        return self.run(trigger, voted, swapped)
+
     def after_vote(self) -> dict:
         """The event a vote's success chains: the next pair made now, unless the vote's answer brought one."""
         dep = next(i for i in self.chained if self.session.dependencies[i].get("trigger_after")
@@ -73,7 +78,7 @@ def text_of(value) -> str | None:
 
 def test_a_vote_with_no_pair_on_screen_changes_nothing_and_raises_no_error(page):
     studio, events = page
-    ack = outputs(events.run("vote-left"))[0]
+    ack = outputs(events.vote("vote-left"))[0]
     assert text_of(ack) == NO_PAIR_TEXT
     assert studio.counts()["votes"] == 0 and studio.counts()["pairs"] == 0
 
@@ -83,14 +88,15 @@ def test_the_next_pair_comes_in_the_votes_answer_without_waiting_on_generation(p
     first = outputs(events.run("new-pair", PROMPT, "", ""))
     assert first[2] == 1
     assert studio.ready.wait_idle(60) and studio.ready.ready(studio.repo.get_pair(1).served_to, PROMPT) == 2
-    ack, _, left, right, shown, _ = outputs(events.run("vote-left"))
+    ack, _, left, right, shown, _, slot_left, slot_right, slot_id, _ = outputs(events.vote("vote-left"))
     assert "Recorded **Left is better** for pair 1" in text_of(ack)
     assert shown == 2 and left and right  # a ready pair, in the same answer
-    pairs_now = studio.counts()["pairs"]
+    assert slot_id == 3 and slot_left and slot_right  # and the one after it, for the page to hold
     after = outputs(events.after_vote())  # the chained event makes nothing when a pair was shown
     assert all(isinstance(v, dict) and v.get("__type__") == "update" for v in after[:3])
-    assert studio.ready.wait_idle(60) and studio.counts()["pairs"] == pairs_now + 1  # one refill, nothing else
-    assert outputs(events.run("vote-skip"))[4] == 3
+    assert studio.ready.wait_idle(60) and studio.counts()["pairs"] == 5  # two refills behind them, nothing else
+    answer = outputs(events.vote("vote-skip"))
+    assert answer[4] == 3 and answer[8] == 4  # no swap in the page: the slot's pair comes in the answer
     votes = studio.repo.labeled_pairs(choices=("left", "right", "tie", "both_bad", "skip"))
     assert [(v.pair_id, v.choice) for v in votes] == [(1, "left"), (2, "skip")]
 
@@ -120,7 +126,59 @@ def test_in_a_campaign_the_vote_moves_the_person_to_the_least_voted_prompt(page)
     other = "a small green square"
     studio.set_campaign([PROMPT, other], actor=Actor("admin"))  # a local studio: everyone is an admin
     assert outputs(events.run("new-pair", PROMPT, "", ""))[2] == 1
-    ack, _, _, _, _, prompt = outputs(events.run("vote-left"))
+    ack, _, _, _, _, prompt, *_ = outputs(events.vote("vote-left"))
     assert "Recorded" in text_of(ack) and text_of(prompt) == other  # PROMPT has a vote now, `other` none
     shown = outputs(events.after_vote())[2]
     assert studio.repo.get_pair(shown).prompt == other
+
+
+def is_update(value) -> bool:
+    return isinstance(value, dict) and value.get("__type__") == "update"
+
+
+def first_vote(studio, events) -> None:
+    """New pair (pair 1), the queue topped up, a vote on it: pair 2 on screen, pair 3 in the slot."""
+    assert outputs(events.run("new-pair", PROMPT, "", ""))[2] == 1
+    assert studio.ready.wait_idle(60)
+    answer = outputs(events.vote("vote-left", 1))
+    assert answer[4] == 2 and answer[8] == 3
+
+
+def test_a_vote_that_swapped_the_slots_pair_in_moves_the_session_to_it_and_refills_the_slot(page):
+    studio, events = page
+    first_vote(studio, events)
+    assert studio.ready.wait_idle(60)
+    ack, _, left, right, shown, _, slot_left, _, slot_id, _ = outputs(events.vote("vote-right", 2, 3))
+    assert "for pair 2" in text_of(ack)
+    assert is_update(left) and is_update(right)  # the page shows pair 3 already: no images sent again
+    assert shown == 3 and slot_id == 4 and slot_left
+    assert "for pair 3" in text_of(outputs(events.vote("vote-tie", 3))[0])  # the session's pair is 3 now
+    votes = studio.repo.labeled_pairs(choices=("left", "right", "tie", "both_bad", "skip"))
+    assert [(v.pair_id, v.choice) for v in votes] == [(1, "left"), (2, "right"), (3, "tie")]
+
+
+def test_a_vote_for_a_pair_not_on_screen_or_naming_a_foreign_swap_records_only_what_was_shown(page):
+    studio, events = page
+    first_vote(studio, events)
+    ack = outputs(events.vote("vote-left", 99, 3))[0]
+    assert "not recorded" in text_of(ack) and studio.counts()["votes"] == 1
+    ack, _, left, _, shown, *_ = outputs(events.vote("vote-left", 2, 999))  # 999 was never in this page's slot
+    assert "for pair 2" in text_of(ack)
+    assert shown == 3 and not is_update(left)  # so the answer brings the slot's pair itself
+    votes = studio.repo.labeled_pairs(choices=("left", "right", "tie", "both_bad", "skip"))
+    assert [(v.pair_id, v.choice) for v in votes] == [(1, "left"), (2, "left")]
+
+
+def test_a_refused_vote_after_a_swap_warns_and_follows_the_page_without_one_it_is_an_error(page):
+    studio, events = page
+    first_vote(studio, events)
+    annotator = studio.repo.get_pair(2).served_to
+    studio.vote(2, "tie", annotator=annotator)  # pair 2 has a vote already: the page's vote on it is refused
+    answer = events.vote("vote-left", 2, 3)
+    ack, _, _, _, shown, *_ = outputs(answer)
+    assert "Not recorded for pair 2" in text_of(ack) and shown == 3
+    studio.vote(3, "tie", annotator=annotator)
+    refused = events.vote("vote-left", 3)  # no swap: the person still sees pair 3 and gets the error
+    assert not refused["success"] and "already has your vote" in str(refused["output"])
+    votes = studio.repo.labeled_pairs(choices=("left", "right", "tie", "both_bad", "skip"))
+    assert [(v.pair_id, v.choice) for v in votes] == [(1, "left"), (2, "tie"), (3, "tie")]

@@ -22,12 +22,10 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks.browser_pace import CHROMIUM, CHROMIUM_ARGS  # noqa: F401 (the browser tests take them from here)
 from tests.support.storage import generation
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run"]
 
 
 def register_adapter(repo, lora: bytes, *, live: bool = True, loss_curve=(0.693, 0.68, 0.66)) -> int:

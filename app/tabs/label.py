@@ -127,11 +127,11 @@ def build(studio: Studio, session: gr.State, status: gr.Markdown, refresh_status
         pid, held = state.get("pair_id"), state.get("slot")
         if pid is None:
             return (NO_PAIR_TEXT if state.get("prompt") is None else gr.update(), gr.update(), *unchanged)
-        voted_id = pid if voted_id is None else int(voted_id)
+        voted_id = pid if voted_id is None else whole_or_none(voted_id)
         if voted_id != pid:
-            return (f"Pair {voted_id} is not the pair on screen here: that vote was not recorded.", gr.update(),
+            return ("That vote names a pair that is not on screen here: it was not recorded.", gr.update(),
                     *unchanged)
-        swapped = held is not None and swapped_id is not None and int(swapped_id) == held.id
+        swapped = held is not None and whole_or_none(swapped_id) == held.id
         annotator, address = annotator_of(state, request), actor_of(state, request).address
         if not voted.claim(annotator, pid):
             return (gr.update(), gr.update(), *unchanged)
@@ -214,6 +214,14 @@ def keep(state: dict, *, unless_moved_from=..., **changes) -> bool:
             return False
         state.update(changes)
         return True
+
+
+def whole_or_none(value) -> int | None:
+    """A pair id the page sent as a number; None for anything else (NaN, infinity, text)."""
+    try:
+        return int(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
 
 
 def slot_values(view) -> tuple:

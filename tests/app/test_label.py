@@ -160,8 +160,9 @@ def test_a_vote_that_swapped_the_slots_pair_in_moves_the_session_to_it_and_refil
 def test_a_vote_for_a_pair_not_on_screen_or_naming_a_foreign_swap_records_only_what_was_shown(page):
     studio, events = page
     first_vote(studio, events)
-    ack = outputs(events.vote("vote-left", 99, 3))[0]
-    assert "not recorded" in text_of(ack) and studio.counts()["votes"] == 1
+    for foreign in (99, -1, 10**18):
+        ack = outputs(events.vote("vote-left", foreign, 3))[0]
+        assert "not recorded" in text_of(ack) and studio.counts()["votes"] == 1
     ack, _, left, _, shown, *_ = outputs(events.vote("vote-left", 2, 999))  # 999 was never in this page's slot
     assert "for pair 2" in text_of(ack)
     assert shown == 3 and not is_update(left)  # so the answer brings the slot's pair itself

@@ -235,19 +235,21 @@ class FidelityGuard:
         if seed_set not in self._base_cache:
             plan = self._plan(seed_set)
             set_adapter_enabled(False)
-            base_images = self._stored_base(sampler, plan)
+            key = cache_key(sampler, plan) if self.cache is not None else None
+            base_images = self._stored_base(sampler, plan, key)
             if base_images is None:
                 base_images = self._render(sampler, plan)
-                if self.cache is not None and base_images:
-                    self.cache.save(cache_key(sampler, plan), plan, base_images)
+                if key is not None and base_images:
+                    self.cache.save(key, plan, base_images)
             self._base_cache[seed_set] = (base_images, self._score_units(base_images, plan))
         return self._base_cache[seed_set]
 
-    def _stored_base(self, sampler: Sampler, plan: list[tuple[str, int]]) -> list | None:
-        """The base's images of `plan` from the cache, when its first image renders the same again now."""
-        if self.cache is None or not plan:
+    def _stored_base(self, sampler: Sampler, plan: list[tuple[str, int]], key: str | None) -> list | None:
+        """The base's images of `plan` from the cache entry `key`, when its first image renders the same again
+        now."""
+        if key is None or not plan:
             return None
-        stored = self.cache.load(cache_key(sampler, plan), plan)
+        stored = self.cache.load(key, plan)
         if stored is None:
             return None
         if not matches(self._render(sampler, plan[:1])[0], stored[0]):

@@ -379,6 +379,10 @@ class ServerConfig:
                                   "limit; 0 = off (every pair is made after the vote)")
     ready_cap: int = setting(64, "pairs made ahead in all, across annotators (an idle annotator's are dropped "
                                  "after 10 minutes)")
+    cpu_threads: int = setting(0, "torch threads per task (a generation, a training step) in the studio's process; "
+                                  "0 = half the CPU cores, at least 1, unless OMP_NUM_THREADS is set: the "
+                                  "in-process worker, the ready queue and a browser on the same machine then do "
+                                  "not slow each other down by sharing every core")
 
     def __post_init__(self):
         if not isinstance(self.host, str) or not self.host.strip():
@@ -387,6 +391,15 @@ class ServerConfig:
         self.concurrency = _whole(self.concurrency, "concurrency", 1)
         self.ready_depth = _whole(self.ready_depth, "ready_depth", 0, 8)
         self.ready_cap = _whole(self.ready_cap, "ready_cap", 0)
+        self.cpu_threads = _whole(self.cpu_threads, "cpu_threads", 0, 1024)
+
+    def torch_threads(self, environ, cores: int | None) -> int | None:
+        """The torch thread count to set for this process; None leaves torch's own (OMP_NUM_THREADS is set)."""
+        if self.cpu_threads:
+            return self.cpu_threads
+        if environ.get("OMP_NUM_THREADS"):
+            return None
+        return max(1, (cores or 1) // 2)
 
 
 @dataclass

@@ -129,6 +129,7 @@ def test_a_bad_setting_ends_the_worker_with_one_line_and_code_2(no_studio_env, c
     (WorkerConfig, {"fidelity_seeds": ()}, "at least one seed"),
     (WorkerConfig, {"fidelity_prompts": 0}, "fidelity_prompts must be a whole number at least 1"),
     (ServerConfig, {"concurrency": 0}, "concurrency must be a whole number at least 1"),
+    (ServerConfig, {"cpu_threads": -1}, "cpu_threads must be a whole number between 0 and 1024"),
     (SharingConfig, {"votes_per_minute": 1.5}, "votes_per_minute must be a whole number at least 0"),
     (SharingConfig, {"admins": [1]}, "admins: expected names"),
     (GenerateConfig, {"n": 65}, "n must be a whole number between 1 and 64"),
@@ -139,6 +140,13 @@ def test_a_bad_setting_ends_the_worker_with_one_line_and_code_2(no_studio_env, c
 def test_each_part_checks_its_own_values(cls, values, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
         cls(**values)
+
+
+def test_the_studio_takes_half_the_cores_unless_told_or_omp_num_threads_is_set():
+    auto = ServerConfig()
+    assert [auto.torch_threads({}, cores) for cores in (1, 2, 3, 16, None)] == [1, 1, 1, 8, 1]
+    assert auto.torch_threads({"OMP_NUM_THREADS": "4"}, 16) is None  # the environment's choice stands
+    assert ServerConfig(cpu_threads=3).torch_threads({"OMP_NUM_THREADS": "4"}, 16) == 3  # the setting wins
 
 
 def test_names_are_stripped_deduplicated_and_split_on_commas():

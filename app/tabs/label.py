@@ -33,6 +33,7 @@ GPU = {"concurrency_id": "gpu", "concurrency_limit": 1}
 VOTE = {"concurrency_id": "vote", "concurrency_limit": 1, "trigger_mode": "multiple"}
 PRIVATE = {"api_visibility": "private"}
 SLOT_EVERY_S = 0.25  # how often an empty slot asks the ready queue for a pair
+SLOT_TRIES = 40  # then (10 s without a ready pair: refills refused, say) it waits for the next vote
 # (choice, button label, elem_id); the number in a label is its keyboard key.
 VOTE_BUTTONS = [
     ("left", "Left is better (1)", "vote-left"),
@@ -96,7 +97,7 @@ def build(studio: Studio, session: gr.State, status: gr.Markdown, refresh_status
             view = studio.ready.pair(prompt, annotator=annotator, address=address)
         else:
             view = studio.new_pair(prompt, seeds, annotator=annotator, address=address)
-        keep(state, pair_id=view.id, prompt=view.prompt, slot=None)
+        keep(state, pair_id=view.id, prompt=view.prompt, slot=None, slot_tries=0)
         return view.left, view.right, view.id, gr.update()
 
     @user_errors
@@ -149,7 +150,7 @@ def build(studio: Studio, session: gr.State, status: gr.Markdown, refresh_status
         view = view or studio.ready.take(annotator, prompt, address)
         if view is None:
             shown_prompt = gr.update() if prompt == state.get("prompt") else gr.update(value=prompt)
-            keep(state, pair_id=None, prompt=prompt, slot=None)
+            keep(state, pair_id=None, prompt=prompt, slot=None, slot_tries=0)
             return (f"{text}; the next pair is coming.", gr.update(), *unchanged[:3], shown_prompt, None, None, None,
                     gr.Timer(active=True))
         following = studio.ready.take(annotator, slot_prompt(view.prompt), address)
@@ -158,24 +159,25 @@ def build(studio: Studio, session: gr.State, status: gr.Markdown, refresh_status
             studio.ready.prefetch(annotator, order[-1] if following is None else slot_prompt(following.prompt),
                                   address)
         shown_prompt = gr.update() if view.prompt == state.get("prompt") else gr.update(value=view.prompt)
-        keep(state, pair_id=view.id, prompt=view.prompt, slot=following)
+        keep(state, pair_id=view.id, prompt=view.prompt, slot=following, slot_tries=0)
         return (f"{text}.", gr.update(),
                 gr.update() if swapped else view.left, gr.update() if swapped else view.right, view.id,
                 shown_prompt, *slot_values(following), gr.Timer(active=following is None))
 
     def fill_slot(state: dict, request: gr.Request):
         """While the slot is empty: the ready pair that should follow the one on screen, once there is one (the
-        vote found none ready); the timer stops once the slot holds a pair."""
-        unchanged = (gr.update(),) * 4
-        if state.get("slot") is not None:
-            return *unchanged, gr.Timer(active=False)
+        vote found none ready). The timer stops once the slot holds a pair, while no pair is on screen (New pair
+        and every vote start it again), and after `SLOT_TRIES` ticks without a ready pair."""
+        unchanged, stop = (gr.update(),) * 4, gr.Timer(active=False)
         actor, pid = actor_of(state, request), state.get("pair_id")
-        if pid is None or not actor.name:  # nothing on screen (yet): nothing follows it
-            return *unchanged, gr.update()
+        if state.get("slot") is not None or pid is None or not actor.name:  # full, or nothing on screen to follow
+            return *unchanged, stop
         following = studio.ready.take(actor.name, slot_prompt(state.get("prompt") or ""), actor.address)
         if following is None or not keep(state, slot=following, unless_moved_from=pid):
-            return *unchanged, gr.update()  # none ready, or New pair put another pair on screen meanwhile
-        return gr.update(), *slot_values(following), gr.Timer(active=False)
+            tries = state.get("slot_tries", 0) + 1  # none ready, or New pair put another pair on screen meanwhile
+            keep(state, slot_tries=tries)
+            return *unchanged, stop if tries >= SLOT_TRIES else gr.update()
+        return gr.update(), *slot_values(following), stop
 
     @user_errors
     def next_pair(state: dict, request: gr.Request, progress=gr.Progress()):
@@ -190,13 +192,13 @@ def build(studio: Studio, session: gr.State, status: gr.Markdown, refresh_status
                   api_description="Two images of a prompt (optional seeds 'a, b'; the identity from /identity) "
                                   "stored as a pair served to you; returns left image, right image, pair id.", **GPU
                   ).then(refresh_status, session, status, **PRIVATE
-                         ).then(lambda: gr.Timer(active=True), None, slot_timer, **PRIVATE)  # a slot for it
+                         ).then(start_timer, None, slot_timer, **PRIVATE)  # a slot for the new pair
     for choice, button in buttons.items():
-        button.click(bind_vote(record_vote, choice), [voted_box, swapped_box, session],
-                     [ack, session, left, right, pair_id, prompt_box, *slot, slot_timer], js=READ_VOTE_JS,
-                     show_progress="hidden", **PRIVATE, **VOTE).success(next_pair, [session], pair_outputs, **PRIVATE,
-                                                                        **GPU
-                                                                        ).then(refresh_status, session, status, **PRIVATE)
+        vote = button.click(bind_vote(record_vote, choice), [voted_box, swapped_box, session],
+                            [ack, session, left, right, pair_id, prompt_box, *slot, slot_timer], js=READ_VOTE_JS,
+                            show_progress="hidden", **PRIVATE, **VOTE)
+        made = vote.success(next_pair, [session], pair_outputs, **PRIVATE, **GPU)
+        made.then(refresh_status, session, status, **PRIVATE).then(start_timer, None, slot_timer, **PRIVATE)
     slot_timer.tick(fill_slot, [session], [session, *slot, slot_timer], show_progress="hidden", **PRIVATE,
                     concurrency_id="vote", concurrency_limit=1)
 
@@ -214,6 +216,11 @@ def keep(state: dict, *, unless_moved_from=..., **changes) -> bool:
             return False
         state.update(changes)
         return True
+
+
+def start_timer():
+    """The slot's timer, started (it stops itself once the slot is full)."""
+    return gr.Timer(active=True)
 
 
 def whole_or_none(value) -> int | None:

@@ -42,6 +42,7 @@ class Events:
 
     def __init__(self, demo, session: RawSession):
         self.session = session
+        session.demo_components = demo.config["components"]
         ids = {c["id"]: c.get("props", {}).get("elem_id") for c in demo.config["components"]}
         self.by_trigger: dict[str, list[int]] = {}
         for index, dep in enumerate(demo.config["dependencies"]):
@@ -54,6 +55,14 @@ class Events:
     def run(self, trigger: str, *data) -> dict:
         first = next(i for i in self.by_trigger[trigger] if i not in self.chained)
         return self.session.call(first, [*data, None])  # State inputs come from the server's session
+
+    def tick(self) -> dict:
+        """One tick of the slot's timer (the timer event whose outputs hold the slot's pair id)."""
+        slot_id = next(c["id"] for c in self.session.demo_components if c.get("props", {}).get("elem_id")
+                       == "next-pair-id")
+        index = next(i for i, dep in enumerate(self.session.dependencies)
+                     if dep["targets"] and dep["targets"][0][1] == "tick" and slot_id in dep["outputs"])
+        return self.session.call(index, [None])
 
     def vote(self, trigger: str, voted=None, swapped=None) -> dict:
         """A vote as the page sends it: the pair on screen at the press and the slot's pair it swapped in (both
@@ -183,3 +192,20 @@ def test_a_refused_vote_after_a_swap_warns_and_follows_the_page_without_one_it_i
     assert not refused["success"] and "already has your vote" in str(refused["output"])
     votes = studio.repo.labeled_pairs(choices=("left", "right", "tie", "both_bad", "skip"))
     assert [(v.pair_id, v.choice) for v in votes] == [(1, "left"), (2, "tie"), (3, "tie")]
+
+
+def test_an_empty_slot_is_filled_by_its_timer_which_stops_when_full_or_after_its_tries(page, monkeypatch):
+    from app.tabs import label
+
+    studio, events = page
+    assert outputs(events.run("new-pair", PROMPT, "", ""))[2] == 1
+    assert studio.ready.wait_idle(60)
+    _, _, _, slot_id, timer = outputs(events.tick())  # session, slot left, slot right, slot id, timer
+    assert slot_id == 2 and timer["active"] is False  # a ready pair: held, and the timer stops
+    monkeypatch.setattr(label, "SLOT_TRIES", 3)
+    monkeypatch.setattr(studio.ready, "take", lambda *a, **k: None)  # from now on nothing is ready
+    answer = outputs(events.vote("vote-left", 1, 2))  # the page swapped pair 2 in
+    assert answer[4] == 2 and answer[8] is None and answer[9]["active"] is True  # an empty slot: its timer runs
+    keep_going = [outputs(events.tick())[-1] for _ in range(3)]
+    assert [is_update(t) and "active" not in t for t in keep_going[:2]] == [True, True]
+    assert keep_going[2]["active"] is False  # three ticks without a pair: it waits for the next vote

@@ -151,7 +151,8 @@ def test_a_client_cannot_choose_the_annotator_it_votes_as(anonymous):
     me = stored.split(".")[0]
     assert me.startswith("anon-") and identity == f"Voting anonymously as **{me}** (kept by this browser)"
     assert page.call("new_pair", [PROMPT, "1, 2", "", None])["success"]
-    assert page.call("handler", [None])["success"]  # the first vote button (left), with the session's pair
+    # the first vote button (left) naming no pair (as a page's click that skipped its script): the session's pair
+    assert page.call("handler", [None, None, None])["success"]
     # The vote endpoint given a name as its identity: refused; the server names the voter, from what it signed.
     forged = page.call("vote", [1, "right", "alice"])
     assert not forged["success"] and "not issued by this studio" in forged["output"]["error"]

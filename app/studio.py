@@ -203,9 +203,10 @@ class Studio:
         except ValueError as e:
             raise StudioError(str(e)) from e
 
-    def next_prompt(self, current: str | None) -> str | None:
-        """What an annotator is offered after a vote: the campaign prompt with the fewest votes, else `current`."""
-        order = self.campaign.order()
+    def next_prompt(self, current: str | None, order: list[str] | None = None) -> str | None:
+        """What an annotator is offered after a vote: the campaign prompt with the fewest votes, else `current`
+        (`order`: the campaign's `order()` when the caller has it already)."""
+        order = self.campaign.order() if order is None else order
         return order[0] if order else current
 
     def prompt_rows(self, actor: Actor | None = None) -> list[dict]:

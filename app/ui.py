@@ -70,13 +70,6 @@ HEAD = """
     swappedAt = Date.now();
     return Number(next);
   };
-  const warmed = new Set();  // the slot's images, fetched as soon as they arrive
-  setInterval(() => {
-    for (const id of ["next-left-img", "next-right-img"]) {
-      const el = img(id);
-      if (el && el.src && !warmed.has(el.src)) { warmed.add(el.src); new Image().src = el.src; }
-    }
-  }, 100);
   document.addEventListener("click", (e) => {
     const el = e.target && e.target.closest ? e.target.closest("[id]") : null;
     if (el && el.closest("#new-pair")) { const next = text("#next-pair-id input"); if (next) shown.add(next); }

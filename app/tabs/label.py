@@ -110,10 +110,9 @@ def build(studio: Studio, session: gr.State, status: gr.Markdown, refresh_status
                                  acting=with_identity(state, identity_token, ids))
         return *shown, state if fresh else kept
 
-    def slot_prompt(shown: str) -> str:
-        """The prompt of the pair to hold after one of `shown`: in a campaign the least-voted prompt once `shown`
-        has its vote, else `shown`."""
-        order = studio.campaign.order()
+    def slot_prompt(shown: str, order: list[str]) -> str:
+        """The prompt of the pair to hold after one of `shown`: in a campaign (`order`, the campaign's prompts
+        fewest votes first) the least-voted prompt once `shown` has its vote, else `shown`."""
         if not order:
             return shown
         return order[1] if order[0] == shown and len(order) > 1 else order[0]
@@ -145,7 +144,8 @@ def build(studio: Studio, session: gr.State, status: gr.Markdown, refresh_status
                 raise
             gr.Warning(f"Your vote on pair {pid} was not recorded: {e}")  # the page shows the next pair already
             text = f"Not recorded for pair {pid}: {e}"
-        prompt = studio.next_prompt(state.get("prompt")) or ""  # a campaign's least-voted prompt, or the same
+        order = studio.campaign.order()  # one query per vote: every choice below reads it
+        prompt = studio.next_prompt(state.get("prompt"), order) or ""  # the least-voted campaign prompt, or the same
         view = held if swapped or (held is not None and held.prompt == prompt) else None
         view = view or studio.ready.take(annotator, prompt, address)
         if view is None:
@@ -153,10 +153,9 @@ def build(studio: Studio, session: gr.State, status: gr.Markdown, refresh_status
             keep(state, pair_id=None, prompt=prompt, slot=None, slot_tries=0)
             return (f"{text}; the next pair is coming.", gr.update(), *unchanged[:3], shown_prompt, None, None, None,
                     gr.Timer(active=True))
-        following = studio.ready.take(annotator, slot_prompt(view.prompt), address)
-        order = studio.campaign.order()
+        following = studio.ready.take(annotator, slot_prompt(view.prompt, order), address)
         if len(order) > 1:  # the campaign prompt probably offered after the slot's
-            studio.ready.prefetch(annotator, order[-1] if following is None else slot_prompt(following.prompt),
+            studio.ready.prefetch(annotator, order[-1] if following is None else slot_prompt(following.prompt, order),
                                   address)
         shown_prompt = gr.update() if view.prompt == state.get("prompt") else gr.update(value=view.prompt)
         keep(state, pair_id=view.id, prompt=view.prompt, slot=following, slot_tries=0)
@@ -172,7 +171,8 @@ def build(studio: Studio, session: gr.State, status: gr.Markdown, refresh_status
         actor, pid = actor_of(state, request), state.get("pair_id")
         if state.get("slot") is not None or pid is None or not actor.name:  # full, or nothing on screen to follow
             return *unchanged, stop
-        following = studio.ready.take(actor.name, slot_prompt(state.get("prompt") or ""), actor.address)
+        following = studio.ready.take(actor.name, slot_prompt(state.get("prompt") or "", studio.campaign.order()),
+                                      actor.address)
         if following is None or not keep(state, slot=following, unless_moved_from=pid):
             tries = state.get("slot_tries", 0) + 1  # none ready, or New pair put another pair on screen meanwhile
             keep(state, slot_tries=tries)

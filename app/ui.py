@@ -40,8 +40,9 @@ UPLOAD_TTL_S = 3600  # uploads (and Gradio's other cached files) are deleted aft
 # is shown, or for the pair a vote was just sent for (a double press, a click before the answer came), is dropped,
 # unless 5 s passed and the acknowledgement never changed (that vote was refused, e.g. by a rate limit). A vote
 # puts the slot's pair (`app.tabs.label`: hidden, its images already loaded) on screen at once, unless the slot is
-# empty or its pair was shown already; a press within 0.25 s of such a swap is taken for the same press. The
-# vote event's own script (`label.READ_VOTE_JS`) sends the pair voted on and the pair swapped in.
+# empty or its pair was shown already; the same choice again within 0.25 s of such a swap is taken for the same
+# press (a double click, a bouncing key), another choice is a vote on the pair now on screen. The vote event's
+# own script (`label.READ_VOTE_JS`) sends the pair voted on and the pair swapped in.
 HEAD = """
 <script>
 (() => {
@@ -51,23 +52,23 @@ HEAD = """
   const text = (sel) => { const el = document.querySelector(sel); return el ? (el.value ?? el.textContent) : ""; };
   const img = (id) => document.querySelector("#" + id + " img");
   let last = null;  // {pair, ack, at} of the vote last sent
-  let swappedAt = 0;
+  let swapped = {at: 0, vote: null};  // when the last swap happened, and for which vote button
   const shown = new Set();  // slot pairs already put on screen, and any held when New pair was pressed
-  const voteAllowed = () => {
+  const voteAllowed = (vote) => {
     const pair = text("#pair-id input"), ack = text("#vote-ack");
-    if (!pair || Date.now() - swappedAt < 250) return false;
+    if (!pair || (vote === swapped.vote && Date.now() - swapped.at < 250)) return false;
     if (last && last.pair === pair && (ack !== last.ack || Date.now() - last.at < 5000)) return false;
     last = {pair, ack, at: Date.now()};
     return true;
   };
-  const swapIn = (pair) => {
+  const swapIn = (pair, vote) => {
     const next = text("#next-pair-id input");
     const l = img("left-img"), r = img("right-img"), nl = img("next-left-img"), nr = img("next-right-img");
     if (!next || next === pair || shown.has(next) || !l || !r || !nl || !nr || !nl.src || !nr.src) return null;
     shown.add(next);
     l.src = nl.src; r.src = nr.src;
     document.querySelector("#pair-id input").value = next;
-    swappedAt = Date.now();
+    swapped = {at: Date.now(), vote};
     return Number(next);
   };
   document.addEventListener("click", (e) => {
@@ -75,9 +76,9 @@ HEAD = """
     if (el && el.closest("#new-pair")) { const next = text("#next-pair-id input"); if (next) shown.add(next); }
     const vote = el && votes.find((id) => el.id === id || el.closest("#" + id));
     if (!vote) return;
-    if (!voteAllowed()) { e.stopImmediatePropagation(); e.preventDefault(); return; }
+    if (!voteAllowed(vote)) { e.stopImmediatePropagation(); e.preventDefault(); return; }
     const pair = Number(last.pair);
-    window.__studioVote = {voted: pair, swapped: swapIn(last.pair)};
+    window.__studioVote = {voted: pair, swapped: swapIn(last.pair, vote)};
   }, true);
   document.addEventListener("keydown", (e) => {
     if (e.ctrlKey || e.metaKey || e.altKey || e.repeat) return;

@@ -210,3 +210,27 @@ def test_bad_input_in_the_ui_shows_a_message_and_writes_nothing(page, studio_url
     with Repository(data) as repo:
         after = repo.counts()
     assert (after["pairs"], after["votes"]) == (before["pairs"], before["votes"])
+
+
+def test_another_choice_right_after_a_swap_is_a_vote_on_the_pair_swapped_in(page, studio_url):
+    """A double press of one key is one vote; a different key 60 ms after the swap is a vote on the new pair."""
+    _, data = studio_url
+    page.get_by_role("tab", name="Label").click()
+    slot = page.locator("#next-pair-id input")
+    held = slot.input_value()  # a pair held before New pair is never swapped in
+    page.get_by_role("button", name="New pair").click()
+    expect(pair_id(page)).not_to_have_value(re.compile("^$|^" + re.escape(pair_id(page).input_value()) + "$"),
+                                            timeout=GENERATION_MS)
+    first = pair_id(page).input_value()
+    expect(slot).not_to_have_value(re.compile(f"^({re.escape(held)}|{first}|)$"), timeout=GENERATION_MS)
+    first, second = int(first), int(slot.input_value())  # the page holds the pair after the one on screen
+    with Repository(data) as repo:
+        votes_before = repo.counts()["votes"]
+    page.evaluate("""() => {
+        const press = (key) => document.body.dispatchEvent(new KeyboardEvent("keydown", {key, bubbles: true}));
+        press("2"); press("2"); setTimeout(() => press("3"), 60); }""")
+    expect(page.locator("#vote-ack")).to_contain_text(f"Recorded Tie for pair {second}", timeout=GENERATION_MS)
+    with Repository(data) as repo:
+        assert repo.counts()["votes"] == votes_before + 2
+        votes = {v.pair_id: v.choice for v in repo.labeled_pairs(choices=("right", "tie"))}
+    assert (votes.get(first), votes.get(second)) == ("right", "tie")

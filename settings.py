@@ -379,6 +379,10 @@ class ServerConfig:
                                   "limit; 0 = off (every pair is made after the vote)")
     ready_cap: int = setting(64, "pairs made ahead in all, across annotators (an idle annotator's are dropped "
                                  "after 10 minutes)")
+    ready_batch: int = setting(0, "pairs the ready queue makes in one generation when a queue lacks that many; "
+                                  "0 = 2 for the embedded models (on a CPU two pairs in one batch take little "
+                                  "longer than one), 1 for other models (two pairs of a large model at once "
+                                  "need twice the memory)")
     cpu_threads: int = setting(0, "torch threads per task (a generation, a training step) in the studio's process; "
                                   "0 = half the CPU cores, at least 1, unless OMP_NUM_THREADS is set: the "
                                   "in-process worker, the ready queue and a browser on the same machine then do "
@@ -391,7 +395,12 @@ class ServerConfig:
         self.concurrency = _whole(self.concurrency, "concurrency", 1)
         self.ready_depth = _whole(self.ready_depth, "ready_depth", 0, 8)
         self.ready_cap = _whole(self.ready_cap, "ready_cap", 0)
+        self.ready_batch = _whole(self.ready_batch, "ready_batch", 0, 8)
         self.cpu_threads = _whole(self.cpu_threads, "cpu_threads", 0, 1024)
+
+    def ready_batch_for(self, embedded: bool) -> int:
+        """The ready queue's pairs per generation for an embedded model or another one."""
+        return self.ready_batch or (2 if embedded else 1)
 
     def torch_threads(self, environ, cores: int | None) -> int | None:
         """The torch thread count to set for this process; None leaves torch's own (OMP_NUM_THREADS is set)."""

@@ -2,18 +2,20 @@
 is committed.
 
 The queue owns one background thread (`ready-queue`). After a pair is taken (or made on demand) for an annotator
-and prompt, that thread tops the annotator's queue for the prompt up to `depth` pairs, each made by
-`Studio.new_pair`: stored, `served_to` the annotator and counted against their rate limits exactly like a pair
-made on demand. A queued pair made by a version that has since been replaced stays valid data (its trajectories
-record the version that made it), but pairs of the version the live model serves go first: when a new version
-goes live (`refresh`, called by the live model after a swap) every queue is topped up with pairs of it, and an
-older pair is handed out only while none of the new version is ready, so a vote's effect shows on the next pair. A refill the rate limits (or anything else) refuse is dropped quietly: the
-person only meets the limit, as before, when they ask for a pair and none is ready.
+and prompt, that thread tops the annotator's queue for the prompt up to `depth` pairs, made by `Studio.new_pairs`:
+up to `batch` pairs in one generation when the queue lacks that many (on a CPU two pairs in one batch take little
+longer than one, so a queue that a fast person empties refills about twice as fast), each stored, `served_to` the
+annotator and counted against their rate limits exactly like a pair made on demand. A queued pair made by a
+version that has since been replaced stays valid data (its trajectories record the version that made it), but
+pairs of the version the live model serves go first: when a new version goes live (`refresh`, called by the live
+model after a swap) every queue is topped up with pairs of it, and an older pair is handed out only while none of
+the new version is ready, so a vote's effect shows on the next pair. A refill the rate limits (or anything else)
+refuse is dropped quietly: the person only meets the limit, as before, when they ask for a pair and none is ready.
 
 Bounds: `depth` pairs per annotator and prompt, `prompts_per_annotator` prompts per annotator (the least recently
 used is dropped), `cap` pairs in all, and an annotator who takes nothing for `idle_s` loses their queues. A
 dropped pair stays stored, unvoted, like any pair a person skipped by closing the tab. `depth` 0 turns the queue
-off: `pair()` then only generates on demand. Knows `Studio`'s `new_pair`, no Gradio, no SQL, no tensors.
+off: `pair()` then only generates on demand. Knows `Studio`'s `new_pair(s)`, no Gradio, no SQL, no tensors.
 """
 
 from __future__ import annotations
@@ -42,11 +44,12 @@ class _Line:
 class ReadyQueue:
     """Pairs made ahead per (annotator, prompt) by the live version, topped up by one background thread."""
 
-    def __init__(self, studio, depth: int = 2, cap: int = 64, *, prompts_per_annotator: int = 2,
+    def __init__(self, studio, depth: int = 2, cap: int = 64, *, batch: int = 1, prompts_per_annotator: int = 2,
                  idle_s: float = 600.0, clock: Callable[[], float] = time.monotonic):
-        if depth < 0 or cap < 0 or prompts_per_annotator < 1 or idle_s <= 0:
-            raise ValueError("a ready queue needs depth >= 0, cap >= 0, prompts_per_annotator >= 1 and idle_s > 0")
-        self.studio, self.depth, self.cap = studio, int(depth), int(cap)
+        if depth < 0 or cap < 0 or batch < 1 or prompts_per_annotator < 1 or idle_s <= 0:
+            raise ValueError("a ready queue needs depth >= 0, cap >= 0, batch >= 1, prompts_per_annotator >= 1 "
+                             "and idle_s > 0")
+        self.studio, self.depth, self.cap, self.batch = studio, int(depth), int(cap), int(batch)
         self.prompts_per_annotator, self.idle_s, self.clock = prompts_per_annotator, idle_s, clock
         self._lines: dict[str, _Line] = {}
         self._todo: collections.deque[tuple[str, str]] = collections.deque()  # (annotator, prompt) to top up
@@ -177,27 +180,28 @@ class ReadyQueue:
                 self._cond.notify_all()  # `wait_idle` may be waiting for the jobs just found needless
             if job is None:
                 continue
-            annotator, prompt, address = job
+            annotator, prompt, address, count = job
             try:
-                view = self.studio.new_pair(prompt, annotator=annotator, address=address)
+                views = self.studio.new_pairs(prompt, count, annotator=annotator, address=address)
             except StudioError as e:  # rate limits, a refused prompt: the person meets them only on demand
                 log.info("ready queue: no pair made ahead for %r: %s", annotator, e)
-                view = None
+                views = []
             except Exception:  # the thread must survive anything (a database hiccup); the person just waits
                 log.exception("ready queue: making a pair ahead failed")
-                view = None
+                views = []
             with self._cond:
                 self._busy, self._making = False, None
-                if view is None:
+                if not views:
                     self.refused += 1
                     self._discard_jobs(annotator, prompt)  # no retry until the queue is used again
-                else:
+                for view in views:
                     self._store(annotator, prompt, view)
                 self._cond.notify_all()
 
-    def _next_job(self) -> tuple[str, str, str | None] | None:
-        """The first (annotator, prompt) that still needs a pair, with the address to count it against (under the
-        lock); the job stays queued until its queue is full."""
+    def _next_job(self) -> tuple[str, str, str | None, int] | None:
+        """The first (annotator, prompt) that still needs a pair, with the address to count it against and how many
+        pairs to make in one generation (up to `batch`, no more than the queue and the cap lack), under the lock;
+        the job stays queued until its queue is full."""
         self._drop_idle()
         while self._todo:
             annotator, prompt = self._todo[0]
@@ -206,7 +210,8 @@ class ReadyQueue:
             if queue is None or self._fresh(queue) >= self.depth or self._total() >= self.cap:
                 self._todo.popleft()
                 continue
-            return annotator, prompt, line.address
+            lacking = min(self.depth - self._fresh(queue), self.cap - self._total())
+            return annotator, prompt, line.address, max(1, min(self.batch, lacking))
         return None
 
     # ---- bookkeeping, under the lock ---------------------------------------------------------------------------

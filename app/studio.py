@@ -44,6 +44,7 @@ from app.access import AccessPolicy, Actor, RateLimits
 from app.admin import DataExchange, Releases, TrainingControls
 from settings import TrainerConfig
 from app.config import StudioConfig
+from app.errors import RateLimitedError
 from app.campaign import Campaign
 from app.ready import ReadyQueue
 from app.inputs import BLIND_CHOICES, VOTE_CHOICES, StudioError, parse_pair_id, parse_seeds
@@ -108,11 +109,12 @@ class Studio:
     def __init__(self, sampler: Sampler, repo: Repository, worker=None, trainer_config: TrainerConfig | None = None,
                  suggestions: list[str] | None = None, access: AccessPolicy | None = None,
                  limits: RateLimits | None = None, import_limits: ImportLimits | None = None,
-                 ready_depth: int = 0, ready_cap: int = 64):
+                 ready_depth: int = 0, ready_cap: int = 64, ready_batch: int = 1):
         """`sampler` is served through a `LiveModel` that follows `repo` (it owns the sampler's pipeline from now
         on). `access` defaults to one person's in-process studio (`local_admin`: everyone is an admin; a served
         studio gets its policy from `StudioConfig`), `limits` to none. `ready_depth` pairs per annotator and
-        prompt are made ahead for the Label tab (`app.ready`; 0 = none, the default here)."""
+        prompt are made ahead for the Label tab (`app.ready`; 0 = none, the default here), up to `ready_batch` in one
+        generation."""
         self.repo = repo
         self.worker = worker
         self.live = LiveModel(sampler, repo)  # its follower starts with the server: new adapters go live promptly
@@ -127,7 +129,7 @@ class Studio:
         self.releases = Releases(repo, self.live)
         self.data = DataExchange(repo, self.export_dir, self.import_limits)
         self._status_cache: tuple[float, dict] | None = None
-        self.ready = ReadyQueue(self, ready_depth, ready_cap)  # its thread starts with start()
+        self.ready = ReadyQueue(self, ready_depth, ready_cap, batch=ready_batch)  # its thread starts with start()
         self.live.on_swap.append(self.ready.refresh)  # a new version's pairs go first
         self.campaign = Campaign(repo)
         from app.gallery import Gallery  # imported here: app.gallery uses this module's input checks
@@ -146,7 +148,7 @@ class Studio:
                             dtype=config.dtype)
         return cls(Sampler(model), repo, worker, trainer_config, access=config.access_policy(),
                    limits=config.rate_limits(), import_limits=config.import_limits(), ready_depth=config.ready_depth,
-                   ready_cap=config.ready_cap)
+                   ready_cap=config.ready_cap, ready_batch=config.ready_batch_for(model.is_embedded))
 
     def start(self) -> None:
         """Start the background threads: the live model's follower of storage, and the worker when there is one."""
@@ -166,12 +168,33 @@ class Studio:
     # ---- Label tab --------------------------------------------------------------------------------------------
     def new_pair(self, prompt: str, seeds=None, *, annotator: str, address: str | None = None) -> PairView:
         """Generate two images of `prompt` with the live adapter and store them as a pair served to `annotator`."""
+        return self.new_pairs(prompt, 1, seeds, annotator=annotator, address=address)[0]
+
+    def new_pairs(self, prompt: str, count: int = 1, seeds=None, *, annotator: str,
+                  address: str | None = None) -> list[PairView]:
+        """Up to `count` pairs of `prompt` from one generation of 2 x `count` images (on a CPU a batch of two pairs
+        takes little longer than one pair), each stored and served to `annotator` and counted against the pair
+        rate limits: a refusal of the first reaches the caller, pairs beyond the limit are not made. `seeds`
+        ("a, b") choose one pair's images."""
         prompt = checked_prompt(prompt)
-        chosen = parse_seeds(seeds, 2) or random_seeds(2)
+        given = parse_seeds(seeds, 2)
+        if count < 1 or (given and count != 1):
+            raise ValueError(f"count must be >= 1, and 1 with seeds; got {count}")
+        chosen = given or random_seeds(2 * count)
         if chosen[0] == chosen[1]:
             raise StudioError(f"the two seeds are equal ({chosen[0]}): a pair needs two different images")
         self.limits.check_pair(annotator, address)
-        left, right = self.live.generate_pair(prompt, chosen)  # at the version storage says is live now
+        allowed = 1
+        while allowed < count:
+            try:
+                self.limits.check_pair(annotator, address)
+            except RateLimitedError:
+                break
+            allowed += 1
+        images = self.live.generate(prompt, chosen[:2 * allowed])  # at the version storage says is live now
+        return [self._stored_pair(prompt, images[i], images[i + 1], annotator) for i in range(0, 2 * allowed, 2)]
+
+    def _stored_pair(self, prompt: str, left, right, annotator: str) -> PairView:
         gens = [NewGeneration(seed=g.seed, model_id=g.trajectory.model_id, adapter_version=g.trajectory.adapter_version,
                               sampler_settings=g.trajectory.settings, image_png=png_bytes(g.image),
                               trajectory=g.trajectory.to_bytes()) for g in (left, right)]

@@ -7,9 +7,11 @@ before any answer came) and every error toast.
 
     python -m benchmarks.browser_pace --votes 20 --no-worker      # nothing trains
     python -m benchmarks.browser_pace --votes 40                  # the first run trains meanwhile (after 8 votes)
+    python -m benchmarks.browser_pace --votes 40 --ready-batches 1 2   # one studio per value, one after the other
 
-The studio runs with torch's default threads (every core) and `--pair-epochs 60 --lr 1e-5`, so that the first run
-overlaps most of the votes, as in `tests/app/test_browser_pace.py`, which uses the same page probe and person.
+The studio runs with its own thread setting (`--cpu-threads`: half the cores) and `--pair-epochs 60 --lr 1e-5`,
+so that the first run overlaps most of the votes, as in `tests/app/test_browser_pace.py`, which uses the same page
+probe and person. `--ready-batches` compares the ready queue's pairs per generation (`--ready-batch`) in one run.
 """
 
 from __future__ import annotations
@@ -110,13 +112,13 @@ def page_figures(page, votes: int) -> dict:
             "from_slot": page.evaluate("window.__swaps"), "toasts": page.evaluate("window.__toasts")}
 
 
-def run(votes: int, think_s: tuple[float, float], worker: bool, seed: int) -> dict:
+def run(votes: int, think_s: tuple[float, float], worker: bool, seed: int, extra: tuple[str, ...] = ()) -> dict:
     from playwright.sync_api import sync_playwright
 
     from benchmarks.load import StudioProcess, free_port
 
     root = Path(tempfile.mkdtemp(prefix="browser-pace-"))
-    studio = StudioProcess(root / "data", free_port(), STUDIO_ARGS + ([] if worker else ["--no-worker"]),
+    studio = StudioProcess(root / "data", free_port(), STUDIO_ARGS + ([] if worker else ["--no-worker"]) + list(extra),
                            root / "studio.log", threads=None)
     studio.start()
     try:
@@ -129,28 +131,33 @@ def run(votes: int, think_s: tuple[float, float], worker: bool, seed: int) -> di
             browser.close()
     finally:
         studio.kill()
-    return {"votes": votes, "think_s": list(think_s), "worker": worker, "during_run": cast["during_run"],
-            **figures}
+    return {"votes": votes, "think_s": list(think_s), "worker": worker, "studio_args": list(extra),
+            "during_run": cast["during_run"], **figures}
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--votes", type=int, default=40)
     p.add_argument("--think-s", type=float, nargs=2, default=(0.3, 1.5), metavar=("MIN", "MAX"))
     p.add_argument("--no-worker", action="store_true", help="nothing trains (the studio's --no-worker)")
     p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--json", help="also write the result here")
+    p.add_argument("--ready-batches", type=int, nargs="+", metavar="N",
+                   help="one studio per value of its --ready-batch, one after the other (default: its default)")
+    p.add_argument("--json", help="also write the results here")
     a = p.parse_args(argv)
     if a.votes < 1 or not 0 <= a.think_s[0] <= a.think_s[1]:
         p.error("--votes must be >= 1 and --think-s MIN MAX with 0 <= MIN <= MAX")
-    result = run(a.votes, tuple(a.think_s), not a.no_worker, a.seed)
-    print(f"key to next pair on screen over {a.votes} votes ({result['during_run']} while a run was under way): "
-          f"p50 {result['p50_ms']:.0f} ms, p95 {result['p95_ms']:.0f} ms, max {result['max_ms']:.0f} ms; "
-          f"{result['from_slot']} shown from the page's slot; {len(result['toasts'])} error toasts")
+    results = []
+    for extra in [()] if not a.ready_batches else [("--ready-batch", str(n)) for n in a.ready_batches]:
+        result = run(a.votes, tuple(a.think_s), not a.no_worker, a.seed, extra)
+        print(f"{' '.join(extra) or 'defaults'}: key to next pair on screen over {a.votes} votes "
+              f"({result['during_run']} while a run was under way): p50 {result['p50_ms']:.0f} ms, "
+              f"p95 {result['p95_ms']:.0f} ms, max {result['max_ms']:.0f} ms; {result['from_slot']} shown from the "
+              f"page's slot; {len(result['toasts'])} error toasts", flush=True)
+        results.append(result)
     if a.json:
-        Path(a.json).write_text(json.dumps(result, indent=1) + "\n")
-    return result
-
+        Path(a.json).write_text(json.dumps(results, indent=1) + "\n")
+    return results
 
 if __name__ == "__main__":
     main()

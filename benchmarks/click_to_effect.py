@@ -16,6 +16,8 @@ first served pair (the ready queue's pairs made before the swap are still handed
 after the other in one process. Prints one line per config and a JSON summary; a run whose guard rejects the
 adapter reports it and has no served time. `--restarted` measures a studio started before on its data directory:
 the guard's base images are then read back from disk (`alignment.training.guard_cache`) instead of rendered.
+Torch's threads per task and the ready queue are set as the app sets them (`--cpu-threads`: half the cores unless
+OMP_NUM_THREADS is set; `--ready-depth`, `--ready-batch`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import random
 import tempfile
 import threading
@@ -30,7 +33,7 @@ import time
 from pathlib import Path
 
 from alignment.eval.labelers import load_labeler
-from settings import TrainerConfig, WorkerConfig
+from settings import ServerConfig, TrainerConfig, WorkerConfig
 
 CHOICES = {0: "left", 1: "right", None: "tie"}
 PHASE_NAMES = ("to the run's start", "training", "guard", "saving", "swap", "first served pair")
@@ -88,7 +91,9 @@ def one_config(label: str, trainer_overrides: dict, worker_overrides: dict, labe
         if not Worker(repo, "embedded", tcfg, wcfg).warm_guard():
             raise SystemExit("could not render the guard's base images ahead")
     worker = Worker(repo, "embedded", tcfg, wcfg)
-    studio = Studio(Sampler(load_pipeline("embedded")), repo, worker, tcfg, ready_depth=2)
+    server = ServerConfig()  # the ready queue as the app sets it up for the embedded model
+    studio = Studio(Sampler(load_pipeline("embedded")), repo, worker, tcfg, ready_depth=server.ready_depth,
+                    ready_batch=server.ready_batch_for(True))
     prompt = studio.suggestions[0]  # one prompt, as a person labels: the ready queue keeps its pairs coming
     studio.start()
     try:
@@ -119,7 +124,8 @@ def one_config(label: str, trainer_overrides: dict, worker_overrides: dict, labe
         run = worker._last_run or {}
         metrics = run.get("metrics", {})
         out = {"config": label, "status": run.get("status"), "votes": votes, "reason": run.get("reason"),
-               "pairs_trained": metrics.get("pairs"), "steps": metrics.get("steps"),
+               "votes_used": run.get("votes_used"), "pairs_trained": metrics.get("pairs"),
+               "steps": metrics.get("steps"),
                "checkpoints_checked": metrics.get("checkpoints_checked"),
                "checkpoint_step": metrics.get("checkpoint_step"), "training_waited_s":
                round(studio.live.priority.waited_s, 1)}
@@ -155,6 +161,11 @@ def main(argv: list[str] | None = None) -> None:
                              "before (by another worker), as every start after the first finds them")
     parser.add_argument("--out", type=Path, help="write the JSON summary here")
     args = parser.parse_args(argv)
+    threads = ServerConfig().torch_threads(os.environ, os.cpu_count())
+    if threads is not None:  # torch's threads per task as the app sets them (`--cpu-threads`)
+        import torch
+
+        torch.set_num_threads(threads)
     results = []
     with tempfile.TemporaryDirectory(prefix="click-to-effect-") as tmp:
         for i, text in enumerate(args.config or [""]):

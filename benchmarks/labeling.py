@@ -3,12 +3,13 @@ trains, with sampling first and without it, in one run.
 
     python -m benchmarks.labeling --votes 30 --think-s 0.4 1.2 --depths 0 2
     python -m benchmarks.labeling --votes 40 --think-s 0.3 1.5 --depths 2 --while-training
+    python -m benchmarks.labeling --votes 40 --think-s 0.3 1.5 --depths 2 --batches 1 2 --while-training
 
 A scripted person labels one prompt on the embedded model through the `Studio` the Label tab calls: they wait a
 think time drawn uniformly from `--think-s`, vote, and the clock runs from the vote until the next pair is in
 hand: the vote committed and a ready pair taken (`Studio.ready.take`), or, when none waits, one made now
-(`ReadyQueue.pair`), which is what the Label tab's handlers do. Each `--depths` value runs on a fresh data
-directory, the depths one after the other in the same process (same machine load, same model). Browser rendering
+(`ReadyQueue.pair`), which is what the Label tab's handlers do. Each `--depths` value (and each `--batches`
+value: the queue's pairs per generation) runs on a fresh data directory, one after the other in the same process (same machine load, same model). Browser rendering
 and Gradio's round trip are not included: they add the same to both. Prints one line per depth (p50, p95, max,
 share of votes that found a pair ready, labels per minute sustained, how long making a pair took) and a JSON summary.
 
@@ -44,7 +45,7 @@ def keep_training(worker, stop) -> None:
 
 
 def label_session(depth: int, votes: int, think_s: tuple[float, float], data_dir: Path, seed: int = 0,
-                  sampling_wait_s: float | None = None) -> dict:
+                  sampling_wait_s: float | None = None, batch: int = 1) -> dict:
     """One scripted person's `votes` votes at `depth`; the vote-to-next-pair times in ms. With `sampling_wait_s`
     (not None), a worker in the process trains all the time with that setting, and only votes cast during a run
     count."""
@@ -61,18 +62,17 @@ def label_session(depth: int, votes: int, think_s: tuple[float, float], data_dir
     repo = Repository(data_dir)
     worker = None if sampling_wait_s is None else Worker(repo, config=WorkerConfig(
         sampling_wait_s=sampling_wait_s, train_every=10 ** 6, min_votes=8))
-    studio = Studio(Sampler(load_pipeline("embedded")), repo, worker, ready_depth=depth)
+    studio = Studio(Sampler(load_pipeline("embedded")), repo, worker, ready_depth=depth, ready_batch=batch)
     made_ms, steps = [], [0]
-    real_new_pair = studio.new_pair
+    real_new_pairs = studio.new_pairs
 
-    def timed_new_pair(*args, **kwargs):  # every pair made, by the ready queue or on demand
+    def timed_new_pairs(*args, **kwargs):  # every generation, by the ready queue or on demand: its time per pair
         t0 = time.perf_counter()
-        try:
-            return real_new_pair(*args, **kwargs)
-        finally:
-            made_ms.append(1000 * (time.perf_counter() - t0))
+        views = real_new_pairs(*args, **kwargs)
+        made_ms.extend([1000 * (time.perf_counter() - t0) / len(views)] * len(views))
+        return views
 
-    studio.new_pair = timed_new_pair
+    studio.new_pairs = timed_new_pairs
     if worker is not None:
         real_progress = worker.report_progress
 
@@ -106,7 +106,7 @@ def label_session(depth: int, votes: int, think_s: tuple[float, float], data_dir
                 ready_hits += nxt is not None
                 times.append(1000 * (time.perf_counter() - started))
         minutes = (time.perf_counter() - started_all) / 60
-        out = {"depth": depth, "votes": votes, "p50_ms": round(statistics.median(times), 1),
+        out = {"depth": depth, "batch": batch, "votes": votes, "p50_ms": round(statistics.median(times), 1),
                "p95_ms": round(percentile(times, 0.95), 1), "max_ms": round(max(times), 1),
                "ready_share": round(ready_hits / votes, 3), "labels_per_minute": round(votes / minutes, 1),
                "pairs_stored": studio.counts()["pairs"], "training": worker is not None}
@@ -127,6 +127,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--votes", type=int, default=30, help="votes per depth")
     parser.add_argument("--think-s", type=float, nargs=2, default=(0.4, 1.2), help="think time range, seconds")
     parser.add_argument("--depths", type=int, nargs="+", default=[0, 2], help="ready-queue depths to compare")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1],
+                        help="the ready queue's pairs per generation to compare (at each depth)")
     parser.add_argument("--while-training", action="store_true",
                         help="also label while a worker trains, with sampling first and without")
     args = parser.parse_args(argv)
@@ -137,14 +139,15 @@ def main(argv: list[str] | None = None) -> None:
         sessions += [("training, sampling first", WorkerConfig().sampling_wait_s), ("training, no priority", 0.0)]
     results = []
     with tempfile.TemporaryDirectory(prefix="labeling-bench-") as tmp:
-        for depth in args.depths:
+        for depth, batch in [(d, b) for d in args.depths for b in args.batches]:
             for i, (name, wait) in enumerate(sessions):
-                r = label_session(depth, args.votes, tuple(args.think_s), Path(tmp) / f"depth-{depth}-{i}",
-                                  sampling_wait_s=wait)
+                r = label_session(depth, args.votes, tuple(args.think_s), Path(tmp) / f"depth-{depth}-{batch}-{i}",
+                                  sampling_wait_s=wait, batch=batch)
                 results.append({"session": name, **r})
-                print(f"depth {depth}, {name}: vote to next pair p50 {r['p50_ms']} ms, p95 {r['p95_ms']} ms, max "
+                print(f"depth {depth}, batch {batch}, {name}: vote to next pair p50 {r['p50_ms']} ms, p95 {r['p95_ms']} ms, max "
                       f"{r['max_ms']} ms; a pair was ready for {100 * r['ready_share']:.0f} % of votes; "
-                      f"{r['labels_per_minute']} labels/min; {r['pairs_stored']} pairs stored; making a pair p50 "
+                      f"{r['labels_per_minute']} labels/min; {r['pairs_stored']} pairs stored; making a pair (its share of a "
+                      f"generation) p50 "
                       f"{r['make_pair_p50_ms']} ms, p95 {r['make_pair_p95_ms']} ms"
                       + (f"; {r['train_steps_done']} training steps done, training waited "
                          f"{r['training_waited_s']} s" if wait is not None else ""))

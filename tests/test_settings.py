@@ -130,6 +130,7 @@ def test_a_bad_setting_ends_the_worker_with_one_line_and_code_2(no_studio_env, c
     (WorkerConfig, {"fidelity_prompts": 0}, "fidelity_prompts must be a whole number at least 1"),
     (ServerConfig, {"concurrency": 0}, "concurrency must be a whole number at least 1"),
     (ServerConfig, {"cpu_threads": -1}, "cpu_threads must be a whole number between 0 and 1024"),
+    (ServerConfig, {"ready_batch": 9}, "ready_batch must be a whole number between 0 and 8"),
     (SharingConfig, {"votes_per_minute": 1.5}, "votes_per_minute must be a whole number at least 0"),
     (SharingConfig, {"admins": [1]}, "admins: expected names"),
     (GenerateConfig, {"n": 65}, "n must be a whole number between 1 and 64"),
@@ -147,6 +148,11 @@ def test_the_studio_takes_half_the_cores_unless_told_or_omp_num_threads_is_set()
     assert [auto.torch_threads({}, cores) for cores in (1, 2, 3, 16, None)] == [1, 1, 1, 8, 1]
     assert auto.torch_threads({"OMP_NUM_THREADS": "4"}, 16) is None  # the environment's choice stands
     assert ServerConfig(cpu_threads=3).torch_threads({"OMP_NUM_THREADS": "4"}, 16) == 3  # the setting wins
+
+
+def test_the_ready_queue_batches_two_pairs_only_for_the_embedded_models_unless_told():
+    assert (ServerConfig().ready_batch_for(True), ServerConfig().ready_batch_for(False)) == (2, 1)
+    assert ServerConfig(ready_batch=3).ready_batch_for(False) == 3
 
 
 def test_names_are_stripped_deduplicated_and_split_on_commas():

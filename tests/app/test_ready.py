@@ -26,8 +26,21 @@ class FakeStudio:
     """`new_pair` as the queue sees it: numbered views, optionally slow, refusing after `limit` pairs."""
 
     def __init__(self, delay_s: float = 0.0, limit: int | None = None):
-        self.delay_s, self.limit, self.made = delay_s, limit, []
+        self.delay_s, self.limit, self.made, self.batches = delay_s, limit, [], []
         self.lock = threading.Lock()
+
+    def new_pairs(self, prompt, count=1, seeds=None, *, annotator, address=None):
+        """Up to `count` pairs in one call, as `Studio.new_pairs`: the first refusal raises, later ones stop."""
+        self.batches.append(count)
+        views = []
+        for _ in range(count):
+            try:
+                views.append(self.new_pair(prompt, annotator=annotator, address=address))
+            except RateLimitedError:
+                if not views:
+                    raise
+                break
+        return views
 
     def new_pair(self, prompt, seeds=None, *, annotator, address=None):
         with self.lock:
@@ -125,9 +138,46 @@ def test_an_off_queue_only_makes_pairs_on_demand():
         assert queue.take("ann", PROMPT) is None and not queue.enabled and len(studio.made) == 1
 
 
+def test_a_queue_lacking_two_pairs_makes_both_in_one_generation_within_its_bounds():
+    studio = FakeStudio()
+    with running(studio, depth=2, batch=2) as queue:
+        queue.pair(PROMPT, annotator="ann")  # made on demand, then the queue lacks two
+        assert queue.wait_idle() and queue.ready("ann", PROMPT) == 2 and studio.batches == [2]
+        queue.take("ann", PROMPT)
+        assert queue.wait_idle() and studio.batches == [2, 1]  # one lacking: one pair
+    capped = FakeStudio()
+    with running(capped, depth=2, batch=2, cap=1) as queue:
+        queue.pair(PROMPT, annotator="ann")
+        assert queue.wait_idle() and queue.queued() == 1 and capped.batches == [1]  # the cap leaves room for one
+    limited = FakeStudio(limit=2)
+    with running(limited, depth=3, batch=3) as queue:
+        queue.pair(PROMPT, annotator="ann")
+        assert queue.wait_idle() and queue.ready("ann", PROMPT) == 1  # what the limit let through of three
+        assert limited.batches == [3, 2] and queue.refused == 1  # the rest asked once more, refused, dropped
+
+
 def test_bad_bounds_are_refused():
     with pytest.raises(ValueError, match="depth >= 0"):
         ReadyQueue(FakeStudio(), depth=-1)
+    with pytest.raises(ValueError, match="batch >= 1"):
+        ReadyQueue(FakeStudio(), batch=0)
+
+
+def test_pairs_made_in_one_generation_are_each_stored_served_and_counted(studio):
+    studio.limits = RateLimits.per_minute(3, 0)
+    made = studio.new_pairs(PROMPT, 2, annotator="ann")
+    assert len(made) == 2 and made[0].id != made[1].id
+    assert len({seed for view in made for seed in view.seeds}) == 4  # four different images
+    for view in made:
+        pair = studio.repo.get_pair(view.id)
+        assert (pair.prompt, pair.served_to, view.left.size) == (PROMPT, "ann", (32, 32))
+        assert (pair.left.seed, pair.right.seed) == view.seeds and pair.left.trajectory_hash
+    assert len(studio.new_pairs(PROMPT, 2, annotator="ann")) == 1  # the third pair in a minute is the last
+    with pytest.raises(RateLimitedError):
+        studio.new_pairs(PROMPT, 2, annotator="ann")
+    with pytest.raises(ValueError, match="1 with seeds"):
+        studio.new_pairs(PROMPT, 2, "1, 2", annotator="ann")
+    assert studio.counts()["pairs"] == 3
 
 
 def test_queued_pairs_are_stored_served_to_the_annotator_and_vote_only_for_them(studio):

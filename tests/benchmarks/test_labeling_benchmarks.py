@@ -9,10 +9,11 @@ TINY_GUARD = {"fidelity_seeds": (1000, 1001, 1002, 1003), "fidelity_prompts": 1}
 
 
 def test_labeling_while_training_counts_only_votes_cast_during_a_run(tmp_path):
-    r = labeling.label_session(1, 4, (0.0, 0.05), tmp_path / "d", sampling_wait_s=5.0)
-    assert r["training"] and r["votes"] == 4 and r["sampling_wait_s"] == 5.0
+    r = labeling.label_session(2, 4, (0.0, 0.05), tmp_path / "d", sampling_wait_s=5.0, batch=2)
+    assert r["training"] and r["votes"] == 4 and r["sampling_wait_s"] == 5.0 and r["batch"] == 2
     assert 0 < r["p50_ms"] <= r["p95_ms"] <= r["max_ms"] and 0 <= r["ready_share"] <= 1
     assert r["labels_per_minute"] > 0 and r["pairs_stored"] >= 8 + 4  # the 8 votes the runs train on, then 4
+    assert 0 < r["make_pair_p50_ms"] <= r["make_pair_p95_ms"]
 
 
 @pytest.mark.parametrize("restarted", [False, True])
@@ -30,7 +31,8 @@ def test_click_to_effect_splits_the_time_from_the_trigger_to_the_first_pair_of_t
     phases = r["phases_s"]
     assert list(phases) == list(click_to_effect.PHASE_NAMES) and all(v >= 0 for v in phases.values())
     assert sum(phases.values()) == pytest.approx(r["click_to_effect_s"], abs=0.05)
-    assert r["steps"] == 3 and r["pairs_trained"] >= 3
+    assert r["steps"] == 3 and r["votes_used"] >= 3  # the trigger's three votes, or more
+    assert 1 <= r["pairs_trained"] <= r["votes_used"]  # a tie (equal areas, to the labeler) is not trained on
     with pytest.raises(SystemExit, match="unknown setting"):
         click_to_effect.parse_config("no_such_setting=1")
     assert click_to_effect.parse_config("warm_guard=false,pair_epochs=1e5") == ({"pair_epochs": 1e5},

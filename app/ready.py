@@ -5,7 +5,9 @@ The queue owns one background thread (`ready-queue`). After a pair is taken (or 
 and prompt, that thread tops the annotator's queue for the prompt up to `depth` pairs, made by `Studio.new_pairs`:
 up to `batch` pairs in one generation when the queue lacks that many (on a CPU two pairs in one batch take little
 longer than one, so a queue that a fast person empties refills about twice as fast), each stored, `served_to` the
-annotator and counted against their rate limits exactly like a pair made on demand. A queued pair made by a
+annotator and counted against their rate limits exactly like a pair made on demand. A pair made on demand (none
+was ready) comes with the pairs after it in the same generation, up to `batch` in all, so the next one is ready
+the moment it is shown. A queued pair made by a
 version that has since been replaced stays valid data (its trajectories record the version that made it), but
 pairs of the version the live model serves go first: when a new version goes live (`refresh`, called by the live
 model after a swap) every queue is topped up with pairs of it, and an older pair is handed out only while none of
@@ -81,12 +83,24 @@ class ReadyQueue:
             return view
 
     def pair(self, prompt: str, *, annotator: str, address: str | None = None):
-        """A ready pair of `prompt` for `annotator`, else one made now (`Studio.new_pair`: its errors, rate limits
-        included, reach the caller); either way their queue is topped up behind it."""
+        """A ready pair of `prompt` for `annotator`, else one made now (`Studio.new_pairs`: its errors, rate limits
+        included, reach the caller), in one generation with up to `batch` - 1 pairs more that wait in the queue
+        (so the pair after it is ready as soon as it is shown); either way their queue is topped up behind it."""
         view = self.take(annotator, self.studio_prompt(prompt), address) or self._made_now(annotator, prompt)
-        if view is None:
-            view = self.studio.new_pair(prompt, annotator=annotator, address=address)
-            self.prefetch(annotator, view.prompt, address)
+        if view is not None:
+            return view
+        queued = self.enabled and bool(annotator)
+        with self._cond:
+            room = min(self.depth, self.cap - self._total()) if queued else 0
+        view, *more = self.studio.new_pairs(prompt, max(1, min(self.batch, 1 + room)), annotator=annotator,
+                                            address=address)
+        if queued:
+            with self._cond:
+                line = self._touch(annotator, address)
+                line.pairs.setdefault(view.prompt, collections.deque())
+                for extra in more:
+                    self._store(annotator, view.prompt, extra)
+                self._want(annotator, view.prompt, line)
         return view
 
     def _made_now(self, annotator: str, prompt: str, timeout_s: float = 60.0):

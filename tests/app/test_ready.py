@@ -140,20 +140,25 @@ def test_an_off_queue_only_makes_pairs_on_demand():
 
 def test_a_queue_lacking_two_pairs_makes_both_in_one_generation_within_its_bounds():
     studio = FakeStudio()
-    with running(studio, depth=2, batch=2) as queue:
-        queue.pair(PROMPT, annotator="ann")  # made on demand, then the queue lacks two
-        assert queue.wait_idle() and queue.ready("ann", PROMPT) == 2 and studio.batches == [2]
+    with running(studio, depth=3, batch=2) as queue:
+        assert queue.pair(PROMPT, annotator="ann") == (1, "ann", PROMPT)  # made on demand with the pair after it
+        assert queue.ready("ann", PROMPT) == 1 and studio.batches == [2]  # ready the moment pair 1 is shown
+        assert queue.wait_idle() and queue.ready("ann", PROMPT) == 3 and studio.batches == [2, 2]  # two lacked
         queue.take("ann", PROMPT)
-        assert queue.wait_idle() and studio.batches == [2, 1]  # one lacking: one pair
+        assert queue.wait_idle() and studio.batches == [2, 2, 1]  # one lacking: one pair
     capped = FakeStudio()
     with running(capped, depth=2, batch=2, cap=1) as queue:
         queue.pair(PROMPT, annotator="ann")
-        assert queue.wait_idle() and queue.queued() == 1 and capped.batches == [1]  # the cap leaves room for one
+        assert queue.wait_idle() and queue.queued() == 1 and capped.batches == [2]  # the cap leaves room for one
     limited = FakeStudio(limit=2)
     with running(limited, depth=3, batch=3) as queue:
-        queue.pair(PROMPT, annotator="ann")
-        assert queue.wait_idle() and queue.ready("ann", PROMPT) == 1  # what the limit let through of three
+        queue.pair(PROMPT, annotator="ann")  # the limit lets two of three through
+        assert queue.wait_idle() and queue.ready("ann", PROMPT) == 1
         assert limited.batches == [3, 2] and queue.refused == 1  # the rest asked once more, refused, dropped
+    off = FakeStudio()
+    with running(off, depth=0, batch=2) as queue:
+        queue.pair(PROMPT, annotator="ann")
+        assert off.batches == [1]  # no queue to hold a second pair: one is made
 
 
 def test_bad_bounds_are_refused():

@@ -4,15 +4,14 @@ is committed.
 The queue owns one background thread (`ready-queue`). After a pair is taken (or made on demand) for an annotator
 and prompt, that thread tops the annotator's queue for the prompt up to `depth` pairs, made by `Studio.new_pairs`:
 up to `batch` pairs in one generation when the queue lacks that many (on a CPU two pairs in one batch take little
-longer than one, so a queue that a fast person empties refills about twice as fast), each stored, `served_to` the
-annotator and counted against their rate limits exactly like a pair made on demand. A pair made on demand (none
-was ready) comes with the pairs after it in the same generation, up to `batch` in all, so the next one is ready
-the moment it is shown. A queued pair made by a
-version that has since been replaced stays valid data (its trajectories record the version that made it), but
-pairs of the version the live model serves go first: when a new version goes live (`refresh`, called by the live
-model after a swap) every queue is topped up with pairs of it, and an older pair is handed out only while none of
-the new version is ready, so a vote's effect shows on the next pair. A refill the rate limits (or anything else)
-refuse is dropped quietly: the person only meets the limit, as before, when they ask for a pair and none is ready.
+longer than one), each stored, `served_to` the annotator and counted against their rate limits exactly like a pair
+made on demand. A pair made on demand (none was ready) comes with the pairs after it in the same generation, up to
+`batch` in all, so the next one is ready the moment it is shown. A queued pair made by a version that has since
+been replaced stays valid data (its trajectories record the version that made it), but pairs of the version the
+live model serves go first: when a new version goes live (`refresh`, called by the live model after a swap) every
+queue is topped up with pairs of it, and an older pair is handed out only while none of the new version is ready,
+so a vote's effect shows on the next pair. A refill the rate limits (or anything else) refuse is dropped quietly:
+the person only meets the limit, as before, when they ask for a pair and none is ready.
 
 Bounds: `depth` pairs per annotator and prompt, `prompts_per_annotator` prompts per annotator (the least recently
 used is dropped), `cap` pairs in all, and an annotator who takes nothing for `idle_s` loses their queues. A

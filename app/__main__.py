@@ -102,13 +102,12 @@ def stop_on_sigterm(signum, frame):
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = parse_args(argv)
-    threads = config.torch_threads(os.environ, os.cpu_count())
-    if threads is not None:
-        import torch
+    from alignment.families.loader import ModelLoadError, use_threads
 
-        torch.set_num_threads(threads)  # before any thread of the studio does torch work
+    threads = config.torch_threads(os.environ, os.cpu_count())
+    use_threads(threads)  # before any thread of the studio does torch work
+    if threads is not None:
         logging.getLogger("app").info("torch threads per task: %d", threads)
-    from alignment.families.loader import ModelLoadError
     from app.studio import Studio, StudioError
     from storage import StorageError
     from app.ui import build_ui, launch

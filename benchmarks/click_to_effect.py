@@ -161,11 +161,9 @@ def main(argv: list[str] | None = None) -> None:
                              "before (by another worker), as every start after the first finds them")
     parser.add_argument("--out", type=Path, help="write the JSON summary here")
     args = parser.parse_args(argv)
-    threads = ServerConfig().torch_threads(os.environ, os.cpu_count())
-    if threads is not None:  # torch's threads per task as the app sets them (`--cpu-threads`)
-        import torch
+    from alignment.families.loader import use_threads
 
-        torch.set_num_threads(threads)
+    use_threads(ServerConfig().torch_threads(os.environ, os.cpu_count()))  # as the app sets them (`--cpu-threads`)
     results = []
     with tempfile.TemporaryDirectory(prefix="click-to-effect-") as tmp:
         for i, text in enumerate(args.config or [""]):

@@ -70,6 +70,13 @@ class LoadedModel:
                                     "; ".join(differ) + ")")
 
 
+def use_threads(threads: int | None) -> None:
+    """Torch's threads per task for this process (`ServerConfig.torch_threads`; None leaves torch's own). Call it
+    before any thread does torch work."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
 def pick_device(device: str | None = None) -> torch.device:
     if device in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

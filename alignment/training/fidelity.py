@@ -179,6 +179,7 @@ class FidelityGuard:
             prompts = guard_prompts() if embedded else GENERAL_PROMPTS
         self.prompts = list(prompts)
         self._base_cache: dict[str, tuple] = {}
+        self._partial: dict[tuple[str, str | None], dict] = {}  # (seed set, cache key) -> base images rendered so far
         self.cache = cache
 
     @classmethod
@@ -193,16 +194,19 @@ class FidelityGuard:
     def images_per_check(self) -> int:
         return len(guard_plan(self.prompts, self.seeds, self.per_seed))
 
-    def _render(self, sampler: Sampler, plan: list[tuple[str, int]]) -> list:
-        """Images in plan order, one sampler batch per prompt."""
+    def _render(self, sampler: Sampler, plan: list[tuple[str, int]], done: dict | None = None) -> list:
+        """Images in plan order, one sampler batch per prompt. `done` (plan index -> image) holds images rendered
+        before, which are not rendered again; each batch's images go into it as the batch ends, so a render that
+        stops midway (it gave way to a run) keeps what it finished."""
+        done = {} if done is None else done
         by_prompt = defaultdict(list)
         for i, (p, s) in enumerate(plan):
-            by_prompt[p].append((i, s))
-        out = [None] * len(plan)
+            if i not in done:
+                by_prompt[p].append((i, s))
         for p, items in by_prompt.items():
-            for (i, _), g in zip(items, sampler.generate(p, [s for _, s in items])):
-                out[i] = g.image
-        return out
+            images = [g.image for g in sampler.generate(p, [s for _, s in items])]
+            done.update((i, image) for (i, _), image in zip(items, images))
+        return [done[i] for i in range(len(plan))]
 
     def _score_units(self, images: list, plan: list[tuple[str, int]]) -> tuple[list[float] | None, str | None]:
         """Per-unit fidelity (a unit = one seed's images; the images themselves with a single seed), or None and
@@ -238,7 +242,9 @@ class FidelityGuard:
             key = cache_key(sampler, plan) if self.cache is not None else None
             base_images = self._stored_base(sampler, plan, key)
             if base_images is None:
-                base_images = self._render(sampler, plan)
+                partial = self._partial.setdefault((seed_set, key), {})  # what a render that gave way finished
+                base_images = self._render(sampler, plan, partial)
+                del self._partial[(seed_set, key)]
                 if key is not None and base_images:
                     self.cache.save(key, plan, base_images)
             self._base_cache[seed_set] = (base_images, self._score_units(base_images, plan))

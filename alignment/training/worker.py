@@ -389,7 +389,7 @@ class Worker:
                 return False
             enable = trainer.set_adapter_enabled if trainer.has_adapter else (lambda on: None)
             t0 = time.perf_counter()
-            # a run that becomes due goes first: it renders what is left (a finished seed set stays cached)
+            # a run that becomes due goes first: it renders what is left (the images finished so far are kept)
             guard.render_base(_Stoppable(self._guard_sampler(trainer),
                                          lambda: self._stop.is_set() or self.should_train()), enable)
             log.info("the fidelity guard's base images are ready (%.1f s)", time.perf_counter() - t0)

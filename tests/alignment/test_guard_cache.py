@@ -55,6 +55,43 @@ def test_a_restarted_guard_reads_the_base_back_and_renders_one_image_per_seed_se
         assert restarted._base_cache[seed_set][1] == cold._base_cache[seed_set][1]  # the same scores
 
 
+class GivesWay(CountingSampler):
+    """A sampler that stops rendering (raises, as the worker's rendering ahead does) after `batches` batches."""
+
+    def __init__(self, sampler, batches: int):
+        super().__init__(sampler)
+        self.batches = batches
+
+    def generate(self, prompt, seeds, *args, **kwargs):
+        if len(self.images) >= self.batches:
+            raise InterruptedError("a run became due")
+        return super().generate(prompt, seeds, *args, **kwargs)
+
+
+@pytest.mark.parametrize("cached", [True, False])
+def test_a_base_render_that_gave_way_keeps_what_it_finished_and_the_next_renders_only_the_rest(embedded, tmp_path,
+                                                                                                cached):
+    g = guard(tmp_path) if cached else FidelityGuard(embedded=True, seeds=SEEDS, confirm_seeds=CONFIRM, per_seed=1)
+    plan = g._plan("selection")
+    assert len({p for p, _ in plan}) == 3  # one batch per image: the render can stop between any two
+    stopped = GivesWay(Sampler(embedded), batches=2)
+    with pytest.raises(InterruptedError):
+        g.render_base(stopped)
+    assert stopped.images == [1, 1] and not g.base_ready
+    rest = CountingSampler(Sampler(embedded))
+    g.render_base(rest)
+    assert rest.images == [1, 1, 1, 1]  # the selection set's last image, then the confirmation set whole
+    whole = FidelityGuard(embedded=True, seeds=SEEDS, confirm_seeds=CONFIRM, per_seed=1)
+    whole.render_base(Sampler(embedded))
+    for seed_set in ("selection", "confirmation"):  # the same images and scores as a render that never stopped
+        assert np.array_equal(pixels(g._base_cache[seed_set][0]), pixels(whole._base_cache[seed_set][0]))
+        assert g._base_cache[seed_set][1] == whole._base_cache[seed_set][1]
+    assert g._partial == {}
+    if cached:  # the entry written holds the whole set
+        stored = BaseImageCache(tmp_path).load(cache_key(Sampler(embedded), plan), plan)
+        assert np.array_equal(pixels(stored), pixels(whole._base_cache["selection"][0]))
+
+
 def test_other_weights_or_settings_render_the_base_again(tmp_path):
     from alignment.families.loader import load_pipeline
 

@@ -260,8 +260,8 @@ def test_the_guards_base_images_are_rendered_while_waiting_so_a_run_renders_only
     worker = make_worker(repo_with_votes, fidelity_seeds=(1000, 1001), fidelity_prompts=2, train_every=20)
     renders = []
     real = FidelityGuard._render
-    monkeypatch.setattr(FidelityGuard, "_render", lambda self, sampler, plan: renders.append(len(plan))
-                        or real(self, sampler, plan))
+    monkeypatch.setattr(FidelityGuard, "_render", lambda self, sampler, plan, done=None: renders.append(len(plan))
+                        or real(self, sampler, plan, done))
     assert not worker.should_train() and worker._warm_guard_due()  # votes, but not enough for a run
     assert worker.warm_guard()  # the base's selection and confirmation images
     assert renders == [4, 4] and worker.guard(worker.trainer()).base_ready
@@ -287,9 +287,9 @@ def test_rendering_ahead_gives_way_to_a_run_that_becomes_due(repo_with_votes, mo
     real = FidelityGuard._render
     renders = []
 
-    def render(self, sampler, plan):
+    def render(self, sampler, plan, done=None):
         renders.append(len(plan))
-        return real(self, sampler, plan)
+        return real(self, sampler, plan, done)
 
     monkeypatch.setattr(FidelityGuard, "_render", render)
     # the votes for a run arrive once the selection set is rendered

@@ -3,7 +3,8 @@
 A scripted person labels one prompt by keyboard (keys 1-3) at a think time drawn from a range, on the embedded
 model, and the page measures, with its own clock, the time from each vote key to the next pair on screen (its id
 changed and its left image loaded); it also counts the votes whose next pair the page's slot held (on screen
-before any answer came) and every error toast.
+before any answer came), why the others found none (the slot empty, or still holding a pair already shown because
+the last vote's answer had not come back) and every error toast.
 
     python -m benchmarks.browser_pace --votes 20 --no-worker      # nothing trains
     python -m benchmarks.browser_pace --votes 40                  # the first run trains meanwhile (after 8 votes)
@@ -17,6 +18,7 @@ probe and person. `--ready-batches` compares the ready queue's pairs per generat
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import random
 import statistics
@@ -36,15 +38,25 @@ STUDIO_ARGS = ["--pair-epochs", "60", "--lr", "1e-5", "--local-admin"]
 # loaded), the votes whose next pair was on screen before the key's handling ended (the slot's), and every toast.
 PROBE = """
 (() => {
-  window.__latencies = []; window.__toasts = []; window.__swaps = 0;
-  let pending = null;
+  window.__latencies = []; window.__toasts = []; window.__swaps = 0; window.__misses = [];
+  let pending = null, lastKey = null;
+  const seen = new Set();  // pair ids that were on screen
   const id = () => { const el = document.querySelector("#pair-id input"); return el ? el.value : ""; };
+  const next = () => { const el = document.querySelector("#next-pair-id input"); return el ? el.value : ""; };
   const img = () => document.querySelector("#left-img img");
   document.addEventListener("keydown", (e) => {
     if (!"12345".includes(e.key) || pending) return;
-    const before = id();
-    pending = {t: performance.now(), id: before, src: img() && img().src};
-    setTimeout(() => { if (id() !== before) window.__swaps += 1; }, 0);
+    const before = id(), held = next(), now = performance.now();
+    seen.add(before);
+    const since = lastKey === null ? null : Math.round(now - lastKey);
+    lastKey = now;
+    pending = {t: now, id: before, src: img() && img().src};
+    setTimeout(() => {
+      if (id() !== before) { window.__swaps += 1; return; }
+      // the slot was empty (no pair ready when the last answer came), or still held a pair already shown (the
+      // last vote's answer, which refills it, had not come back)
+      window.__misses.push({slot: !held ? "empty" : seen.has(held) ? "not refilled yet" : "held", since_key_ms: since});
+    }, 0);
   }, true);
   const tick = () => {
     const im = img();
@@ -109,7 +121,8 @@ def page_figures(page, votes: int) -> dict:
     ordered = sorted(latencies)
     return {"latencies_ms": [round(x, 1) for x in latencies], "p50_ms": round(statistics.median(latencies), 1),
             "p95_ms": round(ordered[round(0.95 * (len(ordered) - 1))], 1), "max_ms": round(ordered[-1], 1),
-            "from_slot": page.evaluate("window.__swaps"), "toasts": page.evaluate("window.__toasts")}
+            "from_slot": page.evaluate("window.__swaps"), "misses": page.evaluate("window.__misses"),
+            "toasts": page.evaluate("window.__toasts")}
 
 
 def run(votes: int, think_s: tuple[float, float], worker: bool, seed: int, extra: tuple[str, ...] = ()) -> dict:
@@ -135,6 +148,12 @@ def run(votes: int, think_s: tuple[float, float], worker: bool, seed: int, extra
             "during_run": cast["during_run"], **figures}
 
 
+def miss_kinds(misses: list[dict]) -> str:
+    """How many votes found the slot empty, and how many found it still holding a pair already shown."""
+    kinds = collections.Counter(m["slot"] for m in misses)
+    return ", ".join(f"{n} with the slot {kind}" for kind, n in sorted(kinds.items())) or "none"
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--votes", type=int, default=40)
@@ -153,7 +172,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print(f"{' '.join(extra) or 'defaults'}: key to next pair on screen over {a.votes} votes "
               f"({result['during_run']} while a run was under way): p50 {result['p50_ms']:.0f} ms, "
               f"p95 {result['p95_ms']:.0f} ms, max {result['max_ms']:.0f} ms; {result['from_slot']} shown from the "
-              f"page's slot; {len(result['toasts'])} error toasts", flush=True)
+              f"page's slot; {len(result['toasts'])} error toasts; the others: {miss_kinds(result['misses'])}",
+              flush=True)
         results.append(result)
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=1) + "\n")

@@ -80,12 +80,17 @@ def few_step(scheduler) -> bool:
     return scheduler.config.timestep_spacing == "trailing" and not zero_terminal_snr(scheduler)
 
 
+ROUNDING_EDGE = 1e-6  # `1 - abar_prev - std^2` below this is 0 up to float32 rounding (only abar_t ~ 0 gets there)
+
+
 def check_sampling(scheduler: DDIMScheduler, steps: int, eta: float) -> torch.Tensor:
     """(K,) bool, which of the `steps` reverse steps have a log-density; ValueError when the chain cannot be scored.
 
     Refused: eta outside (0, 1], a step count the scheduler refuses, and a step where diffusers' own
-    `1 - abar_prev - std^2` rounds below zero (its step then returns NaN; it happens at eta = 1 on a zero-SNR
-    schedule's first step, t = T-1, for some step counts: use eta < 1 there). A step with std = 0 is the identity:
+    `1 - abar_prev - std^2` is zero up to float32 rounding. That happens at eta = 1 on a zero-SNR schedule's first
+    step, t = T-1 (abar_t = 0 makes std^2 = 1 - abar_prev exactly); whether the rounding lands below zero, where
+    diffusers' step returns NaN, depends on the CPU's vector maths, so the step is refused on every machine: use
+    eta < 1 there. A step with std = 0 is the identity:
     `linspace` spacing ends at t = 0 and lands on `abar_0` again; it has no density and no parameters to train, so
     the trainer leaves it out (the mask). A chain with no stochastic step at all is refused.
     """
@@ -100,10 +105,11 @@ def check_sampling(scheduler: DDIMScheduler, steps: int, eta: float) -> torch.Te
     abar_t, abar_prev = step_alphas(probe.alphas_cumprod, probe.final_alpha_cumprod, t, steps)
     variance = (1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)  # diffusers' float32 arithmetic
     std = eta * variance**0.5
-    bad = (1 - abar_prev - std**2 < 0).nonzero().flatten()
+    bad = (1 - abar_prev - std**2 < ROUNDING_EDGE).nonzero().flatten()
     if len(bad):
         raise ValueError(f"eta = {eta} with {steps} steps makes diffusers' DDIM step NaN at t = {int(t[bad[0]])} "
-                         "(zero terminal SNR rounds 1 - abar_prev - std^2 below 0); use eta < 1")
+                         "on some CPUs (zero terminal SNR leaves 1 - abar_prev - std^2 at 0 up to rounding); "
+                         "use eta < 1")
     stochastic = std > 0
     if not bool(stochastic.any()):
         raise ValueError(f"no step of this {steps}-step chain is stochastic ({scheduler.config.timestep_spacing} "

@@ -263,14 +263,15 @@ def set_random_lora(trainer, scale: float) -> None:
 @pytest.mark.parametrize("embedded", [False, True])
 def test_on_renders_a_noise_adapter_is_rejected_and_a_tiny_lora_passes(trainer_and_sampler, embedded):
     """Drift alone (any model) and the embedded analysis with drift: A and B ~ N(0, 1) turn every image into
-    coloured noise, N(0, 0.01^2) barely moves a pixel."""
+    coloured noise, about as far from its base as two unrelated base images are from each other (a drift ratio
+    near 1, 0.96-1.01 across CPUs), N(0, 0.01^2) barely moves a pixel."""
     trainer, sampler = trainer_and_sampler
     guard = FidelityGuard(embedded=embedded, prompts=["a red circle on a blue background",
                                                       "a green square on a white background"], seeds=(1000, 1001),
                           per_seed=None)
     set_random_lora(trainer, 1.0)
     noise = guard.check(sampler, trainer.set_adapter_enabled)
-    assert not noise.passed and noise.scored and noise.drift_ratio > 2 * MAX_DRIFT, noise
+    assert not noise.passed and noise.scored and noise.drift_ratio > 1.5 * MAX_DRIFT, noise
     set_random_lora(trainer, 0.01)
     tiny = guard.check(sampler, trainer.set_adapter_enabled)
     assert tiny.passed and tiny.drift_ratio < 0.1 * MAX_DRIFT, tiny

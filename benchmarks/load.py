@@ -182,13 +182,17 @@ def _stored_votes(data_dir: Path, database_url: str | None) -> tuple[list[tuple]
 
 
 def run(clients: int = 16, votes: int = 2000, kills: int = 3, train_every: int = 50, database_url: str | None = None,
-        data_dir: Path | None = None, seed: int = 0, max_seconds: float = 3600.0) -> dict:
+        data_dir: Path | None = None, seed: int = 0, max_seconds: float = 3600.0,
+        studio_args: tuple[str, ...] = ()) -> dict:
+    """The campaign's figures; `studio_args` go to `python -m app` after the campaign's own (e.g. a smaller
+    guard, so that a short run spends its time on votes and kills rather than on the guard's renders)."""
     rng = random.Random(seed)
     with tempfile.TemporaryDirectory(prefix="studio-load-") as tmp:
         root = Path(data_dir) if data_dir is not None else Path(tmp)
         args = ["--train-every", str(train_every)]
         if database_url:
             args += ["--database-url", database_url]
+        args += list(studio_args)
         studio = StudioProcess(root / "data", free_port(), args, root / "studio.log")
         first_start = studio.start()
         tally, kill_times, restarts, stop = Tally(), [], [], threading.Event()

@@ -25,11 +25,7 @@ from alignment.training.worker import Worker
 from settings import WorkerConfig
 from storage import Repository
 from tests.support.studio import free_port
-from tests.support.processes import start_worker, stop_all, tail, wait_for
-
-# A small guard (4 + 4 seeds, one image each): what is tested here is the processes, not the guard's statistics.
-SMALL_GUARD = ("--fidelity-seeds", "1000,1001,1002,1003", "--fidelity-confirm-seeds", "2000,2001,2002,2003",
-               "--fidelity-prompts", "1")
+from tests.support.processes import SMALL_GUARD, start_worker, stop_all, tail, wait_for
 
 PROMPTS = ["a red circle on a blue background", "a large green square", "a small yellow triangle",
            "a purple circle on a white background", "a blue square", "an orange triangle",

@@ -26,11 +26,7 @@ from gradio_client import Client
 from alignment.training.worker import LEASE_NAME
 from storage import VOTE_CHOICES, Repository
 from tests.support.studio import api_identity, free_port, start_studio, stop_studio
-from tests.support.processes import REPO_ROOT, env, start_worker, stop_all, tail, wait_for
-
-# A small guard (4 + 4 seeds, one image each): what is tested here is the processes, not the guard's statistics.
-SMALL_GUARD = ("--fidelity-seeds", "1000,1001,1002,1003", "--fidelity-confirm-seeds", "2000,2001,2002,2003",
-               "--fidelity-prompts", "1")
+from tests.support.processes import REPO_ROOT, SMALL_GUARD, env, start_worker, stop_all, tail, wait_for
 
 PROMPTS = ("a large red circle on a blue background", "a small green square", "a yellow triangle")
 CHOICES = ("left", "right", "tie", "left", "skip", "right", "both_bad")

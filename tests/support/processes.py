@@ -22,6 +22,10 @@ ACCELERATE = Path(sys.executable).with_name("accelerate")
 # mode needs mpirun).
 ACCELERATE_LAUNCH = [str(ACCELERATE), "launch", "--multi_gpu", "--num_machines", "1", "--mixed_precision", "no",
                      "--dynamo_backend", "no"]
+# A small guard (4 + 4 seeds, one image each) for tests of processes, not of the guard's statistics; the default
+# guard (64 + 64 seeds) renders 256 images a run and would make each process test several times slower.
+SMALL_GUARD = ("--fidelity-seeds", "1000,1001,1002,1003", "--fidelity-confirm-seeds", "2000,2001,2002,2003",
+               "--fidelity-prompts", "1")
 
 
 def env() -> dict:

@@ -19,6 +19,7 @@ import pytest
 from playwright import sync_api as playwright
 
 from storage import Repository
+from tests.support.processes import SMALL_GUARD
 from tests.support.studio import CHROMIUM, CHROMIUM_ARGS, free_port, start_studio, stop_studio
 
 pytestmark = pytest.mark.browser
@@ -36,9 +37,9 @@ def studio_url(tmp_path_factory):
     data = tmp_path_factory.mktemp("browser") / "data"
     port = free_port()
     # Four preference votes start a short run; the tiny learning rate keeps the adapter near the base, so the
-    # fidelity guard lets it go live.
+    # fidelity guard (4 + 4 seeds: the page is tested here, not the guard's statistics) lets it go live.
     proc = start_studio(data, port, "--train-every", "4", "--min-votes", "4", "--train-steps", "4", "--lr", "1e-5",
-                        "--local-admin")  # one person on their own machine: the admin controls are theirs
+                        *SMALL_GUARD, "--local-admin")  # one person on their own machine: the admin controls are theirs
     yield f"http://127.0.0.1:{port}/", data
     stop_studio(proc)
 

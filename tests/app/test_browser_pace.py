@@ -20,6 +20,7 @@ from playwright import sync_api as playwright
 
 from benchmarks.browser_pace import PROMPT, STUDIO_ARGS, open_label_tab, page_figures, vote_by_keyboard
 from storage import Repository
+from tests.support.processes import SMALL_GUARD
 from tests.support.studio import CHROMIUM, CHROMIUM_ARGS, free_port, start_studio, stop_studio
 
 pytestmark = pytest.mark.browser
@@ -35,8 +36,8 @@ def studio(tmp_path_factory):
     data = tmp_path_factory.mktemp("pace") / "data"
     port = free_port()
     # the first run (on the 8 or 9 votes there are when it starts) takes about 60 steps, long enough to overlap
-    # most of the 40 votes
-    proc = start_studio(data, port, *STUDIO_ARGS, threads=None)
+    # most of the 40 votes; a guard of 4 + 4 seeds, so that v1 goes live soon after the last vote
+    proc = start_studio(data, port, *STUDIO_ARGS, *SMALL_GUARD, threads=None)
     yield f"http://127.0.0.1:{port}/", data
     stop_studio(proc)
 

@@ -80,7 +80,9 @@ def few_step(scheduler) -> bool:
     return scheduler.config.timestep_spacing == "trailing" and not zero_terminal_snr(scheduler)
 
 
-ROUNDING_EDGE = 1e-6  # `1 - abar_prev - std^2` below this is 0 up to float32 rounding (only abar_t ~ 0 gets there)
+# A stochastic step's `1 - abar_prev - std^2` below this share of `1 - abar_prev` is 0 up to float32 rounding; the
+# share is abar_t (1 - abar_prev) / (abar_prev (1 - abar_t)), so only abar_t ~ 0 gets there
+ROUNDING_EDGE = 1e-6
 
 
 def check_sampling(scheduler: DDIMScheduler, steps: int, eta: float) -> torch.Tensor:
@@ -105,7 +107,8 @@ def check_sampling(scheduler: DDIMScheduler, steps: int, eta: float) -> torch.Te
     abar_t, abar_prev = step_alphas(probe.alphas_cumprod, probe.final_alpha_cumprod, t, steps)
     variance = (1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)  # diffusers' float32 arithmetic
     std = eta * variance**0.5
-    bad = (1 - abar_prev - std**2 < ROUNDING_EDGE).nonzero().flatten()
+    residue = 1 - abar_prev - std**2
+    bad = ((residue < 0) | ((std > 0) & (residue < ROUNDING_EDGE * (1 - abar_prev)))).nonzero().flatten()
     if len(bad):
         raise ValueError(f"eta = {eta} with {steps} steps makes diffusers' DDIM step NaN at t = {int(t[bad[0]])} "
                          "on some CPUs (zero terminal SNR leaves 1 - abar_prev - std^2 at 0 up to rounding); "

@@ -118,13 +118,13 @@ def test_four_clients_vote_while_the_worker_trains_and_hot_swaps(tmp_path):
     from settings import TrainerConfig
     from alignment.training.worker import Worker
     from settings import WorkerConfig
+    from tests.support.processes import SMALL_GUARD_CONFIG
 
     repo = Repository(tmp_path / "data")
     # A tiny learning rate keeps the adapter close to the base, so the fidelity guard lets it go live; a guard of
     # 4 + 4 seeds: what is tested here is the clients and the swap, not the guard's statistics.
     worker = Worker(repo, "embedded", TrainerConfig(train_steps=4, lr=1e-5),
-                    WorkerConfig(train_every=6, min_votes=6, poll_s=0.2, fidelity_seeds=(1000, 1001, 1002, 1003),
-                                 fidelity_confirm_seeds=(2000, 2001, 2002, 2003), fidelity_prompts=1))
+                    WorkerConfig(train_every=6, min_votes=6, poll_s=0.2, **SMALL_GUARD_CONFIG))
     studio = Studio(Sampler(load_pipeline("embedded")), repo, worker)
     demo = build_ui(studio)
     port = free_port()

@@ -25,7 +25,7 @@ from alignment.training.worker import Worker
 from settings import WorkerConfig
 from storage import Repository
 from tests.support.studio import free_port
-from tests.support.processes import SMALL_GUARD, start_worker, stop_all, tail, wait_for
+from tests.support.processes import SMALL_GUARD, SMALL_GUARD_CONFIG, start_worker, stop_all, tail, wait_for
 
 PROMPTS = ["a red circle on a blue background", "a large green square", "a small yellow triangle",
            "a purple circle on a white background", "a blue square", "an orange triangle",
@@ -79,8 +79,7 @@ def test_two_processes_train_the_adapter_one_process_would(tmp_path, embedded):
     # The reference: the same worker in one process (in this one), with the settings the command line gave.
     with Repository(one) as reference:
         tcfg = TrainerConfig(train_steps=3)
-        worker = Worker(reference, "embedded", tcfg, WorkerConfig(train_every=2, min_votes=2, fidelity_seeds=(1000, 1001, 1002, 1003),
-                                                         fidelity_confirm_seeds=(2000, 2001, 2002, 2003), fidelity_prompts=1),
+        worker = Worker(reference, "embedded", tcfg, WorkerConfig(train_every=2, min_votes=2, **SMALL_GUARD_CONFIG),
                         trainer=Trainer(load_pipeline("embedded"), tcfg))
         ref_run = worker.run_once()
         assert ref_run["metrics"]["processes"] == 1

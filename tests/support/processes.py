@@ -26,6 +26,8 @@ ACCELERATE_LAUNCH = [str(ACCELERATE), "launch", "--multi_gpu", "--num_machines",
 # guard (64 + 64 seeds) renders 256 images a run and would make each process test several times slower.
 SMALL_GUARD = ("--fidelity-seeds", "1000,1001,1002,1003", "--fidelity-confirm-seeds", "2000,2001,2002,2003",
                "--fidelity-prompts", "1")
+SMALL_GUARD_CONFIG = {"fidelity_seeds": (1000, 1001, 1002, 1003), "fidelity_confirm_seeds": (2000, 2001, 2002, 2003),
+                      "fidelity_prompts": 1}  # the same, as WorkerConfig fields for a worker in the test's process
 
 
 def env() -> dict:

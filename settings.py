@@ -311,6 +311,10 @@ class WorkerConfig:
     sampling_wait_s: float = setting(2.0, "sampling first: when the worker runs in the app's process, each training "
                                            "step and guard render waits up to this many seconds while images are "
                                            "being made for someone (0 = never wait)")
+    sampling_wait_run_s: float = setting(20.0, "sampling first's bound per run: a training run (its steps and its "
+                                               "guard) waits for image making at most this many seconds in all, "
+                                               "then goes on without waiting, so that a person who votes without "
+                                               "pause still sees their votes take effect")
     lease_ttl_s: float = setting(600.0, "seconds a dead worker can block others; the training lease is renewed from "
                                         "the training steps, so this must exceed the time to load the model and to "
                                         "run the fidelity guard", aliases=("--lease-ttl",))
@@ -332,6 +336,8 @@ class WorkerConfig:
             raise ValueError(f"poll_s must be positive, got {self.poll_s}")
         if not 0 <= self.sampling_wait_s <= 3600:
             raise ValueError(f"sampling_wait_s must be in [0, 3600] seconds, got {self.sampling_wait_s}")
+        if not 0 <= self.sampling_wait_run_s <= 24 * 3600:
+            raise ValueError(f"sampling_wait_run_s must be in [0, 86400] seconds, got {self.sampling_wait_run_s}")
         if not 0 < self.lease_ttl_s <= 7 * 24 * 3600:
             raise ValueError(f"lease_ttl_s must be positive and at most a week, got {self.lease_ttl_s}")
         if not 0 <= self.fidelity_max_drop < 1:

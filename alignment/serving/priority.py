@@ -7,7 +7,9 @@ moment it is asked for, so waiting for the generation lock counts), and the work
 before each training step and each guard render, which waits while a generation is running or ended less than
 `grace_s` ago (a vote's answer and the ready queue's refill behind it come back to back), for at most `max_wait_s`
 (so training still advances on a studio that never stops generating). The step under way when a generation starts
-is not interrupted: a generation waits for at most one training step's share of the machine.
+is not interrupted: a generation waits for at most one training step's share of the machine. A `WaitBudget` bounds
+what one run waits in all: a person who votes without pause would otherwise hold a run back for as long as they
+vote, and the effect of their votes would come later the faster they label.
 
 A worker in another process (`python -m alignment.worker`) shares no such object: give it its own cores, or a lower
 priority (`nice`) and fewer threads (`OMP_NUM_THREADS`). Knows nothing about models or storage.
@@ -15,6 +17,7 @@ priority (`nice`) and fewer threads (`OMP_NUM_THREADS`). Knows nothing about mod
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from contextlib import contextmanager
@@ -71,14 +74,40 @@ class SamplingFirst:
         return waited
 
 
-class YieldingSampler:
-    """A sampler whose every `generate` first yields to the live model's generations (the guard renders with it)."""
+class WaitBudget:
+    """One run's waits: each at most `per_wait_s`, and at most `total_s` in all (`math.inf`: no bound); once spent,
+    the run goes on without yielding."""
 
-    def __init__(self, sampler, priority: SamplingFirst, max_wait_s: float | None = None):
-        self._sampler, self._priority, self._max_wait_s = sampler, priority, max_wait_s
+    def __init__(self, priority: SamplingFirst, per_wait_s: float, total_s: float = math.inf):
+        if per_wait_s < 0 or total_s < 0:
+            raise ValueError(f"per_wait_s and total_s must be >= 0, got {per_wait_s} and {total_s}")
+        self.priority, self.per_wait_s, self.left_s = priority, float(per_wait_s), float(total_s)
+        self.waited_s = 0.0
+
+    @property
+    def spent(self) -> bool:
+        return self.left_s <= 0
+
+    def wait(self) -> float:
+        """Yield to sampling within what is left; the seconds waited."""
+        allowed = min(self.per_wait_s, self.left_s)
+        if allowed <= 0:
+            return 0.0
+        waited = self.priority.yield_to_sampling(allowed)
+        self.left_s -= waited
+        self.waited_s += waited
+        return waited
+
+
+class YieldingSampler:
+    """A sampler whose every `generate` first yields to the live model's generations (the guard renders with it),
+    within `budget`."""
+
+    def __init__(self, sampler, budget: WaitBudget):
+        self._sampler, self._budget = sampler, budget
 
     def generate(self, *args, **kwargs):
-        self._priority.yield_to_sampling(self._max_wait_s)
+        self._budget.wait()
         return self._sampler.generate(*args, **kwargs)
 
     def __getattr__(self, name):

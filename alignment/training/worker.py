@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import os
 import socket
 import threading
@@ -36,7 +37,7 @@ from safetensors import SafetensorError
 
 from alignment.core.trajectory import Trajectory
 from alignment.families.loader import ModelLoadError
-from alignment.serving.priority import SamplingFirst, YieldingSampler
+from alignment.serving.priority import SamplingFirst, WaitBudget, YieldingSampler
 from alignment.serving.sampler import Sampler
 from alignment.training.fidelity import FidelityGuard, FidelityReport
 from alignment.training.guard_cache import BaseImageCache
@@ -55,6 +56,11 @@ PHASES = ("waiting for votes", "training", "checking fidelity", "going live")
 
 class LeaseLostError(RuntimeError):
     """The training lease expired or was taken over during a run (another worker may be training now)."""
+
+
+class WorkerStopped(RuntimeError):
+    """The worker was stopped during a run: the run ends as interrupted between two steps or guard renders, with
+    nothing registered (its votes train the next run)."""
 
 
 def holder_is_dead(holder: str) -> bool:
@@ -158,6 +164,7 @@ class Worker:
         # the live model's generations in this process, yielded to before each step and guard render (the studio
         # sets it; None: nothing to yield to)
         self.priority: SamplingFirst | None = None
+        self._budget: WaitBudget | None = None  # the run under way's waits for sampling
         self._warm_tried = False
 
     # ---- public API -------------------------------------------------------------------------------------------
@@ -299,6 +306,7 @@ class Worker:
         if stale:
             log.warning("closed %d training run(s) left 'running' by a worker that died", stale)
         run_id = self.repo.start_training_run({**cfg.to_dict(), "model_id": self.model_id})
+        self._budget = self._wait_budget(self.config.sampling_wait_run_s)
         parent = self.repo.live_adapter()
         try:
             annotators = list(self.config.train_annotators) if self.config.train_annotators else None
@@ -315,6 +323,8 @@ class Worker:
             lora, report, chosen = self._guarded_choice(trainer, result)
             self._enter("going live")
             metrics = {**result.metrics, **chosen}
+            if self._budget is not None:
+                metrics["sampling_waited_s"] = round(self._budget.waited_s, 1)
             metrics = {k: v for k, v in metrics.items() if v is not None}
             if quarantined:
                 metrics["quarantined_pairs"] = quarantined
@@ -331,9 +341,10 @@ class Worker:
             self.repo.set_adapter_status(record.version, status, report.reason, fence=self._fence)
         except Exception as e:  # a run boundary: any failure is recorded, the live adapter stays as it was
             self._last_error = f"{type(e).__name__}: {e}"
-            log.warning("training run %s failed: %s", run_id, self._last_error)
-            self.repo.finish_training_run(run_id, "failed", error=self._last_error)
-            self._last_run = {"run_id": run_id, "status": "failed", "error": self._last_error}
+            ended = "interrupted" if isinstance(e, WorkerStopped) else "failed"
+            log.warning("training run %s %s: %s", run_id, ended, self._last_error)
+            self.repo.finish_training_run(run_id, ended, error=self._last_error)
+            self._last_run = {"run_id": run_id, "status": ended, "error": self._last_error}
             self._notify()
             return self._last_run
         self.repo.finish_training_run(run_id, "rejected" if status == "rejected" else "succeeded", error=report.reason,
@@ -356,8 +367,10 @@ class Worker:
         own figures on the seeds it selected on are `guard_selection_*`."""
         final_step = result.checkpoints[-1][0]
         t0 = time.perf_counter()
-        decision = self.guard(trainer).decide(self._guard_sampler(trainer), trainer, result.checkpoints,
-                                              before_each=self._heartbeat)  # renders a while: keep the lease
+        sampler = _Stoppable(self._guard_sampler(trainer, self._budget), self._stop.is_set,
+                             lambda: WorkerStopped("the worker was stopped during the run's fidelity guard"))
+        decision = self.guard(trainer).decide(sampler, trainer, result.checkpoints,
+                                              before_each=self._keep_going)  # renders a while: keep the lease
         info = {**decision.as_metrics(), "checkpoint_step": final_step if decision.step is None else decision.step,
                 "checkpoints_checked": len(decision.selection), "guard_seconds": round(time.perf_counter() - t0, 1),
                 "guard_selection_fidelity_final": decision.selection[0].candidate}
@@ -390,7 +403,8 @@ class Worker:
             enable = trainer.set_adapter_enabled if trainer.has_adapter else (lambda on: None)
             t0 = time.perf_counter()
             # a run that becomes due goes first: it renders what is left (the images finished so far are kept)
-            guard.render_base(_Stoppable(self._guard_sampler(trainer),
+            # nobody waits for these images yet: they yield to every generation, with no bound in all
+            guard.render_base(_Stoppable(self._guard_sampler(trainer, self._wait_budget(math.inf)),
                                          lambda: self._stop.is_set() or self.should_train()), enable)
             log.info("the fidelity guard's base images are ready (%.1f s)", time.perf_counter() - t0)
             return True
@@ -420,24 +434,33 @@ class Worker:
             self._guard = FidelityGuard.from_config(cfg, embedded=model.is_embedded, scorer=scorer, cache=cache)
         return self._guard
 
-    def _guard_sampler(self, trainer: Trainer):
+    def _guard_sampler(self, trainer: Trainer, budget: WaitBudget | None):
         sampler = Sampler(trainer.model, SamplerConfig.from_defaults(trainer.model.sampler_defaults), fuse=False)
-        if self._yielding() is None:
-            return sampler
-        return YieldingSampler(sampler, self.priority, self.config.sampling_wait_s)
+        return sampler if budget is None else YieldingSampler(sampler, budget)
 
-    def _yielding(self) -> SamplingFirst | None:
-        """The priority to yield to, or None (no live model in this process, or waits off)."""
-        return None if not self.config.sampling_wait_s else self.priority
+    def _wait_budget(self, total_s: float) -> WaitBudget | None:
+        """Waits for the live model in this process, at most `total_s` in all; None when there is nothing to yield
+        to (no live model in this process, or waits off)."""
+        if not self.config.sampling_wait_s or self.priority is None:
+            return None
+        return WaitBudget(self.priority, self.config.sampling_wait_s, total_s)
 
     def report_progress(self, step: int, total: int) -> None:
         """The trainer's progress callback: progress for the UI, the lease heartbeat (renewed every third of its
-        ttl; `LeaseLostError` when the lease was lost, which stops the run), then sampling first: the next step
-        waits while the live model in this process makes images."""
+        ttl; `LeaseLostError` when the lease was lost, `WorkerStopped` when the worker was stopped: either ends the
+        run), then sampling first: the next step
+        waits while the live model in this process makes images, within the run's budget (`sampling_wait_run_s`)."""
         self._progress = (step, total)
+        self._keep_going()
+        if step < total and self._budget is not None:
+            self._budget.wait()
+
+    def _keep_going(self) -> None:
+        """Between two steps or guard renders: renew the lease (`_heartbeat`), and stop the run if the worker was
+        stopped (`WorkerStopped`), so that closing a studio does not leave a run going on beside what comes next."""
         self._heartbeat()
-        if step < total and self._yielding() is not None:
-            self.priority.yield_to_sampling(self.config.sampling_wait_s)
+        if self._stop.is_set():
+            raise WorkerStopped("the worker was stopped during the run")
 
     def _heartbeat(self) -> None:
         """Renew the training lease every third of its ttl; a lost lease stops the run."""
@@ -482,14 +505,14 @@ class _Stopped(Exception):
 
 
 class _Stoppable:
-    """A sampler that stops rendering, between batches, once `stop()` is true."""
+    """A sampler that stops rendering, between batches, once `stop()` is true (raising `error`)."""
 
-    def __init__(self, sampler, stop: Callable[[], bool]):
-        self._sampler, self._stop = sampler, stop
+    def __init__(self, sampler, stop: Callable[[], bool], error: Callable[[], Exception] = _Stopped):
+        self._sampler, self._stop, self._error = sampler, stop, error
 
     def generate(self, *args, **kwargs):
         if self._stop():
-            raise _Stopped()
+            raise self._error()
         return self._sampler.generate(*args, **kwargs)
 
     def __getattr__(self, name):

@@ -1,6 +1,7 @@
 """The worker end to end on storage: train on votes, register, promote or reject, keep the live adapter on failure."""
 
 import threading
+import time
 from dataclasses import fields, replace
 
 import pytest
@@ -41,7 +42,7 @@ def make_worker(repo, **cfg):
     """A worker on a fresh embedded trainer: keyword arguments go to TrainerConfig, or to WorkerConfig when they
     name one of its fields (the fidelity guard's settings)."""
     guard = {k: cfg.pop(k) for k in list(cfg) if k in GUARD_SETTINGS}
-    tcfg = TrainerConfig(train_steps=3, batch_pairs=4, steps_per_pair=2, **cfg)
+    tcfg = TrainerConfig(**{"train_steps": 3, "batch_pairs": 4, "steps_per_pair": 2, **cfg})
     wcfg = WorkerConfig(**{"train_every": 3, "min_votes": 2, "fidelity_seeds": (1000,), "fidelity_prompts": 6,
                            **guard})
     return Worker(repo, "embedded", tcfg, wcfg,
@@ -297,3 +298,23 @@ def test_rendering_ahead_gives_way_to_a_run_that_becomes_due(repo_with_votes, mo
     assert not worker.warm_guard()
     guard = worker.guard(worker.trainer())
     assert renders == [4, 4] and "selection" in guard._base_cache and not guard.base_ready  # kept what it finished
+
+
+@pytest.mark.parametrize("phase", ["training", "checking fidelity"])
+def test_stopping_the_worker_ends_its_run_as_interrupted_between_two_steps(repo_with_votes, phase):
+    """A studio that closes does not leave its run going on beside what comes next: the run stops at the next
+    training step or guard render, is closed as interrupted, and registers nothing."""
+    worker = make_worker(repo_with_votes, train_steps=400 if phase == "training" else 2, warm_guard=False,
+                         poll_s=0.05, fidelity_seeds=tuple(range(1000, 1040)), fidelity_prompts=1)
+    worker.start()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (worker.state()["phase"] == phase
+                                               and (phase != "training" or (worker._progress or (0,))[0] >= 1)):
+        time.sleep(0.02)
+    assert worker.state()["phase"] == phase, worker.state()
+    start = time.monotonic()
+    worker.stop(timeout=60)
+    assert time.monotonic() - start < 15 and not worker._thread.is_alive()  # a step or a batch, not the run
+    [run] = repo_with_votes.list_training_runs()
+    assert run.status == "interrupted" and "stopped" in run.error
+    assert repo_with_votes.list_adapters() == [] and worker.state()["state"] == "stopped"

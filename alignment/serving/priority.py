@@ -81,20 +81,19 @@ class WaitBudget:
     def __init__(self, priority: SamplingFirst, per_wait_s: float, total_s: float = math.inf):
         if per_wait_s < 0 or total_s < 0:
             raise ValueError(f"per_wait_s and total_s must be >= 0, got {per_wait_s} and {total_s}")
-        self.priority, self.per_wait_s, self.left_s = priority, float(per_wait_s), float(total_s)
+        self.priority, self.per_wait_s, self.total_s = priority, float(per_wait_s), float(total_s)
         self.waited_s = 0.0
 
     @property
     def spent(self) -> bool:
-        return self.left_s <= 0
+        return self.waited_s >= self.total_s
 
     def wait(self) -> float:
         """Yield to sampling within what is left; the seconds waited."""
-        allowed = min(self.per_wait_s, self.left_s)
+        allowed = min(self.per_wait_s, self.total_s - self.waited_s)
         if allowed <= 0:
             return 0.0
         waited = self.priority.yield_to_sampling(allowed)
-        self.left_s -= waited
         self.waited_s += waited
         return waited
 

@@ -448,8 +448,8 @@ class Worker:
     def report_progress(self, step: int, total: int) -> None:
         """The trainer's progress callback: progress for the UI, the lease heartbeat (renewed every third of its
         ttl; `LeaseLostError` when the lease was lost, `WorkerStopped` when the worker was stopped: either ends the
-        run), then sampling first: the next step
-        waits while the live model in this process makes images, within the run's budget (`sampling_wait_run_s`)."""
+        run), then sampling first: the next step waits while the live model in this process makes images, within
+        the run's budget (`sampling_wait_run_s`)."""
         self._progress = (step, total)
         self._keep_going()
         if step < total and self._budget is not None:

@@ -308,6 +308,10 @@ class WorkerConfig:
     warm_guard: bool = setting(True, "render the fidelity guard's base images once a quarter of train_every votes "
                                      "are in, while waiting for the rest (the run's guard then renders only "
                                      "candidates)")
+    shipped_guard_base: bool = setting(True, "use the fidelity guard's base images that came with the model (its "
+                                             "guard-base folder; the embedded models ship theirs) when the data "
+                                             "directory has none, after one image of each seed set renders the "
+                                             "same again")
     sampling_wait_s: float = setting(2.0, "sampling first: when the worker runs in the app's process, each training "
                                            "step and guard render waits up to this many seconds while images are "
                                            "being made for someone (0 = never wait)")

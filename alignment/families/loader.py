@@ -49,6 +49,7 @@ class LoadedModel:
     device: torch.device = torch.device("cpu")
     dtype: torch.dtype = torch.float32
     family: Family = sd.FAMILY
+    folder: Path | None = None  # the local folder it was loaded from (None: from the hub)
 
     @property
     def is_embedded(self) -> bool:
@@ -173,7 +174,7 @@ def load_pipeline(model: str = EMBEDDED_ID, device: str | None = None, dtype: st
         family.check_sampling(pipe.scheduler, int(defaults["steps"]), float(defaults["eta"]))
     except ValueError as e:
         raise ModelLoadError(f"the default sampler settings of {model!r} cannot be scored: {e}") from e
-    return LoadedModel(pipe, model_id, defaults, dev, dt, family)
+    return LoadedModel(pipe, model_id, defaults, dev, dt, family, Path(source) if local else None)
 
 
 def sampler_defaults(source, pipe, local: bool, family: Family = sd.FAMILY) -> dict:

@@ -11,6 +11,12 @@ renamed into place, so a reader sees a whole entry or none. A key cannot see eve
 local model folder whose weights were replaced keeps its id), so `FidelityGuard` renders the entry's first image
 again before it trusts the rest (`matches`). The newest `keep` entries are kept; a malformed entry is ignored (and
 rendered again).
+
+A model folder can ship its entries (`<model folder>/guard-base/`, written by `python -m
+alignment.training.guard_cache ship embedded embedded-flow`): a worker whose data directory lacks an entry reads
+the shipped one, so the first start on a new data directory does not render the base either. The same check
+applies: on a machine whose arithmetic renders the first image differently beyond `matches`' tolerance, the
+images are rendered there and kept in the data directory.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from PIL import Image
 log = logging.getLogger(__name__)
 
 PLAN_FILE = "plan.json"
+SHIPPED_DIR = "guard-base"  # a model folder's entries, rendered where the model was built (`ship`)
 # A fresh render of an entry's first image must match the stored one this closely (mean and largest absolute
 # difference of 8-bit values): a batch of another size changes an image only within float rounding, other weights
 # or settings change it far more.
@@ -56,16 +63,30 @@ def matches(fresh: Image.Image, stored: Image.Image) -> bool:
 
 
 class BaseImageCache:
-    """Entries of base images under `root` (created on the first save), the newest `keep` kept."""
+    """Entries of base images under `root` (created on the first save), the newest `keep` kept; `shipped`, a
+    folder of entries that came with the model (`SHIPPED_DIR` in its folder), is read when `root` lacks an entry
+    and never written."""
 
-    def __init__(self, root: str | Path, keep: int = 8):
+    def __init__(self, root: str | Path, keep: int = 8, shipped: str | Path | None = None):
         if keep < 1:
             raise ValueError(f"keep must be at least 1, got {keep}")
         self.root, self.keep = Path(root), keep
+        self.shipped = None if shipped is None else Path(shipped)
 
     def load(self, key: str, plan: Sequence[tuple[str, int]]) -> list[Image.Image] | None:
-        """The entry's images in plan order, or None (no entry, or one that does not hold exactly `plan`)."""
-        folder = self.root / key
+        """The entry's images in plan order, or None (no entry, or one that does not hold exactly `plan`): the
+        entry under `root`, else the one the model ships (`shipped`)."""
+        images = self._read(self.root / key, plan)
+        if images is not None:
+            try:
+                os.utime(self.root / key)  # used now: the newest are kept
+            except OSError:
+                pass
+            return images
+        return None if self.shipped is None else self._read(self.shipped / key, plan)
+
+    @staticmethod
+    def _read(folder: Path, plan: Sequence[tuple[str, int]]) -> list[Image.Image] | None:
         try:
             stored = json.loads((folder / PLAN_FILE).read_text())
             if stored != [[p, int(s)] for p, s in plan]:
@@ -76,10 +97,6 @@ class BaseImageCache:
                     images.append(im.convert("RGB"))
         except (OSError, ValueError):  # missing, truncated or not ours: render again
             return None
-        try:
-            os.utime(folder)  # used now: the newest are kept
-        except OSError:
-            pass
         return images
 
     def save(self, key: str, plan: Sequence[tuple[str, int]], images: Sequence[Image.Image]) -> None:
@@ -113,3 +130,37 @@ class BaseImageCache:
         abandoned = [p for p in folders if p.name.startswith(".") and time.time() - p.stat().st_mtime > 3600]
         for old in entries[self.keep:] + abandoned:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def ship(model: str) -> Path:
+    """Render the default guard's base images of a local `model` (`embedded`, `embedded-flow` or a folder) into
+    the model's own `SHIPPED_DIR`, replacing what is there, so that a studio's first start on it reads them (one
+    image of each seed set rendered again) instead of rendering them."""
+    from alignment.families.loader import load_pipeline
+    from alignment.serving.sampler import Sampler
+    from alignment.training.fidelity import FidelityGuard
+    from alignment.training.scorers import resolve_scorer
+    from settings import SamplerConfig, WorkerConfig
+
+    loaded = load_pipeline(model)
+    if loaded.folder is None:
+        raise SystemExit(f"{model!r} is not a local folder: only a model folder can ship the guard's base images")
+    cfg, out = WorkerConfig(), loaded.folder / SHIPPED_DIR
+    shutil.rmtree(out, ignore_errors=True)
+    scorer = resolve_scorer(cfg.fidelity_scorer, embedded=loaded.is_embedded, clip_model=cfg.clip_model,
+                            device=str(loaded.device))
+    guard = FidelityGuard.from_config(cfg, embedded=loaded.is_embedded, scorer=scorer,
+                                      cache=BaseImageCache(out, keep=2))
+    guard.render_base(Sampler(loaded, SamplerConfig.from_defaults(loaded.sampler_defaults), fuse=False))
+    return out
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="render the guard's base images into a model folder "
+                                                 "(python -m alignment.training.guard_cache ship embedded)")
+    parser.add_argument("command", choices=["ship"])
+    parser.add_argument("models", nargs="+", help="embedded, embedded-flow or a local diffusers folder")
+    for name in parser.parse_args().models:
+        print(f"{name}: {ship(name)}")

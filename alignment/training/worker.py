@@ -40,7 +40,7 @@ from alignment.families.loader import ModelLoadError
 from alignment.serving.priority import SamplingFirst, WaitBudget, YieldingSampler
 from alignment.serving.sampler import Sampler
 from alignment.training.fidelity import FidelityGuard, FidelityReport
-from alignment.training.guard_cache import BaseImageCache
+from alignment.training.guard_cache import SHIPPED_DIR, BaseImageCache
 from alignment.training.scorers import resolve_scorer
 from alignment.training.trainer import Trainer, TrainingPair
 from settings import ModelConfig, SamplerConfig, StoreConfig, TrainerConfig, WorkerConfig, is_anonymous
@@ -430,7 +430,9 @@ class Worker:
             scorer = resolve_scorer(cfg.fidelity_scorer, embedded=model.is_embedded, clip_model=cfg.clip_model,
                                     device=str(model.device))
             data_dir = getattr(self.repo, "data_dir", None)
-            cache = None if data_dir is None else BaseImageCache(Path(data_dir) / "cache" / "guard-base")
+            shipped = model.folder / SHIPPED_DIR if cfg.shipped_guard_base and model.folder else None
+            cache = None if data_dir is None else BaseImageCache(Path(data_dir) / "cache" / "guard-base",
+                                                                 shipped=shipped)
             self._guard = FidelityGuard.from_config(cfg, embedded=model.is_embedded, scorer=scorer, cache=cache)
         return self._guard
 

@@ -8,10 +8,13 @@ import pytest
 import torch
 from PIL import Image
 
+from alignment.families.loader import EMBEDDED_PATH, load_pipeline
 from alignment.serving.sampler import Sampler
 from alignment.training.fidelity import FidelityGuard
-from alignment.training.guard_cache import BaseImageCache, cache_key
+from alignment.training.guard_cache import SHIPPED_DIR, BaseImageCache, cache_key
+from alignment.training.scorers import embedded_fidelity
 from alignment.training.worker import Worker
+from settings import SamplerConfig, WorkerConfig
 from storage import Repository
 
 SEEDS, CONFIRM = (1000, 1001, 1002), (2000, 2001, 2002)
@@ -31,9 +34,9 @@ class CountingSampler:
         return getattr(self._sampler, name)
 
 
-def guard(cache_root) -> FidelityGuard:
+def guard(cache_root, shipped=None) -> FidelityGuard:
     return FidelityGuard(embedded=True, seeds=SEEDS, confirm_seeds=CONFIRM, per_seed=1,
-                         cache=BaseImageCache(cache_root))
+                         cache=BaseImageCache(cache_root, shipped=shipped))
 
 
 def pixels(images):
@@ -166,10 +169,55 @@ def test_only_the_newest_entries_are_kept(tmp_path):
         BaseImageCache(tmp_path, keep=0)
 
 
-def test_a_worker_keeps_its_guard_base_in_its_data_directory(tmp_path):
+def test_a_worker_keeps_its_guard_base_in_its_data_directory_and_reads_the_models(tmp_path):
     repo = Repository(tmp_path / "data")
     try:
         worker = Worker(repo, "embedded")
-        assert worker.guard(worker.trainer()).cache.root == tmp_path / "data" / "cache" / "guard-base"
+        cache = worker.guard(worker.trainer()).cache
+        assert cache.root == tmp_path / "data" / "cache" / "guard-base"
+        assert cache.shipped == EMBEDDED_PATH / SHIPPED_DIR
+        own = Worker(repo, "embedded", config=WorkerConfig(shipped_guard_base=False))
+        assert own.guard(own.trainer()).cache.shipped is None
     finally:
         repo.close()
+
+
+def test_a_shipped_entry_serves_a_new_data_directory_and_is_never_written(embedded, tmp_path):
+    shipped = tmp_path / "model" / SHIPPED_DIR
+    guard(shipped).render_base(Sampler(embedded))  # the entries as `ship` writes them
+    files = sorted(p.relative_to(shipped) for p in shipped.rglob("*"))
+    counting, fresh = CountingSampler(Sampler(embedded)), guard(tmp_path / "data", shipped=shipped)
+    fresh.render_base(counting)
+    assert counting.images == [1, 1]  # only the check of each set
+    assert not (tmp_path / "data").exists()  # nothing was rendered, so nothing to keep
+    assert sorted(p.relative_to(shipped) for p in shipped.rglob("*")) == files
+
+
+def test_the_data_directory_wins_and_a_shipped_entry_that_does_not_match_is_rendered_into_it(embedded, tmp_path):
+    shipped = tmp_path / "model" / SHIPPED_DIR
+    guard(shipped).render_base(Sampler(embedded))
+    for png in shipped.rglob("*.png"):  # other weights' images under the same keys
+        Image.new("RGB", (32, 32), (0, 0, 0)).save(png)
+    counting = CountingSampler(Sampler(embedded))
+    guard(tmp_path / "data", shipped=shipped).render_base(counting)
+    assert sum(counting.images) == 2 + 6  # the checks failed: all six rendered
+    assert len([p for p in (tmp_path / "data").iterdir() if p.is_dir()]) == 2  # and kept in the data directory
+    again = CountingSampler(Sampler(embedded))
+    restarted = guard(tmp_path / "data", shipped=shipped)
+    restarted.render_base(again)
+    assert again.images == [1, 1]  # the data directory's entries, not the black shipped ones
+    assert pixels(restarted._base_cache["selection"][0]).max() > 0
+
+
+@pytest.mark.parametrize("model", ["embedded", "embedded-flow"])
+def test_the_embedded_models_ship_the_default_guards_base_images(model, tmp_path):
+    """The shipped entries belong to the default settings (a change of the guard's seeds or the sampler's
+    defaults needs `python -m alignment.training.guard_cache ship embedded embedded-flow`), and they render the
+    same on this machine."""
+    loaded = load_pipeline(model)
+    cache = BaseImageCache(tmp_path / "data", shipped=loaded.folder / SHIPPED_DIR)
+    fresh = FidelityGuard.from_config(WorkerConfig(), embedded=True, scorer=embedded_fidelity, cache=cache)
+    counting = CountingSampler(Sampler(loaded, SamplerConfig.from_defaults(loaded.sampler_defaults), fuse=False))
+    fresh.render_base(counting)
+    assert counting.images == [1, 1] and fresh.base_ready
+    assert not (tmp_path / "data").exists()

@@ -1,0 +1,116 @@
+"""Where does a run's learnt preference carry over? The final weights of one training run, judged on three sets.
+
+    python -m benchmarks.transfer --labelers larger smaller --seeds 3 1 --eval-seeds 16 --out runs/transfer
+
+For each (labeler, run seed): the benchmark's pool of base pairs for that seed (`benchmarks.alignment`, cached in
+`<out>/pools`), labelled by the labeler, trains one adapter at the defaults (no guard: nothing selects it); its
+final weights and the base are then rendered at equal prompt and seed on
+
+- `training prompts`: up to 8 of the prompts the run trained on, at seeds that no training pair, evaluation or
+  guard uses (from 1.4 x 10^9);
+- `eval prompts, own seeds`: the evaluation prompts at the run seed's evaluation seeds (`alignment.eval.splits`),
+  the set the guard study and the alignment benchmark judge on;
+- `eval prompts, other seeds`: the same prompts at the evaluation seeds of `--other-seed` (a run seed of its own).
+
+Each set reports the labeler's win rate over the base (ties half, 95 % Wilson interval), the mean change of the
+shape's area (the quantity the size labelers judge), and the prompt fidelity of both. A preference that holds on
+the training prompts and flips on the evaluation prompts does not carry over to new (colour, shape, background)
+combinations; one that flips only at the run seed's own evaluation seeds says those seeds are unusual.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+TRANSFER_SEED_BASE = 1_400_000_000  # above training and evaluation seeds of run seeds < 14000; below the guard's
+
+
+def area_change(base: list, aligned: list) -> float:
+    from alignment.embedded.analysis import analyze
+
+    return sum(analyze(a).area - analyze(b).area for b, a in zip(base, aligned, strict=True)) / max(1, len(base))
+
+
+def judge_set(labeler, sampler, trainer, prompts: list[str], cases: list, seeds: list[int]) -> dict:
+    """Base and final weights at equal (prompt, seed): win rate, area change and (with cases) fidelity."""
+    from alignment.embedded.evaluate import score
+    from alignment.eval.simulate import judge_against_base
+
+    images = {}
+    for key, enabled in (("base", False), ("aligned", True)):
+        trainer.set_adapter_enabled(enabled)
+        images[key] = [g.image for p in prompts for g in sampler.generate(p, seeds)]
+    trainer.set_adapter_enabled(False)
+    flat = [p for p in prompts for _ in seeds]
+    out = judge_against_base(labeler, images["base"], images["aligned"], flat)
+    out["area_change"] = round(area_change(images["base"], images["aligned"]), 4)
+    if cases:
+        flat_cases = [c for c in cases for _ in seeds]
+        out["fidelity_base"] = round(score(images["base"], flat_cases)["fidelity"], 4)
+        out["fidelity_aligned"] = round(score(images["aligned"], flat_cases)["fidelity"], 4)
+    return out
+
+
+def run(args) -> list[dict]:
+    from alignment.eval.labelers import load_labeler
+    from alignment.eval.splits import eval_cases, eval_seeds
+    from alignment.families.loader import load_pipeline
+    from alignment.serving.sampler import Sampler
+    from alignment.training.trainer import Trainer
+    from benchmarks.alignment import Variant, label_pool, labeler_spec, load_or_sample_pool, training_pairs
+    from settings import SamplerConfig
+
+    out = Path(args.out)
+    (out / "pools").mkdir(parents=True, exist_ok=True)
+    loaded = load_pipeline("embedded", dtype="fp32")
+    trainer = Trainer(loaded)
+    sampler = Sampler(loaded, SamplerConfig.from_defaults(loaded.sampler_defaults), fuse=False)
+    cases = eval_cases()
+    variant = Variant(args.variant)
+    results = []
+    for seed in args.seeds:
+        if seed == args.other_seed:
+            raise SystemExit(f"--other-seed {args.other_seed} must differ from the run seeds")
+        for name in map(labeler_spec, args.labelers):
+            labeler = load_labeler(name)
+            if getattr(trainer.unet, "peft_config", None):
+                trainer.set_adapter_enabled(False)
+            pool = load_or_sample_pool(out / "pools" / f"seed-{seed}.pt", sampler, seed, args.labels)
+            trainer.config = variant.trainer_config(seed)
+            result = trainer.train(training_pairs(label_pool(pool, labeler))[: args.labels])
+            trained_on = sorted({p["prompt"] for p in pool[: args.labels]})
+            rng = random.Random(seed)
+            prompts = rng.sample(trained_on, min(len(cases), len(trained_on)))
+            transfer_seeds = list(range(TRANSFER_SEED_BASE, TRANSFER_SEED_BASE + args.eval_seeds))
+            eval_prompts = [c.prompt for c in cases]
+            r = {"labeler": name, "seed": seed, "variant": variant.spec, "labels": args.labels,
+                 "train_accuracy": round(result.metrics["accuracy"], 3),
+                 "training prompts": judge_set(labeler, sampler, trainer, prompts, [], transfer_seeds),
+                 "eval prompts, own seeds": judge_set(labeler, sampler, trainer, eval_prompts, cases,
+                                                      eval_seeds(seed, args.eval_seeds)),
+                 "eval prompts, other seeds": judge_set(labeler, sampler, trainer, eval_prompts, cases,
+                                                        eval_seeds(args.other_seed, args.eval_seeds))}
+            print(json.dumps(r), flush=True)
+            with (out / "results.jsonl").open("a") as f:
+                f.write(json.dumps(r) + "\n")
+            results.append(r)
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--labelers", nargs="+", default=["larger", "smaller"])
+    p.add_argument("--seeds", type=int, nargs="+", default=[3])
+    p.add_argument("--other-seed", type=int, default=0, help="run seed whose evaluation seeds are the third set")
+    p.add_argument("--labels", type=int, default=128)
+    p.add_argument("--eval-seeds", type=int, default=16, help="seeds per set (x 8 prompts)")
+    p.add_argument("--variant", default="discounted", help="objective[:key=value,...] as in benchmarks.alignment")
+    p.add_argument("--out", default="runs/transfer")
+    run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -21,6 +21,7 @@ images are rendered there and kept in the data directory.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -78,10 +79,8 @@ class BaseImageCache:
         entry under `root`, else the one the model ships (`shipped`)."""
         images = self._read(self.root / key, plan)
         if images is not None:
-            try:
+            with contextlib.suppress(OSError):
                 os.utime(self.root / key)  # used now: the newest are kept
-            except OSError:
-                pass
             return images
         return None if self.shipped is None else self._read(self.shipped / key, plan)
 

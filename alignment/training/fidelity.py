@@ -183,6 +183,16 @@ class FidelityGuard:
         self.cache = cache
 
     @classmethod
+    def for_model(cls, cfg: WorkerConfig, model, cache: BaseImageCache | None = None) -> FidelityGuard:
+        """The guard a worker with settings `cfg` runs on a loaded `model`: the scorer the settings name for it
+        (`ScorerError` when it cannot be built), then `from_config`."""
+        from alignment.training.scorers import resolve_scorer
+
+        scorer = resolve_scorer(cfg.fidelity_scorer, embedded=model.is_embedded, clip_model=cfg.clip_model,
+                                device=str(model.device))
+        return cls.from_config(cfg, embedded=model.is_embedded, scorer=scorer, cache=cache)
+
+    @classmethod
     def from_config(cls, cfg: WorkerConfig, *, embedded: bool, scorer: Scorer | None,
                     cache: BaseImageCache | None = None) -> FidelityGuard:
         """The guard a worker with settings `cfg` runs (the benchmarks build theirs the same way)."""

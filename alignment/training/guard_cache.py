@@ -131,6 +131,11 @@ class BaseImageCache:
             shutil.rmtree(old, ignore_errors=True)
 
 
+def shipped_entries(model) -> Path | None:
+    """Where a loaded model's shipped entries are (`SHIPPED_DIR` in its local folder); None for a hub model."""
+    return None if model.folder is None else model.folder / SHIPPED_DIR
+
+
 def ship(model: str) -> Path:
     """Render the default guard's base images of a local `model` (`embedded`, `embedded-flow` or a folder) into
     the model's own `SHIPPED_DIR`, replacing what is there, so that a studio's first start on it reads them (one
@@ -138,18 +143,14 @@ def ship(model: str) -> Path:
     from alignment.families.loader import load_pipeline
     from alignment.serving.sampler import Sampler
     from alignment.training.fidelity import FidelityGuard
-    from alignment.training.scorers import resolve_scorer
     from settings import SamplerConfig, WorkerConfig
 
     loaded = load_pipeline(model)
-    if loaded.folder is None:
+    out = shipped_entries(loaded)
+    if out is None:
         raise SystemExit(f"{model!r} is not a local folder: only a model folder can ship the guard's base images")
-    cfg, out = WorkerConfig(), loaded.folder / SHIPPED_DIR
     shutil.rmtree(out, ignore_errors=True)
-    scorer = resolve_scorer(cfg.fidelity_scorer, embedded=loaded.is_embedded, clip_model=cfg.clip_model,
-                            device=str(loaded.device))
-    guard = FidelityGuard.from_config(cfg, embedded=loaded.is_embedded, scorer=scorer,
-                                      cache=BaseImageCache(out, keep=2))
+    guard = FidelityGuard.for_model(WorkerConfig(), loaded, cache=BaseImageCache(out, keep=2))
     guard.render_base(Sampler(loaded, SamplerConfig.from_defaults(loaded.sampler_defaults), fuse=False))
     return out
 

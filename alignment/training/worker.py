@@ -40,8 +40,7 @@ from alignment.families.loader import ModelLoadError
 from alignment.serving.priority import SamplingFirst, WaitBudget, YieldingSampler
 from alignment.serving.sampler import Sampler
 from alignment.training.fidelity import FidelityGuard, FidelityReport
-from alignment.training.guard_cache import SHIPPED_DIR, BaseImageCache
-from alignment.training.scorers import resolve_scorer
+from alignment.training.guard_cache import BaseImageCache, shipped_entries
 from alignment.training.trainer import Trainer, TrainingPair
 from settings import ModelConfig, SamplerConfig, StoreConfig, TrainerConfig, WorkerConfig, is_anonymous
 from settings_cli import CommandLine, Parsed
@@ -427,13 +426,11 @@ class Worker:
         the scorer they name cannot be built)."""
         if self._guard is None:
             cfg, model = self.config, trainer.model
-            scorer = resolve_scorer(cfg.fidelity_scorer, embedded=model.is_embedded, clip_model=cfg.clip_model,
-                                    device=str(model.device))
             data_dir = getattr(self.repo, "data_dir", None)
-            shipped = model.folder / SHIPPED_DIR if cfg.shipped_guard_base and model.folder else None
+            shipped = shipped_entries(model) if cfg.shipped_guard_base else None
             cache = None if data_dir is None else BaseImageCache(Path(data_dir) / "cache" / "guard-base",
                                                                  shipped=shipped)
-            self._guard = FidelityGuard.from_config(cfg, embedded=model.is_embedded, scorer=scorer, cache=cache)
+            self._guard = FidelityGuard.for_model(cfg, model, cache=cache)
         return self._guard
 
     def _guard_sampler(self, trainer: Trainer, budget: WaitBudget | None):

@@ -25,38 +25,40 @@ import json
 import random
 from pathlib import Path
 
-TRANSFER_SEED_BASE = 1_400_000_000  # above training and evaluation seeds of run seeds < 14000; below the guard's
-
-
 def area_change(base: list, aligned: list) -> float:
     from alignment.embedded.analysis import analyze
 
     return sum(analyze(a).area - analyze(b).area for b, a in zip(base, aligned, strict=True)) / max(1, len(base))
 
 
-def judge_set(labeler, sampler, trainer, prompts: list[str], cases: list, seeds: list[int]) -> dict:
-    """Base and final weights at equal (prompt, seed): win rate, area change and (with cases) fidelity."""
-    from alignment.embedded.evaluate import score
+def judge_set(labeler, sampler, trainer, prompts: list[str], cases: list, seeds: list[int],
+              base_images: dict) -> dict:
+    """Base and final weights at equal (prompt, seed): win rate and area change; with `cases` (the prompts'
+    `PromptCase`s) also the prompt fidelity of both (`benchmarks.alignment.judge_eval`). The base's images are
+    rendered once per (prompts, seeds) and kept in `base_images` for the next labeler."""
     from alignment.eval.simulate import judge_against_base
+    from benchmarks.alignment import judge_eval
 
-    images = {}
-    for key, enabled in (("base", False), ("aligned", True)):
+    def render(enabled: bool) -> list:
         trainer.set_adapter_enabled(enabled)
-        images[key] = [g.image for p in prompts for g in sampler.generate(p, seeds)]
+        return [g.image for p in prompts for g in sampler.generate(p, seeds)]
+
+    key = (tuple(prompts), tuple(seeds))
+    if key not in base_images:
+        base_images[key] = render(False)
+    images = {"base": base_images[key], "aligned": render(True)}
     trainer.set_adapter_enabled(False)
-    flat = [p for p in prompts for _ in seeds]
-    out = judge_against_base(labeler, images["base"], images["aligned"], flat)
-    out["area_change"] = round(area_change(images["base"], images["aligned"]), 4)
     if cases:
-        flat_cases = [c for c in cases for _ in seeds]
-        out["fidelity_base"] = round(score(images["base"], flat_cases)["fidelity"], 4)
-        out["fidelity_aligned"] = round(score(images["aligned"], flat_cases)["fidelity"], 4)
+        out = judge_eval(labeler, images["base"], images["aligned"], cases, seeds)
+    else:
+        out = judge_against_base(labeler, images["base"], images["aligned"], [p for p in prompts for _ in seeds])
+    out["area_change"] = round(area_change(images["base"], images["aligned"]), 4)
     return out
 
 
 def run(args) -> list[dict]:
     from alignment.eval.labelers import load_labeler
-    from alignment.eval.splits import eval_cases, eval_seeds
+    from alignment.eval.splits import eval_cases, eval_seeds, transfer_seeds
     from alignment.families.loader import load_pipeline
     from alignment.serving.sampler import Sampler
     from alignment.training.trainer import Trainer
@@ -70,7 +72,7 @@ def run(args) -> list[dict]:
     sampler = Sampler(loaded, SamplerConfig.from_defaults(loaded.sampler_defaults), fuse=False)
     cases = eval_cases()
     variant = Variant(args.variant)
-    results = []
+    results, base_images = [], {}
     for seed in args.seeds:
         if seed == args.other_seed:
             raise SystemExit(f"--other-seed {args.other_seed} must differ from the run seeds")
@@ -84,15 +86,13 @@ def run(args) -> list[dict]:
             trained_on = sorted({p["prompt"] for p in pool[: args.labels]})
             rng = random.Random(seed)
             prompts = rng.sample(trained_on, min(len(cases), len(trained_on)))
-            transfer_seeds = list(range(TRANSFER_SEED_BASE, TRANSFER_SEED_BASE + args.eval_seeds))
             eval_prompts = [c.prompt for c in cases]
+            sets = {"training prompts": (prompts, [], transfer_seeds(args.eval_seeds)),
+                    "eval prompts, own seeds": (eval_prompts, cases, eval_seeds(seed, args.eval_seeds)),
+                    "eval prompts, other seeds": (eval_prompts, cases, eval_seeds(args.other_seed, args.eval_seeds))}
             r = {"labeler": name, "seed": seed, "variant": variant.spec, "labels": args.labels,
                  "train_accuracy": round(result.metrics["accuracy"], 3),
-                 "training prompts": judge_set(labeler, sampler, trainer, prompts, [], transfer_seeds),
-                 "eval prompts, own seeds": judge_set(labeler, sampler, trainer, eval_prompts, cases,
-                                                      eval_seeds(seed, args.eval_seeds)),
-                 "eval prompts, other seeds": judge_set(labeler, sampler, trainer, eval_prompts, cases,
-                                                        eval_seeds(args.other_seed, args.eval_seeds))}
+                 **{k: judge_set(labeler, sampler, trainer, *v, base_images) for k, v in sets.items()}}
             print(json.dumps(r), flush=True)
             with (out / "results.jsonl").open("a") as f:
                 f.write(json.dumps(r) + "\n")

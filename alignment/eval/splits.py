@@ -21,6 +21,8 @@ from alignment.embedded.evaluate import PromptCase
 EVAL_SEED_BASE = 1_000_000
 EVAL_SEEDS_PER_RUN = 1000  # a run seed's evaluation seeds are EVAL_SEED_BASE + 1000 * seed + j, j < 1000
 TRAINING_SEED_STRIDE = 100_000  # a run seed's training pairs use seeds from seed * 100000 up
+TRANSFER_SEED_BASE = 1_400_000_000  # benchmarks.transfer's training-prompt seeds: above the training and evaluation
+# seeds of every run seed below 14000, below the guard's (from 1.5e9)
 
 
 def _split(parity: int, sizes=(None,)) -> list[PromptCase]:
@@ -43,6 +45,11 @@ def eval_seeds(run_seed: int, n: int) -> list[int]:
     if not 1 <= n <= EVAL_SEEDS_PER_RUN:
         raise ValueError(f"evaluation seeds per run must be 1..{EVAL_SEEDS_PER_RUN}, got {n}")
     return [EVAL_SEED_BASE + EVAL_SEEDS_PER_RUN * run_seed + j for j in range(n)]
+
+
+def transfer_seeds(n: int) -> list[int]:
+    """The seeds at which `benchmarks.transfer` renders a run's own training prompts, which no pair was made at."""
+    return list(range(TRANSFER_SEED_BASE, TRANSFER_SEED_BASE + n))
 
 
 def training_seed0(run_seed: int) -> int:

@@ -4,8 +4,8 @@ import json
 
 from PIL import Image, ImageDraw
 
-from alignment.eval.splits import EVAL_SEED_BASE, EVAL_SEEDS_PER_RUN, TRAINING_SEED_STRIDE
-from benchmarks.transfer import TRANSFER_SEED_BASE, area_change, main
+from alignment.eval.splits import EVAL_SEED_BASE, EVAL_SEEDS_PER_RUN, TRAINING_SEED_STRIDE, TRANSFER_SEED_BASE
+from benchmarks.transfer import area_change, main
 from settings import GUARD_SELECTION_SEED_BASE
 
 

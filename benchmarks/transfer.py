@@ -1,6 +1,7 @@
 """Where does a run's learnt preference carry over? The final weights of one training run, judged on three sets.
 
     python -m benchmarks.transfer --labelers larger smaller --seeds 3 1 --eval-seeds 16 --out runs/transfer
+    python -m benchmarks.transfer --labelers larger --seeds 3 1 --trainer-seeds 1 3 --out runs/transfer-crossed
 
 For each (labeler, run seed): the benchmark's pool of base pairs for that seed (`benchmarks.alignment`, cached in
 `<out>/pools`), labelled by the labeler, trains one adapter at the defaults (no guard: nothing selects it); its
@@ -16,6 +17,10 @@ Each set reports the labeler's win rate over the base (ties half, 95 % Wilson in
 shape's area (the quantity the size labelers judge), and the prompt fidelity of both. A preference that holds on
 the training prompts and flips on the evaluation prompts does not carry over to new (colour, shape, background)
 combinations; one that flips only at the run seed's own evaluation seeds says those seeds are unusual.
+
+A run seed sets two things: the pool (its prompts, seeds and pairs) and the trainer's own seed (the LoRA's
+initialisation, the order of the pairs and the timesteps drawn). `--trainer-seeds` gives the trainer a seed of its
+own per run seed (in the same order), so that a pool can be trained with another run's trainer seed.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import argparse
 import json
 import random
 from pathlib import Path
+
 
 def area_change(base: list, aligned: list) -> float:
     from alignment.embedded.analysis import analyze
@@ -62,9 +68,18 @@ def run(args) -> list[dict]:
     from alignment.families.loader import load_pipeline
     from alignment.serving.sampler import Sampler
     from alignment.training.trainer import Trainer
-    from benchmarks.alignment import Variant, label_pool, labeler_spec, load_or_sample_pool, training_pairs
+    from benchmarks.alignment import (
+        Variant,
+        label_pool,
+        labeler_spec,
+        load_or_sample_pool,
+        training_pairs,
+    )
     from settings import SamplerConfig
 
+    trainer_seeds = args.trainer_seeds or args.seeds
+    if len(trainer_seeds) != len(args.seeds):
+        raise SystemExit(f"--trainer-seeds needs one seed per run seed ({len(args.seeds)}), got {len(trainer_seeds)}")
     out = Path(args.out)
     (out / "pools").mkdir(parents=True, exist_ok=True)
     loaded = load_pipeline("embedded", dtype="fp32")
@@ -73,7 +88,7 @@ def run(args) -> list[dict]:
     cases = eval_cases()
     variant = Variant(args.variant)
     results, base_images = [], {}
-    for seed in args.seeds:
+    for seed, trainer_seed in zip(args.seeds, trainer_seeds):
         if seed == args.other_seed:
             raise SystemExit(f"--other-seed {args.other_seed} must differ from the run seeds")
         for name in map(labeler_spec, args.labelers):
@@ -81,7 +96,7 @@ def run(args) -> list[dict]:
             if getattr(trainer.unet, "peft_config", None):
                 trainer.set_adapter_enabled(False)
             pool = load_or_sample_pool(out / "pools" / f"seed-{seed}.pt", sampler, seed, args.labels)
-            trainer.config = variant.trainer_config(seed)
+            trainer.config = variant.trainer_config(trainer_seed)
             result = trainer.train(training_pairs(label_pool(pool, labeler))[: args.labels])
             trained_on = sorted({p["prompt"] for p in pool[: args.labels]})
             rng = random.Random(seed)
@@ -90,7 +105,8 @@ def run(args) -> list[dict]:
             sets = {"training prompts": (prompts, [], transfer_seeds(args.eval_seeds)),
                     "eval prompts, own seeds": (eval_prompts, cases, eval_seeds(seed, args.eval_seeds)),
                     "eval prompts, other seeds": (eval_prompts, cases, eval_seeds(args.other_seed, args.eval_seeds))}
-            r = {"labeler": name, "seed": seed, "variant": variant.spec, "labels": args.labels,
+            r = {"labeler": name, "seed": seed, "trainer_seed": trainer_seed, "variant": variant.spec,
+                 "labels": args.labels,
                  "train_accuracy": round(result.metrics["accuracy"], 3),
                  **{k: judge_set(labeler, sampler, trainer, *v, base_images) for k, v in sets.items()}}
             print(json.dumps(r), flush=True)
@@ -104,6 +120,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--labelers", nargs="+", default=["larger", "smaller"])
     p.add_argument("--seeds", type=int, nargs="+", default=[3])
+    p.add_argument("--trainer-seeds", type=int, nargs="+", default=None,
+                   help="the trainer's seed for each run seed, in order (default: the run seed itself)")
     p.add_argument("--other-seed", type=int, default=0, help="run seed whose evaluation seeds are the third set")
     p.add_argument("--labels", type=int, default=128)
     p.add_argument("--eval-seeds", type=int, default=16, help="seeds per set (x 8 prompts)")

@@ -2,9 +2,15 @@
 
 import json
 
+import pytest
 from PIL import Image, ImageDraw
 
-from alignment.eval.splits import EVAL_SEED_BASE, EVAL_SEEDS_PER_RUN, TRAINING_SEED_STRIDE, TRANSFER_SEED_BASE
+from alignment.eval.splits import (
+    EVAL_SEED_BASE,
+    EVAL_SEEDS_PER_RUN,
+    TRAINING_SEED_STRIDE,
+    TRANSFER_SEED_BASE,
+)
 from benchmarks.transfer import area_change, main
 from settings import GUARD_SELECTION_SEED_BASE
 
@@ -29,13 +35,19 @@ def test_the_transfer_seeds_are_used_by_no_other_purpose():
 
 
 def test_a_tiny_run_judges_three_sets(tmp_path):
-    main(["--labelers", "larger", "--seeds", "1", "--labels", "2", "--eval-seeds", "1",
+    main(["--labelers", "larger", "--seeds", "1", "--trainer-seeds", "5", "--labels", "2", "--eval-seeds", "1",
           "--variant", "discounted:steps=2,ckpt=1", "--out", str(tmp_path)])
     (line,) = (tmp_path / "results.jsonl").read_text().splitlines()
     r = json.loads(line)
-    assert (r["labeler"], r["seed"], r["labels"]) == ("alignment.eval.labelers:larger", 1, 2)
+    assert (r["labeler"], r["seed"], r["trainer_seed"], r["labels"]) == ("alignment.eval.labelers:larger", 1, 5, 2)
     trained = r["training prompts"]
     assert trained["comparisons"] <= 2 and "fidelity_base" not in trained  # two pairs: at most two prompts
     for key in ("eval prompts, own seeds", "eval prompts, other seeds"):
         assert r[key]["comparisons"] == 8 and 0 <= r[key]["fidelity_aligned"] <= 1
         assert 0 <= r[key]["win_rate"] <= 1 and isinstance(r[key]["area_change"], float)
+
+
+def test_trainer_seeds_must_pair_with_the_run_seeds(tmp_path):
+    with pytest.raises(SystemExit, match="one seed per run seed"):
+        main(["--seeds", "1", "3", "--trainer-seeds", "1", "--out", str(tmp_path)])
+    assert not (tmp_path / "results.jsonl").exists()

@@ -138,19 +138,25 @@ def test_no_trial_before_an_adapter_is_live(swap_studio):
         demo.close()
 
 
-def test_too_many_open_trials_are_refused_before_rendering(served, monkeypatch):
-    client, studio, _ = served
-    rendered = []
-    render = studio.blind_trial
-    monkeypatch.setattr(studio, "blind_trial", lambda *a, **k: rendered.append(1) or render(*a, **k))
-    alice, bob = api_identity(client), api_identity(client)
-    trials = [client.predict(PROMPT, "", alice, api_name="/blind_trial")["trial"] for _ in range(8)]
-    with pytest.raises(AppError, match="8 blind trials open"):
-        client.predict(PROMPT, "", alice, api_name="/blind_trial")
-    assert len(rendered) == 8
-    client.predict(PROMPT, "", bob, api_name="/blind_trial")  # another annotator is not held up
-    client.predict(trials[0], "left", alice, api_name="/blind_choice")
-    client.predict(PROMPT, "", alice, api_name="/blind_trial")  # room again after an answer
+def test_too_many_open_trials_are_refused_before_rendering(swap_studio, monkeypatch):
+    monkeypatch.setattr("app.api.PendingTrials", functools.partial(PendingTrials, per_annotator=3))
+    register_adapter(swap_studio.repo, random_lora(0))
+    demo, url = serve(swap_studio)
+    try:
+        client = Client(url, verbose=False)
+        rendered = []
+        render = swap_studio.blind_trial
+        monkeypatch.setattr(swap_studio, "blind_trial", lambda *a, **k: rendered.append(1) or render(*a, **k))
+        alice, bob = api_identity(client), api_identity(client)
+        trials = [client.predict(PROMPT, "", alice, api_name="/blind_trial")["trial"] for _ in range(3)]
+        with pytest.raises(AppError, match="3 blind trials open"):
+            client.predict(PROMPT, "", alice, api_name="/blind_trial")
+        assert len(rendered) == 3
+        client.predict(PROMPT, "", bob, api_name="/blind_trial")  # another annotator is not held up
+        client.predict(trials[0], "left", alice, api_name="/blind_choice")
+        client.predict(PROMPT, "", alice, api_name="/blind_trial")  # room again after an answer
+    finally:
+        demo.close()
 
 
 def test_unanswered_trials_expire(swap_studio, monkeypatch):

@@ -384,7 +384,7 @@ class ServerConfig:
     concurrency: int = setting(8, "events served at once; generation always queues on one slot")
     worker: bool = setting(True, "train in a thread of the app; --no-worker leaves it to `python -m "
                                  "alignment.worker` against the same data")
-    ready_depth: int = setting(2, "pairs made ahead per annotator and prompt by the live version, so the next "
+    ready_depth: int = setting(3, "pairs made ahead per annotator and prompt by the live version, so the next "
                                   "pair shows as soon as a vote is committed; each counts against the pair rate "
                                   "limit; 0 = off (every pair is made after the vote)")
     ready_cap: int = setting(64, "pairs made ahead in all, across annotators (an idle annotator's are dropped "

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from app.blind import PendingTrials
+from app.blind import PER_ANNOTATOR, PendingTrials
 from app.errors import StudioError
 
 
@@ -77,6 +77,15 @@ def test_unknown_and_malformed_ids_are_clear_errors(trial_id, message):
         with store.answering(trial_id, "alice"):
             pass
     assert store.open_count("alice") == 1
+
+
+def test_the_default_store_holds_per_annotator_open_trials_for_each_annotator():
+    store = PendingTrials()  # as the studio's API builds it
+    for i in range(PER_ANNOTATOR):
+        store.add(f"alice-{i}", "alice")
+    with pytest.raises(StudioError, match=f"{PER_ANNOTATOR} blind trials open"):
+        store.check_room("alice")
+    store.check_room("bob")
 
 
 def test_open_trials_are_bounded_per_annotator_and_in_all():

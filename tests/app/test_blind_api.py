@@ -39,12 +39,29 @@ def serve(studio):
 
 
 @pytest.fixture
-def served(swap_studio):
-    """A studio with a live stand-in adapter; yields (client, studio, version)."""
-    version = register_adapter(swap_studio.repo, random_lora(0))
-    demo, url = serve(swap_studio)
-    yield Client(url, verbose=False), swap_studio, version
-    demo.close()
+def serve_live(swap_studio, monkeypatch):
+    """Serves `swap_studio` with a live stand-in adapter: call it, with the server's `PendingTrials` settings
+    (a limit, a clock) if any, for (client, version); the server closes after the test."""
+    demos = []
+
+    def start(**trials) -> tuple[Client, int]:
+        if trials:
+            monkeypatch.setattr("app.api.PendingTrials", functools.partial(PendingTrials, **trials))
+        version = register_adapter(swap_studio.repo, random_lora(0))
+        demo, url = serve(swap_studio)
+        demos.append(demo)
+        return Client(url, verbose=False), version
+
+    yield start
+    for demo in demos:
+        demo.close()
+
+
+@pytest.fixture
+def served(serve_live, swap_studio):
+    """A studio with a live stand-in adapter: (client, studio, version)."""
+    client, version = serve_live()
+    return client, swap_studio, version
 
 
 def pixels(path) -> np.ndarray:
@@ -138,43 +155,31 @@ def test_no_trial_before_an_adapter_is_live(swap_studio):
         demo.close()
 
 
-def test_too_many_open_trials_are_refused_before_rendering(swap_studio, monkeypatch):
-    monkeypatch.setattr("app.api.PendingTrials", functools.partial(PendingTrials, per_annotator=3))
-    register_adapter(swap_studio.repo, random_lora(0))
-    demo, url = serve(swap_studio)
-    try:
-        client = Client(url, verbose=False)
-        rendered = []
-        render = swap_studio.blind_trial
-        monkeypatch.setattr(swap_studio, "blind_trial", lambda *a, **k: rendered.append(1) or render(*a, **k))
-        alice, bob = api_identity(client), api_identity(client)
-        trials = [client.predict(PROMPT, "", alice, api_name="/blind_trial")["trial"] for _ in range(3)]
-        with pytest.raises(AppError, match="3 blind trials open"):
-            client.predict(PROMPT, "", alice, api_name="/blind_trial")
-        assert len(rendered) == 3
-        client.predict(PROMPT, "", bob, api_name="/blind_trial")  # another annotator is not held up
-        client.predict(trials[0], "left", alice, api_name="/blind_choice")
-        client.predict(PROMPT, "", alice, api_name="/blind_trial")  # room again after an answer
-    finally:
-        demo.close()
+def test_too_many_open_trials_are_refused_before_rendering(serve_live, swap_studio, monkeypatch):
+    client, _ = serve_live(per_annotator=3)  # the default's limit, PER_ANNOTATOR, is tested in test_blind.py
+    rendered = []
+    render = swap_studio.blind_trial
+    monkeypatch.setattr(swap_studio, "blind_trial", lambda *a, **k: rendered.append(1) or render(*a, **k))
+    alice, bob = api_identity(client), api_identity(client)
+    trials = [client.predict(PROMPT, "", alice, api_name="/blind_trial")["trial"] for _ in range(3)]
+    with pytest.raises(AppError, match="3 blind trials open"):
+        client.predict(PROMPT, "", alice, api_name="/blind_trial")
+    assert len(rendered) == 3
+    client.predict(PROMPT, "", bob, api_name="/blind_trial")  # another annotator is not held up
+    client.predict(trials[0], "left", alice, api_name="/blind_choice")
+    client.predict(PROMPT, "", alice, api_name="/blind_trial")  # room again after an answer
 
 
-def test_unanswered_trials_expire(swap_studio, monkeypatch):
+def test_unanswered_trials_expire(serve_live, swap_studio):
     clock = Clock()
-    monkeypatch.setattr("app.api.PendingTrials", functools.partial(PendingTrials, ttl_s=60, clock=clock))
-    register_adapter(swap_studio.repo, random_lora(0))
-    demo, url = serve(swap_studio)
-    try:
-        client = Client(url, verbose=False)
-        me = api_identity(client)
-        trial = client.predict(PROMPT, "", me, api_name="/blind_trial")
-        assert trial["expires_in_s"] == 60
-        clock.now = 61.0
-        with pytest.raises(AppError, match="expired"):
-            client.predict(trial["trial"], "left", me, api_name="/blind_choice")
-        assert stored_trials(swap_studio) == 0
-    finally:
-        demo.close()
+    client, _ = serve_live(ttl_s=60, clock=clock)
+    me = api_identity(client)
+    trial = client.predict(PROMPT, "", me, api_name="/blind_trial")
+    assert trial["expires_in_s"] == 60
+    clock.now = 61.0
+    with pytest.raises(AppError, match="expired"):
+        client.predict(trial["trial"], "left", me, api_name="/blind_choice")
+    assert stored_trials(swap_studio) == 0
 
 
 def test_choices_count_against_the_vote_rate_limit_like_the_tab(served):

@@ -20,6 +20,7 @@ MAX_ANNOTATOR_CHARS = 100  # annotator names, as storage keeps them
 VOTE_CHOICES = ("left", "right", "tie", "both_bad", "skip")
 
 OBJECTIVES = ("discounted", "trajectory", "diffusion-dpo")
+PAIR_ORDERS = ("uniform", "epochs")
 DEFAULT_BETA = {"discounted": 10.0, "trajectory": 10.0, "diffusion-dpo": 2500.0}
 FIDELITY_SCORERS = ("auto", "drift", "embedded", "clip")  # or "module:function"
 # The fidelity guard's drift limit: a candidate's image at a (prompt, seed) may differ from the base's image there by
@@ -189,6 +190,9 @@ class TrainerConfig:
                                               "drawn about this many times (24: 24 steps on 8 votes, train_steps "
                                               "from 40 pairs on); unset = always train_steps")
     batch_pairs: int = setting(8, "pairs per optimiser step (at least the number of training processes)")
+    pair_order: str = setting("uniform", "how a step's pairs are drawn: uniform (each independently, with "
+                                         "replacement) or epochs (every pair once per pass, in a new shuffled order "
+                                         "each pass)", choices=PAIR_ORDERS)
     lr: float = setting(3e-4, "AdamW learning rate (with 120 steps and checkpoints every 10: docs/benchmarks.md, "
                               "'What the studio serves')")
     weight_decay: float = setting(2e-3, "AdamW weight decay")
@@ -237,6 +241,8 @@ class TrainerConfig:
             raise ValueError(f"lr must be in (0, 1), got {self.lr}")
         if self.weight_decay < 0 or self.grad_clip <= 0:
             raise ValueError("weight_decay must be >= 0 and grad_clip > 0")
+        if self.pair_order not in PAIR_ORDERS:
+            raise ValueError(f"pair_order must be one of {', '.join(PAIR_ORDERS)}, got {self.pair_order!r}")
         if self.tie_policy not in ("drop", "half"):
             raise ValueError(f"tie_policy must be 'drop' or 'half', got {self.tie_policy!r}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):

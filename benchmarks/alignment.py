@@ -46,7 +46,7 @@ MAX_DROP = 0.05
 GUARDED = "+guard"
 OVERRIDES = {"gamma": ("gamma", float), "beta": ("beta", float), "lr": ("lr", float),
              "eps": ("log_ratio_clip", float), "steps": ("train_steps", int), "m": ("steps_per_pair", int),
-             "ckpt": ("checkpoint_every", int),
+             "ckpt": ("checkpoint_every", int), "order": ("pair_order", str),
              "rank": ("lora_rank", int), "targets": ("target_modules", lambda s: tuple(s.split("+")))}
 
 

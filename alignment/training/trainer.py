@@ -90,16 +90,18 @@ class Trainer:
             self.final_abar = float(self.scheduler.final_alpha_cumprod)
         self.replay = Replay(self.model)  # the conditioning and scored steps of stored chains, cached
 
-    def fresh_adapter(self) -> None:
+    def fresh_adapter(self, copies: int = 1) -> None:
         """Replace the adapter with a new LoRA from `config` (seeded; lora_B = 0, so the policy is the reference).
-        Its weights are float32 whatever the base's dtype."""
+        Its weights are float32 whatever the base's dtype. `copies` > 1 makes room for that many adapters of the
+        config's rank side by side (rank and alpha both times `copies`, so the scale alpha / rank is the
+        config's): `load_mean` fills it."""
         cfg = self.config
         if self.has_adapter:
             self.unet.delete_adapters(ADAPTER)
         torch.manual_seed(cfg.seed)
-        self.unet.add_adapter(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha or cfg.lora_rank,
-                                         init_lora_weights="gaussian", target_modules=list(cfg.target_modules)),
-                              adapter_name=ADAPTER)
+        rank, alpha = cfg.lora_rank * copies, (cfg.lora_alpha or cfg.lora_rank) * copies
+        self.unet.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian",
+                                         target_modules=list(cfg.target_modules)), adapter_name=ADAPTER)
         self.unet.set_adapter(ADAPTER)
         cast_training_params(self.unet, dtype=torch.float32)  # only the trainable (LoRA) parameters
 
@@ -358,7 +360,7 @@ class Trainer:
         share = ranks.share(cfg.batch_pairs)
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         opt = accel.prepare(opt)
-        rng = random.Random(cfg.seed)
+        draws = pair_draws(len(pairs), cfg.batch_pairs, cfg.pair_order, random.Random(cfg.seed))
         gen = torch.Generator().manual_seed(cfg.seed)
         history: list[dict] = []
         checkpoints: list[tuple[int, dict[str, torch.Tensor]]] = []
@@ -369,7 +371,7 @@ class Trainer:
             self.unet.enable_gradient_checkpointing()
         try:
             for step in range(total):
-                batch = [pairs[rng.randrange(len(pairs))] for _ in range(cfg.batch_pairs)]
+                batch = [pairs[i] for i in next(draws)]
                 with accel.autocast():
                     # `parts`: tensors whose gradients add up to the loss's (the loss itself, or micro-batches)
                     out, parts = self.batch_loss(batch, gen, ranks.shard)
@@ -431,11 +433,48 @@ class Trainer:
         for n, w in state.items():
             params[n].copy_(w)
 
+    @torch.no_grad()
+    def load_mean(self, states: list[dict[str, torch.Tensor]]) -> None:
+        """Make the adapter the mean of several runs' adapters (`lora_state`s of this config, e.g. trained with
+        other seeds): each module's weight change becomes (1/K) sum_i B_i A_i exactly, as one LoRA of rank K x r
+        (the A's stacked, the B's side by side and divided by K), which plain diffusers loads like any other."""
+        if not states or any(set(s) != set(states[0]) for s in states):
+            raise ValueError("load_mean needs one or more adapter states with the same modules")
+        k = len(states)
+        mean = {}
+        for name in states[0]:
+            parts = [s[name].float() for s in states]
+            if ".lora_A." in name:
+                mean[name] = torch.cat(parts, dim=0)
+            elif ".lora_B." in name:
+                mean[name] = torch.cat(parts, dim=1) / k
+            else:
+                raise ValueError(f"load_mean averages LoRA A and B weights only, not {name!r}")
+        self.fresh_adapter(copies=k)
+        self.restore(mean)
+
     def export_lora(self) -> bytes:
         state = convert_state_dict_to_diffusers(get_peft_model_state_dict(self.unet, adapter_name=ADAPTER))
         meta = self.unet.peft_config[ADAPTER].to_dict()
         meta["target_modules"] = sorted(meta["target_modules"])
         return self.family.lora_bytes(state, meta)  # the family's plain pipeline reads it (SD3: 'transformer.')
+
+
+def pair_draws(n: int, batch: int, order: str, rng: random.Random):
+    """Endless batches of `batch` indices into `n` pairs. `uniform`: each index drawn independently (a pair can be
+    missed for a whole run, or drawn twice in a batch); `epochs`: the indices of a shuffled pass, then of the next
+    pass (reshuffled), so after any number of steps no pair has been drawn more than once more than another."""
+    if order == "uniform":
+        while True:
+            yield [rng.randrange(n) for _ in range(batch)]
+    queue: list[int] = []
+    while True:
+        while len(queue) < batch:
+            block = list(range(n))
+            rng.shuffle(block)
+            queue += block
+        yield queue[:batch]
+        del queue[:batch]
 
 
 def _finite(x: torch.Tensor) -> float:

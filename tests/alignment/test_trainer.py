@@ -1,15 +1,18 @@
 """The LoRA trainer: only LoRA weights move, the loss falls, saved adapters reproduce the trained UNet, bad input."""
 
+import collections
 import copy
 import dataclasses
 import math
+import random
 
 import pytest
 import torch
+from hypothesis import given, strategies as st
 
 from alignment.families.loader import load_pipeline
 from alignment.serving.sampler import Sampler
-from alignment.training.trainer import PairError, Trainer, TrainingDivergedError, TrainingPair
+from alignment.training.trainer import ADAPTER, PairError, Trainer, TrainingDivergedError, TrainingPair, pair_draws
 from settings import TrainerConfig
 
 
@@ -161,7 +164,7 @@ def test_trajectory_objective_uses_uniform_weights():
 @pytest.mark.parametrize("kwargs", [dict(objective="ppo"), dict(gamma=0.0), dict(gamma=1.5), dict(beta=-1.0),
                                     dict(log_ratio_clip=0), dict(train_steps=0), dict(lr=2.0),
                                     dict(tie_policy="maybe"), dict(checkpoint_every=-1),
-                                    dict(micro_batch=-2)])
+                                    dict(micro_batch=-2), dict(pair_order="sorted")])
 def test_invalid_configs_are_refused(kwargs):
     with pytest.raises(ValueError):
         TrainerConfig(**kwargs)
@@ -205,3 +208,65 @@ def test_a_run_on_few_pairs_takes_pair_epochs_worth_of_steps(labeled_pairs):
     for bad in (0, -1, float("inf"), True):
         with pytest.raises(ValueError, match="pair_epochs"):
             TrainerConfig(pair_epochs=bad)
+
+
+@given(n=st.integers(1, 40), batch=st.integers(1, 16), steps=st.integers(1, 30), seed=st.integers(0, 2**31))
+def test_epoch_order_draws_every_pair_once_per_pass(n, batch, steps, seed):
+    draws = pair_draws(n, batch, "epochs", random.Random(seed))
+    drawn = [i for _ in range(steps) for i in next(draws)]
+    counts = collections.Counter(drawn)
+    assert len(drawn) == batch * steps and set(counts) <= set(range(n))
+    full, rest = divmod(len(drawn), n)
+    assert all(counts[i] in (full, full + 1) for i in range(n))  # no pair drawn twice more than another
+    assert sum(counts[i] == full + 1 for i in range(n)) == rest
+    if full:
+        assert sorted(drawn[:n]) == list(range(n))  # the first pass is a permutation
+
+
+def test_uniform_order_draws_independently_as_a_seeded_rng_does():
+    rng = random.Random(7)
+    expected = [[rng.randrange(5) for _ in range(3)] for _ in range(4)]
+    draws = pair_draws(5, 3, "uniform", random.Random(7))
+    assert [next(draws) for _ in range(4)] == expected
+
+
+def test_a_run_in_epoch_order_trains_on_every_pair(labeled_pairs, monkeypatch):
+    tr = Trainer(load_pipeline(), TrainerConfig(train_steps=3, batch_pairs=2, steps_per_pair=1, pair_order="epochs",
+                                                pair_epochs=None, checkpoint_every=0))
+    seen = []
+    real = tr.batch_loss
+    monkeypatch.setattr(tr, "batch_loss", lambda batch, *a: (seen.extend(p.prompt for p in batch), real(batch, *a))[1])
+    pairs = tr.prepare_pairs(labeled_pairs[:3])
+    tr.train(pairs)
+    assert len(seen) == 6 and collections.Counter(seen) == collections.Counter(2 * [p.prompt for p in pairs])
+
+
+def test_the_mean_of_adapters_changes_each_weight_by_the_members_mean_change(labeled_pairs):
+    cfg = TrainerConfig(train_steps=2, batch_pairs=2, steps_per_pair=1, checkpoint_every=0, lr=1e-2)
+    tr = Trainer(load_pipeline(), cfg)
+    states = []
+    for seed in (1, 2):
+        tr.config = dataclasses.replace(cfg, seed=seed)
+        tr.train(labeled_pairs[:2])
+        states.append(tr.lora_state())
+
+    def deltas() -> dict:
+        return {name: m.get_delta_weight(ADAPTER).detach().clone() for name, m in tr.unet.named_modules()
+                if hasattr(m, "get_delta_weight") and ADAPTER in getattr(m, "lora_A", {})}
+
+    member = []
+    for state in states:
+        tr.fresh_adapter()
+        tr.restore(state)
+        member.append(deltas())
+    tr.load_mean(states)
+    mean = deltas()
+    assert set(mean) == set(member[0]) and len(mean) > 0
+    for name, d in mean.items():
+        torch.testing.assert_close(d, (member[0][name] + member[1][name]) / 2, rtol=1e-5, atol=1e-7)
+    assert not torch.allclose(member[0][name], member[1][name])  # two different runs were averaged
+    assert tr.unet.peft_config[ADAPTER].r == 2 * cfg.lora_rank
+    with pytest.raises(ValueError, match="same modules"):
+        tr.load_mean([states[0], {k: v for k, v in list(states[1].items())[1:]}])
+    with pytest.raises(ValueError, match="same modules"):
+        tr.load_mean([])

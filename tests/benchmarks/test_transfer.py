@@ -51,3 +51,20 @@ def test_trainer_seeds_must_pair_with_the_run_seeds(tmp_path):
     with pytest.raises(SystemExit, match="one seed per run seed"):
         main(["--seeds", "1", "3", "--trainer-seeds", "1", "--out", str(tmp_path)])
     assert not (tmp_path / "results.jsonl").exists()
+
+
+def test_the_mean_of_kept_adapters_is_judged_without_training(tmp_path):
+    main(["--labelers", "larger", "--seeds", "1", "1", "--trainer-seeds", "5", "6", "--labels", "2", "--eval-seeds",
+          "1", "--variant", "discounted:steps=2,ckpt=1", "--out", str(tmp_path)])
+    assert len(list((tmp_path / "adapters").glob("*.pt"))) == 2
+    main(["--labelers", "larger", "--seeds", "1", "--labels", "2", "--eval-seeds", "1", "--variant",
+          "discounted:steps=2,ckpt=1", "--mean-of", "5,6", "--out", str(tmp_path)])
+    rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert [r["trainer_seed"] for r in rows] == [5, 6, "mean(5,6)"] and "train_accuracy" not in rows[2]
+    assert rows[2]["eval prompts, own seeds"]["comparisons"] == 8
+    for group, message in (("5,7", "no kept adapter"), ("5", "two or more"), ("5,5", "two or more"),
+                           ("5,x", "comma-separated")):
+        with pytest.raises(SystemExit, match=message):
+            main(["--labelers", "larger", "--seeds", "1", "--labels", "2", "--mean-of", group, "--out",
+                  str(tmp_path)])
+    assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 3

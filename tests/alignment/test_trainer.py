@@ -8,11 +8,19 @@ import random
 
 import pytest
 import torch
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from alignment.families.loader import load_pipeline
 from alignment.serving.sampler import Sampler
-from alignment.training.trainer import ADAPTER, PairError, Trainer, TrainingDivergedError, TrainingPair, pair_draws
+from alignment.training.trainer import (
+    ADAPTER,
+    PairError,
+    Trainer,
+    TrainingDivergedError,
+    TrainingPair,
+    pair_draws,
+)
 from settings import TrainerConfig
 
 

@@ -89,7 +89,13 @@ def run(args) -> list[dict]:
     from alignment.families.loader import load_pipeline
     from alignment.serving.sampler import Sampler
     from alignment.training.trainer import Trainer
-    from benchmarks.alignment import Variant, label_pool, labeler_spec, load_or_sample_pool, training_pairs
+    from benchmarks.alignment import (
+        Variant,
+        label_pool,
+        labeler_spec,
+        load_or_sample_pool,
+        training_pairs,
+    )
     from settings import SamplerConfig
 
     trainer_seeds = args.trainer_seeds or args.seeds
@@ -99,11 +105,16 @@ def run(args) -> list[dict]:
         raise SystemExit(f"--other-seed {args.other_seed} must differ from the run seeds")
     groups = trainer_seed_groups(args.mean_of or [])
     out = Path(args.out)
+    variant = Variant(args.variant)
+    members = {(name, seed, group): [adapter_path(out, name, seed, m, variant) for m in group]
+               for seed in args.seeds for name in map(labeler_spec, args.labelers) for group in groups}
+    for paths in members.values():  # all checked before anything is rendered or written
+        if missing := [p for p in paths if not p.exists()]:
+            raise SystemExit(f"--mean-of: no kept adapter {missing[0]} (train that trainer seed first)")
     (out / "pools").mkdir(parents=True, exist_ok=True)
     loaded = load_pipeline("embedded", dtype="fp32")
     trainer = Trainer(loaded)
     sampler = Sampler(loaded, SamplerConfig.from_defaults(loaded.sampler_defaults), fuse=False)
-    variant = Variant(args.variant)
     results, base_images = [], {}
     for seed, trainer_seed in zip(args.seeds, trainer_seeds):
         for name in map(labeler_spec, args.labelers):
@@ -112,21 +123,18 @@ def run(args) -> list[dict]:
                 trainer.set_adapter_enabled(False)
             pool = load_or_sample_pool(out / "pools" / f"seed-{seed}.pt", sampler, seed, args.labels)
             row = {"labeler": name, "seed": seed, "variant": variant.spec, "labels": args.labels}
-            for group in groups:  # judge means of kept adapters; nothing is trained
-                paths = [adapter_path(out, name, seed, member, variant) for member in group]
-                if missing := [str(p) for p in paths if not p.exists()]:
-                    raise SystemExit(f"--mean-of {group}: no kept adapter {missing[0]} (train that seed first)")
+            if not groups:
+                trainer.config = variant.trainer_config(trainer_seed)
+                result = trainer.train(training_pairs(label_pool(pool, labeler))[: args.labels])
+                torch.save(trainer.lora_state(), adapter_path(out, name, seed, trainer_seed, variant))
+                write_row(out, {**row, "trainer_seed": trainer_seed,
+                                "train_accuracy": round(result.metrics["accuracy"], 3),
+                                **judge_sets(labeler, sampler, trainer, seed, pool, args, base_images)}, results)
+            for group in groups:  # means of kept adapters; nothing is trained
                 trainer.config = variant.trainer_config(group[0])
-                trainer.load_mean([torch.load(p) for p in paths])
+                trainer.load_mean([torch.load(p) for p in members[(name, seed, group)]])
                 write_row(out, {**row, "trainer_seed": "mean(" + ",".join(map(str, group)) + ")",
                                 **judge_sets(labeler, sampler, trainer, seed, pool, args, base_images)}, results)
-            if groups:
-                continue
-            trainer.config = variant.trainer_config(trainer_seed)
-            result = trainer.train(training_pairs(label_pool(pool, labeler))[: args.labels])
-            write_row(out, {**row, "trainer_seed": trainer_seed, "train_accuracy": round(result.metrics["accuracy"], 3),
-                            **judge_sets(labeler, sampler, trainer, seed, pool, args, base_images)}, results)
-            torch.save(trainer.lora_state(), adapter_path(out, name, seed, trainer_seed, variant))
     return results
 
 

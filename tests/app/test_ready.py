@@ -109,26 +109,31 @@ def test_a_refused_refill_is_dropped_quietly_and_the_person_meets_the_limit_only
         assert len(studio.made) == 2
 
 
+def wait_until_making(queue, key, timeout_s: float = 10.0) -> None:
+    """Until the queue's thread is making a pair for `key` (annotator, prompt)."""
+    deadline = time.monotonic() + timeout_s
+    while queue._making != key:
+        assert time.monotonic() < deadline, f"the ready thread never started on {key}"
+        time.sleep(0.005)
+
+
 def test_taking_a_ready_pair_never_waits_on_generation():
     studio = FakeStudio(delay_s=0.5)
     with running(studio, depth=1) as queue:
         queue.pair(PROMPT, annotator="ann")
         assert queue.wait_idle()
         queue.take("ann", PROMPT)  # its refill now takes 0.5 s in the background...
-        time.sleep(0.05)
+        wait_until_making(queue, ("ann", PROMPT))
         queue.prefetch("ann", PROMPT)
-        started = time.perf_counter()
-        assert queue.take("ann", PROMPT) is None  # ...and a take meanwhile answers at once, empty-handed
-        assert time.perf_counter() - started < 0.4  # well inside the refill's 0.5 s
+        assert queue.take("ann", PROMPT) is None  # ...and a take meanwhile answers empty-handed,
+        assert queue._making == ("ann", PROMPT)  # without waiting for the refill under way
 
 
 def test_asking_while_the_next_pair_is_being_made_waits_for_it_instead_of_making_another():
     studio = FakeStudio(delay_s=0.4)
     with running(studio, depth=1) as queue:
         queue.pair(PROMPT, annotator="ann")
-        deadline = time.monotonic() + 10
-        while queue._making != ("ann", PROMPT) and time.monotonic() < deadline:
-            time.sleep(0.005)  # until the thread has started on pair 2
+        wait_until_making(queue, ("ann", PROMPT))  # the thread has started on pair 2
         assert queue.pair(PROMPT, annotator="ann") == (2, "ann", PROMPT)
         assert queue.wait_idle() and len(studio.made) == 3  # and pair 3 was made ahead behind it
 
